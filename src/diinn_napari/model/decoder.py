@@ -74,7 +74,8 @@ class DIINNDecoder(nn.Module):
         padded = F.pad(features, (1, 1, 1, 1))[..., r0 : r1 + 2, c0 : c1 + 2]
         if mode == "fast" and not self.positional_init:
             weight, bias = self._z_weights()
-            table = F.conv2d(padded, weight, bias)
+            # channels-last output: the (pixel, channel) table below is then a view, not a copy
+            table = F.conv2d(padded.contiguous(memory_format=torch.channels_last), weight, bias)
         elif mode in MODES:
             b, c, h, w = padded.shape
             table = F.unfold(padded, 3).view(b, c * 9, h - 2, w - 2)
