@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
     p.add_argument("--resume", action="store_true", help="continue from the *.state.pt beside --out")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--time-limit", type=float, default=None, help="stop (resumably) after this many minutes")
     return p
 
 
@@ -131,6 +132,11 @@ def validate(model: DIINN, planes: list[torch.Tensor], scales: list[float], devi
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return train(args)["exit_code"]
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run training as configured by :func:`build_parser`'s arguments; returns the loss history and exit code."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = tqdm(total=steps, initial=step, disable=rank != 0, desc="training", unit="step", dynamic_ncols=True)
     started = time.time()
+    history = []
     try:
         while step < steps:
             # step-wise decay as a function of the step alone, so a resumed run may change --steps
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             optimizer.step()
             step += 1
+            history.append(loss.item())
             bar.update(1)
             postfix = {"loss": f"{loss.item():.4f}"}
             if last_val:
@@ -263,20 +271,24 @@ def main(argv: list[str] | None = None) -> int:
                         best_gain = last_val["mean_gain"]
                         save("best", last_val)
                 save_state()
+            if args.time_limit and time.time() - started > args.time_limit * 60:
+                save_state()
+                log.info("time limit reached at step %d; saved %s (continue with --resume)", step, paths["state"])
+                break
     except KeyboardInterrupt:
         bar.close()
         save_state()
         if rank == 0:
             log.info("interrupted at step %d; saved %s (resume with --resume)", step, paths["state"])
-        return 130
+        return {"losses": history, "exit_code": 130, "step": step}
     bar.close()
-    if rank == 0 and not val_planes:
-        save("best", None)  # nothing to validate against: the final weights are the result
+    if rank == 0 and (not val_planes or not paths["best"].exists()):
+        save("best", last_val)  # nothing to validate against: the final weights are the result
     if rank == 0:
         log.info("done: %d steps; best weights %s (mean gain over bicubic %+.2f dB)", step, paths["best"], best_gain)
     if distributed:
         dist.destroy_process_group()
-    return 0
+    return {"losses": history, "exit_code": 0, "step": step}
 
 
 if __name__ == "__main__":
