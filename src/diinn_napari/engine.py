@@ -80,7 +80,9 @@ def auto_tile_size(device: torch.device, scale: float) -> int:
 
 
 def _spatial_layout(image, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
-    """Validate an array-like; return (leading shape, (Y, X))."""
+    """Validate an array-like (anything with shape, dtype and indexing); return (leading shape, (Y, X))."""
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        raise TypeError(f"image must be a numpy array or an array-like (dask, zarr), got {type(image).__name__}")
     shape = tuple(int(n) for n in image.shape)
     check_dtype(image.dtype)
     need = 3 if rgb else 2
@@ -167,7 +169,7 @@ def iter_upscaled_planes(
     total = len(tiles) * int(np.prod(leading, dtype=np.int64))
     done = 0
     for index in np.ndindex(*leading):
-        plane = np.asarray(image[index] if index else image)
+        plane = np.asarray(image[index])
         if not np.isfinite(plane).all() if plane.dtype.kind == "f" else False:
             where = f" in plane {index}" if index else ""
             raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
