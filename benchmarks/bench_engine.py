@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 RUN = """
 import json, resource, sys, time

@@ -13,12 +13,10 @@ whole-image result; peak memory depends on the tile size, not the image size.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ from .devices import pick_device
 from .intensity import check_dtype, fit_intensity
 from .model import DIINN
 from .model.grid import nearest_lr_index
+from .planning import output_size
 from .weights import load_weights, resolve
 
 DEFAULT_MAX_OUTPUT_PIXELS = 2_000_000_000
@@ -40,39 +39,16 @@ class Cancelled(Exception):
     """Raised when ``cancel`` fires; work stops between tiles."""
 
 
+class Step(NamedTuple):
+    """Progress of :func:`upscale_steps`: tiles done of total, the plane's index, the plane once finished."""
+
+    done: int
+    total: int
+    index: tuple[int, ...]
+    plane: np.ndarray | None
+
+
 # ---- planning ------------------------------------------------------------------------------------
-def output_size(
-    shape: tuple[int, ...], scale: float | tuple[float, float] | None = None, output_shape: tuple[int, int] | None = None
-) -> tuple[int, int]:
-    """(Y, X) output size for an input whose last two axes are (Y, X).
-
-    ``scale`` is the output/input size ratio, one real number or (sy, sx);
-    each axis becomes ``round(n * s)``. Or give ``output_shape`` directly.
-    Downscaling (an output axis smaller than the input) is refused.
-    """
-    h, w = shape[-2:]
-    if (scale is None) == (output_shape is None):
-        raise ValueError("give exactly one of scale (e.g. 2.5 or (2, 3)) or output_shape (Y, X)")
-    if output_shape is not None:
-        if len(output_shape) != 2:
-            raise ValueError(f"output_shape must be (Y, X), got {output_shape!r}")
-        out = tuple(int(v) for v in output_shape)
-    else:
-        factors = (scale, scale) if np.isscalar(scale) else tuple(scale)
-        if len(factors) != 2:
-            raise ValueError(f"scale must be a number or a (sy, sx) pair, got {scale!r}")
-        for f in factors:
-            if not (isinstance(f, (int, float, np.number)) and math.isfinite(f) and f > 0):
-                raise ValueError(f"scale must be a finite number > 0, got {f!r}")
-        out = (max(1, round(h * factors[0])), max(1, round(w * factors[1])))
-    if out[0] < h or out[1] < w:
-        raise ValueError(
-            f"output {out} is smaller than the input {(h, w)}: DIINN only upscales (scale >= 1); "
-            "downsample with skimage.transform.rescale(..., anti_aliasing=True) instead"
-        )
-    return out
-
-
 def auto_tile_size(device: torch.device, scale: float) -> int:
     """LR tile edge: big enough to amortise the overlap, small enough to bound memory per tile."""
     base = 512 if device.type == "cuda" else 256
@@ -115,7 +91,7 @@ def get_model(model: str | os.PathLike | DIINN = "default", channels: int = 1, d
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
-def iter_upscaled_planes(
+def upscale_steps(
     image,
     scale: float | tuple[float, float] | None = None,
     *,
@@ -131,12 +107,14 @@ def iter_upscaled_planes(
     precision: str = "fp32",
     mode: str = "fast",
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
-    """Upscale every YX plane of ``image`` in turn; yields ``(leading_index, plane)``.
+) -> Iterator[Step]:
+    """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
-    Streams: one input plane is read (``np.asarray(image[index])``) and one output
-    plane exists at a time, so callers can write planes as they come. Arguments
-    as in :func:`upscale`; ``max_output_pixels`` limits one output plane here.
+    A step that finishes a plane carries it (``step.plane``), so a GUI thread
+    worker can report progress and stop between tiles. Streams: one input
+    plane is read (``np.asarray(image[index])``) and one output plane exists at
+    a time. Arguments as in :func:`upscale`; ``max_output_pixels`` limits one
+    output plane here.
     """
     leading, (h, w) = _spatial_layout(image, rgb)
     H, W = output_size((h, w), scale, output_shape)
@@ -170,14 +148,14 @@ def iter_upscaled_planes(
     done = 0
     for index in np.ndindex(*leading):
         plane = np.asarray(image[index])
-        if not np.isfinite(plane).all() if plane.dtype.kind == "f" else False:
+        if plane.dtype.kind == "f" and not np.isfinite(plane).all():
             where = f" in plane {index}" if index else ""
             raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
         mapping = fit_intensity(plane, intensity)
         lr = mapping.normalize(plane)
         lr = lr.transpose(2, 0, 1) if rgb else lr[None]
         out = np.empty((channels, H, W), dtype)
-        for window, tile_box in tiles:
+        for i, (window, tile_box) in enumerate(tiles):
             if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
                 raise Cancelled(f"cancelled after {done} of {total} tiles")
             sr = _run_tile(net, lr, (h, w), (H, W), window, tile_box, dev, mode, PRECISIONS[precision])
@@ -186,7 +164,19 @@ def iter_upscaled_planes(
             done += 1
             if progress is not None:
                 progress(done, total)
-        yield index, (out.transpose(1, 2, 0) if rgb else out[0])
+            finished = i == len(tiles) - 1
+            yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None)
+
+
+def iter_upscaled_planes(image, scale=None, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Upscale every YX plane of ``image`` in turn; yields ``(leading_index, plane)``.
+
+    Arguments as in :func:`upscale`; one output plane exists at a time, so
+    callers can write planes as they come.
+    """
+    for step in upscale_steps(image, scale, **kwargs):
+        if step.plane is not None:
+            yield step.index, step.plane
 
 
 def upscale(
