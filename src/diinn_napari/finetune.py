@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +97,10 @@ class PointLoss(nn.Module):
             targets.append(hr[:, ys, xs].to(lr.device))
         preds = self.model.decode_points(lr, self.model.encode(lr), queries)
         return F.l1_loss(torch.cat(preds, 1), torch.cat(targets, 1))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def split_files(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -242,6 +248,9 @@ def train(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=steps, initial=step, disable=rank != 0, desc="training", unit="step", dynamic_ncols=True)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler's stop, `kill`) saves like Ctrl-C; SIGINT may be ignored in background jobs
+        signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     history = []
     try:
