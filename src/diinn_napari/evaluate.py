@@ -1,6 +1,6 @@
 """Evaluate a model against bicubic on a folder of HR images.
 
-    python -m diinn_napari.evaluate --data DIR --scales 2,3,4,2.5,6 [--model M]
+    python -m diinn_napari.evaluate --data DIR|FILE [--data ...] --scales 2,3,4,2.5,6 [--model M]
         [--protocol diinn|liif] [--json out.json] [--limit N]
 
 LR images are made from each HR image by antialiased bicubic downsampling to
@@ -112,7 +112,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diinn_napari.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="folder of HR images (recursive)")
+    p.add_argument("--data", required=True, action="append", help="folder of HR images (recursive) or one file; repeatable")
     p.add_argument("--scales", default="2,3,4", help="comma-separated scales, e.g. 2,3,4,2.5,6")
     p.add_argument("--model", default="default", help="'default', a bundled name, or a weights file")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="with --model default: 1 (gray) or 3 (RGB)")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--scales must be comma-separated numbers, got {a.scales!r}")
     if not scales or min(scales) < 1:
         p.error("--scales must be >= 1")
-    files = find_images(a.data)[: a.limit]
+    files = [f for d in a.data for f in (find_images(d) if Path(d).is_dir() else [Path(d)])][: a.limit]
     results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels)
     results["model"] = str(a.model)
     print(format_table(results))
