@@ -130,3 +130,12 @@ def test_two_process_ddp_on_cpu(tiles, start_weights, tmp_path):
     assert meta["world_size"] == 2 and meta["steps"] == 3
     state = torch.load(tmp_path / "ddp.state.pt", weights_only=True)
     assert len(state["generator"]) == 2
+
+
+def test_every_folder_and_every_held_out_pattern_is_validated(tmp_path):
+    groups = [[tmp_path / f"a{i}.png" for i in range(10)], [tmp_path / f"b{i}.tif" for i in range(3)]]
+    train, val = finetune.split_files(groups, 0.1, seed=0, hold_out=["a7*"])
+    assert tmp_path / "a7.png" in val
+    assert any(p.name.startswith("b") for p in val) and any(p.name.startswith("b") for p in train)
+    assert not set(train) & set(val) and len(train) + len(val) == 13
+    assert finetune.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic

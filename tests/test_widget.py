@@ -159,3 +159,8 @@ def test_sample_data_opens_offline(make_napari_viewer):
     for key in ("cell", "thermal", "satellite"):
         viewer.open_sample("diinn-napari", key)
     assert len(viewer.layers) == 3 and viewer.layers[-1].rgb
+
+
+def test_manifest_validates_with_imports():
+    done = subprocess.run(["npe2", "validate", "diinn-napari", "--imports"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -8,11 +8,11 @@ import torch:
 """
 
 __version__ = "0.1.0"
-__all__ = ["upscale", "iter_upscaled_planes", "Cancelled", "DIINN", "load_weights", "save_weights"]
+__all__ = ["upscale", "iter_upscaled_planes", "upscale_steps", "Cancelled", "DIINN", "load_weights", "save_weights"]
 
 
 def __getattr__(name):
-    if name in ("upscale", "iter_upscaled_planes", "Cancelled"):
+    if name in ("upscale", "iter_upscaled_planes", "upscale_steps", "Cancelled"):
         from . import engine
 
         return getattr(engine, name)

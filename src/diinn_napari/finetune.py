@@ -13,6 +13,7 @@ the CPU, nccl on CUDA).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import math
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0, help="max Gaussian noise sigma added to LR (0..1 units)")
     p.add_argument("--blur", type=float, default=0.0, help="max extra Gaussian blur sigma (HR px) before downsampling")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of files held aside for validation")
+    p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
+                   help="also hold aside files whose name matches this glob (repeatable)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
@@ -103,12 +106,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def split_files(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Hold aside a deterministic ``fraction`` of the files (at least one when there are two or more)."""
-    order = list(files)
-    random.Random(seed).shuffle(order)
-    n_val = min(len(order) - 1, max(1 if fraction > 0 else 0, round(len(order) * fraction)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
+def split_files(groups: list[list[Path]], fraction: float, seed: int, hold_out: list[str] = ()) -> tuple[list[Path], list[Path]]:
+    """Hold aside a deterministic ``fraction`` of each group of files (one group per --data folder).
+
+    Each group with two or more files gives at least one, so every source is
+    validated; files whose name matches a ``hold_out`` glob are held aside too.
+    """
+    train, val = [], []
+    for i, files in enumerate(groups):
+        forced = [f for f in files if any(fnmatch.fnmatch(f.name, pattern) for pattern in hold_out)]
+        val += forced
+        files = [f for f in files if f not in forced]
+        order = sorted(files)
+        random.Random(seed * 1000 + i).shuffle(order)
+        n_val = min(len(order) - 1, max(1 if fraction > 0 else 0, round(len(order) * fraction)))
+        train += order[n_val:]
+        val += order[:n_val]
+    return sorted(train), sorted(val)
 
 
 @torch.no_grad()
@@ -174,8 +188,8 @@ def train(args: argparse.Namespace) -> dict:
     channels = model.in_channels
 
     # ---- data --------------------------------------------------------------------------------
-    files = [f for folder in args.data for f in find_images(folder)]
-    train_files, val_files = split_files(files, args.val_fraction, args.seed)
+    groups = [find_images(folder) for folder in args.data]
+    train_files, val_files = split_files(groups, args.val_fraction, args.seed, args.hold_out)
     scales = parse_scales(args.scales)
     min_size = args.patch * 2
     train = load_planes(train_files, channels, min_size)
@@ -216,7 +230,7 @@ def train(args: argparse.Namespace) -> dict:
         "data": [str(d) for d in args.data],
         "train_files": len(train.files),
         "train_planes": len(train.planes),
-        "val_files": [str(f) for f in val.files],
+        "val_files": [str(f) for f in val_files],
         "recipe": {k: getattr(args, k) for k in ("scales", "patch", "batch", "queries", "lr", "decay", "noise", "blur", "seed")},
     }
 
