@@ -21,8 +21,9 @@ def main(path: str = "docs/screenshot.png", sample: str = "thermal", factor: flo
     widget.layer.value = source
     widget.factor_y.value = factor
     loop = QEventLoop()
-    worker = widget.start(widget.plan())
+    worker = widget.start(widget.plan(), start_thread=False)
     worker.finished.connect(loop.quit)
+    worker.start()
     loop.exec_()
     viewer.grid.enabled = True  # source and result side by side, same world coordinates
     viewer.reset_view()

@@ -31,9 +31,9 @@ def setup(make_napari_viewer, weights):
 
 
 def run(qtbot, widget, timeout=60000):
-    worker = widget.start(widget.plan())
+    worker = widget.start(widget.plan(), start_thread=False)
     with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
+        worker.start()
     return worker
 
 
@@ -130,12 +130,13 @@ def test_only_the_plane_on_screen(setup, qtbot):
 
 def test_cancel_stops_between_tiles(setup, qtbot):
     viewer, widget = setup
-    widget.layer.value = viewer.add_image(np.zeros((4, 64, 64), np.uint8))
-    widget.tile_size.value = 8
-    worker = widget.start(widget.plan())
+    widget.layer.value = viewer.add_image(np.zeros((4, 128, 128), np.uint8))
+    widget.tile_size.value = 8  # 1024 tiles: far more than run before the cancel arrives
+    worker = widget.start(widget.plan(), start_thread=False)
     assert widget.run_button.text == "Cancel"
+    worker.yielded.connect(lambda _: widget._run_or_cancel())
     with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.yielded.connect(lambda _: widget._run_or_cancel())
+        worker.start()
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
 

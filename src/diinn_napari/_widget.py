@@ -154,8 +154,12 @@ class DIINNWidget(Container):
             return
         self.start(plan)
 
-    def start(self, plan: dict):
-        """Start the work in a thread worker; returns the worker."""
+    def start(self, plan: dict, start_thread: bool = True):
+        """Run ``plan`` (from :meth:`plan`) in a thread worker; returns the worker.
+
+        With ``start_thread=False`` the caller connects to the worker's signals
+        first and then calls ``worker.start()`` (no signal can be missed).
+        """
         from napari.qt.threading import thread_worker
 
         layer = plan["layer"]
@@ -173,7 +177,8 @@ class DIINNWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.run_button.text = "Cancel"
-        worker.start()
+        if start_thread:
+            worker.start()
         return worker
 
     def _current_index(self, layer: Image) -> tuple[int, ...]:
