@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +73,7 @@ def save_weights(model: DIINN, path: str | os.PathLike, metadata: dict[str, Any]
     meta.update(format=FORMAT, config=json.dumps(model.config))
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))  # same folder: the rename is atomic
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
