@@ -67,8 +67,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or matching pattern: {item}")
             found += [Path(m) for m in matches if Path(m).is_file()]
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def output_path(path: Path, out_dir: Path) -> Path:
@@ -116,8 +115,7 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
         finally:
             if tmp.exists():
                 tmp.unlink()
-        shape = info.shape[:-3] + (H, W, 3) if info.rgb else info.shape[:-2] + (H, W)
-        return Result(path, "done", out, shape, time.time() - started)
+        return Result(path, "done", out, info.upscaled_shape((H, W)), time.time() - started)
     except Exception as err:  # one bad file must not stop the batch
         return Result(path, "failed", None, None, time.time() - started, f"{type(err).__name__}: {err}")
 
@@ -194,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.pixel_size is not None and a.pixel_size <= 0:
         p.error("--pixel-size must be > 0")
     try:
-        paths = [q for q in collect_inputs(a.inputs)]
+        paths = collect_inputs(a.inputs)
     except FileNotFoundError as err:
         p.error(str(err))
     settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size, a.overwrite)

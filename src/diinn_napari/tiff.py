@@ -49,6 +49,12 @@ class ImageInfo:
     def yx(self) -> tuple[int, int]:
         return self.shape[-3:-1] if self.axes.endswith("S") else self.shape[-2:]
 
+    def upscaled_shape(self, out_yx: tuple[int, int]) -> tuple[int, ...]:
+        """This file's shape with its Y and X axes replaced by ``out_yx``."""
+        if self.axes.endswith("S"):
+            return self.shape[:-3] + tuple(out_yx) + self.shape[-1:]
+        return self.shape[:-2] + tuple(out_yx)
+
     @property
     def n_planes(self) -> int:
         return int(np.prod(self.shape[: -3 if self.axes.endswith("S") else -2], dtype=np.int64))
@@ -157,7 +163,7 @@ def output_pixel_size(info: ImageInfo, ratio: tuple[float, float]) -> tuple[floa
 def write_planes(path: Path, info: ImageInfo, out_yx: tuple[int, int], dtype: np.dtype, planes: Iterable[np.ndarray]) -> None:
     """Write upscaled planes (in input order) with the input's axes and metadata, frame by frame."""
     H, W = out_yx
-    shape = info.shape[:-3] + (H, W, info.shape[-1]) if info.axes.endswith("S") else info.shape[:-2] + (H, W)
+    shape = info.upscaled_shape(out_yx)
     ratio = (H / info.yx[0], W / info.yx[1])
     size = output_pixel_size(info, ratio)
     if info.kind in ("png", "jpeg"):  # a single plane; the format follows path's suffix
