@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 napari = pytest.importorskip("napari")
 
@@ -15,17 +17,29 @@ from diinn_napari.weights import save_weights  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 
+MANIFEST = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+PLUGIN = MANIFEST["name"]
+WIDGET = MANIFEST["contributions"]["widgets"][0]["display_name"]
+WIDGET_COMMAND = MANIFEST["contributions"]["widgets"][0]["command"]
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("w")
     return str(save_weights(tiny_model(), folder / "gray.safetensors")), str(save_weights(tiny_model(3), folder / "rgb.safetensors"))
 
 
+def open_widget(viewer):
+    """What *Plugins > DIINN super-resolution* does: napari builds the widget from the manifest."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert isinstance(widget, DIINNWidget)
+    return widget
+
+
 @pytest.fixture
 def setup(make_napari_viewer, weights):
     viewer = make_napari_viewer()
-    widget = DIINNWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="DIINN")
+    widget = open_widget(viewer)
     widget.add_model_file(weights[0])
     return viewer, widget
 
@@ -86,13 +100,13 @@ def test_anisotropic_factor_and_pixel_size_modes(setup):
     widget.layer.value = viewer.add_image(np.zeros((10, 20), np.uint8), scale=(0.5, 0.5))
     widget.same_factor.value = False
     widget.factor_y.value, widget.factor_x.value = 1.5, 3.0
-    assert widget.plan()["out"] == (15, 60)
+    assert widget.plan().out_yx == (15, 60)
     widget.size_mode.value = "pixel size"
     widget.pixel_size.value = 0.2
-    assert widget.plan()["out"] == (25, 50)
+    assert widget.plan().out_yx == (25, 50)
     widget.size_mode.value = "output shape"
     widget.output_y.value, widget.output_x.value = 33, 44
-    assert widget.plan()["out"] == (33, 44)
+    assert widget.plan().out_yx == (33, 44)
     assert "33 x 44 uint8" in widget.info.value and "MiB" in widget.info.value and "cpu" in widget.info.value
 
 
@@ -100,7 +114,7 @@ def test_rgb_layer_picks_the_rgb_model(setup, weights, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.zeros((12, 10, 3), np.uint8), rgb=True)
     widget.model.value = "auto"
-    assert widget.plan()["model"] == "rgb"
+    assert widget.plan().model == "rgb"
     widget.add_model_file(weights[1])
     run(qtbot, widget)
     assert viewer.layers[-1].data.shape == (24, 20, 3) and viewer.layers[-1].rgb
@@ -165,3 +179,152 @@ def test_sample_data_opens_offline(make_napari_viewer):
 def test_manifest_validates_with_imports():
     done = subprocess.run(["npe2", "validate", "diinn-napari", "--imports"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the user's path: menus, samples, an image already open ------------------------------------------
+def test_the_menus_open_the_widget_with_the_viewer(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+    for menu in ("napari/layers/transform", "napari/plugins"):
+        commands = [getattr(item, "command", None) for item in app.menus.get_menu(menu)]
+        assert WIDGET_COMMAND in [c.id for c in commands if c is not None], menu
+    app.commands.execute_command(WIDGET_COMMAND).result()  # what clicking either menu item runs
+    docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, DIINNWidget)]
+    assert len(docked) == 1
+    viewer.open_sample(PLUGIN, "cell")
+    assert docked[0].layer.value is viewer.layers[0]
+    assert "output" in docked[0].info.value
+
+
+def test_opening_on_a_viewer_with_an_image_preselects_it_and_follows_the_selection(make_napari_viewer):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((8, 8), np.uint8), name="first")
+    widget = open_widget(viewer)
+    assert widget.layer.value is first and "no image layer" not in widget.info.value
+    second = viewer.add_image(np.zeros((6, 6), np.uint8), name="second")
+    assert widget.layer.value is second  # napari selects a newly added layer
+    viewer.layers.selection.active = first
+    assert widget.layer.value is first
+    viewer.add_points([[1, 1]])  # a non-image selection leaves the choice alone
+    assert widget.layer.value is first
+
+
+def test_samples_open_through_the_manifest_and_run(make_napari_viewer, weights, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "thermal")
+    widget = open_widget(viewer)
+    widget.add_model_file(weights[0])
+    layer = viewer.layers[0]
+    assert widget.layer.value is layer
+    widget.factor_y.value = 1.25
+    run(qtbot, widget)
+    out = viewer.layers[-1]
+    assert out.data.shape == (320, 320) and out.units == layer.units and layer.data.shape == (256, 256)
+    np.testing.assert_allclose(out.scale, np.asarray(layer.scale) / 1.25)
+
+
+# ---- results while it runs ------------------------------------------------------------------------------
+def test_the_layer_appears_after_the_first_plane_and_the_viewer_stays_responsive(setup, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = setup
+    stack = np.random.default_rng(1).integers(0, 4000, (4, 16, 16)).astype(np.uint16)
+    widget.layer.value = viewer.add_image(stack, name="z")
+    widget.tile_size.value = 8
+    ticks, seen = [], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(5)
+    worker = widget.start(widget.plan(), start_thread=False)
+    worker.yielded.connect(lambda v: seen.append((v[-1], "z x2 DIINN" in viewer.layers)))
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    timer.stop()
+    assert (0, True) not in seen
+    assert any(shown and planes < 4 for planes, shown in seen), seen  # shown while planes were still to come
+    assert len(ticks) > 0  # the Qt event loop ran during the work
+    out = viewer.layers["z x2 DIINN"]
+    assert out.metadata["diinn"]["partial"] is False and out.metadata["diinn"]["planes_done"] == 4
+    assert np.all(out.data.reshape(4, -1).max(axis=1) > 0)
+
+
+def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot):
+    viewer, widget = setup
+    stack = np.random.default_rng(2).integers(100, 4000, (5, 16, 16)).astype(np.uint16)
+    widget.layer.value = viewer.add_image(stack, name="z")
+    widget.tile_size.value = 4  # 16 tiles a plane
+    worker = widget.start(widget.plan(), start_thread=False)
+    worker.yielded.connect(lambda v: v[-1] == 2 and widget._worker is not None and widget._run_or_cancel())
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    out = viewer.layers[-1]
+    meta = out.metadata["diinn"]
+    k = meta["planes_done"]
+    assert 2 <= k < 5 and meta["partial"] is True and meta["stopped"] == "cancelled"
+    assert out.name == f"z x2 DIINN (partial: {k} of 5 planes)"
+    assert np.all(out.data[:k].reshape(k, -1).max(axis=1) > 0) and not out.data[k:].any()
+
+
+def test_settings_are_recorded_when_the_run_starts(setup, qtbot):
+    viewer, widget = setup
+    widget.layer.value = viewer.add_image(np.random.default_rng(3).integers(0, 9, (3, 12, 12)).astype(np.uint16))
+    worker = widget.start(widget.plan(), start_thread=False)
+    worker.yielded.connect(lambda _: setattr(widget.intensity, "value", "dtype"))
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert viewer.layers[-1].metadata["diinn"]["intensity"] == "auto"
+
+
+def test_rgba_layers_keep_their_alpha(setup, weights, qtbot):
+    viewer, widget = setup
+    rgba = np.random.default_rng(4).integers(0, 255, (10, 12, 4)).astype(np.uint8)
+    rgba[..., 3] = 255
+    rgba[:5, :, 3] = 0
+    layer = viewer.add_image(rgba, name="tile", rgb=True)
+    assert layer.rgb
+    widget.layer.value = layer
+    widget.add_model_file(weights[1])
+    run(qtbot, widget)
+    out = viewer.layers["tile x2 DIINN"]
+    assert out.rgb and out.data.shape == (20, 24, 4)
+    assert np.all(out.data[:9, :, 3] == 0) and np.all(out.data[11:, :, 3] == 255)
+
+
+# ---- preview of what is on screen --------------------------------------------------------------------
+def test_preview_shows_exactly_the_run_result_of_the_visible_region(setup, qtbot):
+    viewer, widget = setup
+    image = np.random.default_rng(5).integers(0, 4000, (2, 40, 50)).astype(np.uint16)
+    layer = viewer.add_image(image, name="cells", scale=(3.0, 0.5, 0.4), translate=(0, 10.0, -3.0))
+    viewer.dims.current_step = (1, 0, 0)
+    widget.layer.value = layer
+    widget.factor_y.value = 2.5
+    layer.corner_pixels = np.array([[1, 10, 12], [1, 25, 30]])  # what napari sets when the canvas draws
+    plan = widget.plan()
+    y0, y1, x0, x1 = window = widget.preview_window(plan)
+    assert (y0, x0) == (25, 30) and 0 < y1 - y0 <= 100 * 1 and y1 <= 100 and x1 <= 125
+    worker = widget.preview(plan, start_thread=False)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    preview = viewer.layers["cells DIINN preview"]
+    assert preview.metadata["diinn"]["preview_window"] == list(window)
+    run(qtbot, widget)
+    assert "cells DIINN preview" not in viewer.layers  # the real result replaces it
+    full = viewer.layers["cells x2.5 DIINN"]
+    np.testing.assert_array_equal(preview.data[0], full.data[1, y0:y1, x0:x1])
+    # same place in the world: the preview's first pixel sits on the full result's pixel (1, y0, x0)
+    np.testing.assert_allclose(preview.data_to_world((0, 0, 0)), full.data_to_world((1, y0, x0)))
+
+
+def test_a_new_preview_replaces_the_old_one(setup, qtbot):
+    viewer, widget = setup
+    widget.layer.value = viewer.add_image(np.random.default_rng(6).integers(0, 255, (20, 20)).astype(np.uint8), name="a")
+    for factor in (2.0, 3.0):
+        widget.factor_y.value = factor
+        worker = widget.preview(widget.plan(), start_thread=False)
+        with qtbot.waitSignal(worker.finished, timeout=60000):
+            worker.start()
+    previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
+    assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
+    assert "a DIINN preview" not in [layer.name for layer in widget.layer.choices if layer is not None]
