@@ -86,31 +86,39 @@ def test_an_output_never_overwrites_an_input(tmp_path, rng, weights, capsys):
     np.testing.assert_array_equal(tifffile.imread(src), original.reshape(8, 8))
 
 
-def test_an_interrupted_run_leaves_no_partial_file_and_a_rerun_resumes(tmp_path, rng, weights, monkeypatch):
+def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tmp_path, rng, weights, monkeypatch, capsys):
+    from diinn_napari import engine
+
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a.tif", "b.tif"):
         imagej_stack(folder / name, rng, (1, 3, 1, 10, 10))
     out = tmp_path / "out"
-    real_write = batch.write_planes
+    real_planes = engine.iter_upscaled_planes
 
-    def crash_in_b(path, info, yx, dtype, planes):
-        if info.path.name == "b.tif":
-            def first_then_crash():
-                yield next(iter(planes))
-                raise KeyboardInterrupt
-            return real_write(path, info, yx, dtype, first_then_crash())
-        return real_write(path, info, yx, dtype, planes)
+    def ctrl_c_in_b(image, *a, **k):
+        planes = real_planes(image, *a, **k)
+        if image.reader.info.path.name == "b.tif":
+            yield next(planes)
+            raise KeyboardInterrupt
+        yield from planes
 
-    monkeypatch.setattr(batch, "write_planes", crash_in_b)
+    monkeypatch.setattr(engine, "iter_upscaled_planes", ctrl_c_in_b)
     args = [str(folder), "--scale", "2", "--out", str(out), "--model", str(weights[0])]
     assert batch.main(args) == 130
-    assert sorted(p.name for p in out.iterdir()) == ["a.tif"]  # no half-written b.tif, no temp file
-    monkeypatch.setattr(batch, "write_planes", real_write)
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert visible == ["a.tif"]  # no half-written b.tif
+    assert len(hidden) == 1 and hidden[0].startswith(".b.tif.") and hidden[0].endswith(".partial")
+    monkeypatch.setattr(engine, "iter_upscaled_planes", real_planes)
     a_time = (out / "a.tif").stat().st_mtime_ns
+    capsys.readouterr()
     assert batch.main(args) == 0
+    text = capsys.readouterr().out
+    assert "1 done, 1 skipped, 0 failed" in text and "resumed at plane 2 of 3" in text
     assert (out / "a.tif").stat().st_mtime_ns == a_time  # skipped, not redone
     assert tifffile.imread(out / "b.tif").shape == (3, 20, 20)
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]
 
 
 def test_rgb_files_use_the_rgb_model(tmp_path, rng, weights):

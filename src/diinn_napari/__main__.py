@@ -9,6 +9,7 @@ to bicubic's. No download: weights and samples ship in the package.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -17,10 +18,25 @@ from ._sample_data import SAMPLES
 from .tiff import read_info
 
 
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"--scale must be a number >= 1 (DIINN only upscales), got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diinn_napari", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("diinn-demo"), help="output folder (default ./diinn-demo)")
-    p.add_argument("--scale", type=float, default=3.0)
+    """Run the main job; returns the exit code (0 ok, 1 a sample failed, 2 bad arguments)."""
+    p = argparse.ArgumentParser(prog="python -m diinn_napari", description="Upscale the bundled samples and check quality on them (bundled weights, no download).",
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("diinn-demo"),
+                   help="folder for the upscaled samples; outputs already there are replaced")
+    p.add_argument("--scale", type=_scale, default=3.0,
+                   help="upscaling factor for the samples (>= 1; the quality check always uses 2, 3 and 4)")
     a = p.parse_args(argv)
     files = sorted(SAMPLES.glob("*.tif"))
     print(f"== upscaling {len(files)} bundled samples x{a.scale:g} into {a.out}/")

@@ -1,32 +1,71 @@
 """Batch super-resolution of image files, keeping axes, dtype and metadata.
 
     python -m diinn_napari.batch INPUT... (--scale S | --scale SY,SX | --pixel-size P) --out DIR
-        [--model M] [--device D] [--tile-size T] [--overwrite] [--workers N] [--scheduler ADDRESS]
+        [--model M] [--device D] [--tile-size T] [--intensity I] [--dtype T] [--overwrite]
+        [--workers N] [--scheduler ADDRESS]
 
 Reads one YX plane at a time and writes frame by frame. Never writes over an
-input; writes to a temporary file and renames it, so an interrupted run leaves
-no half-written output; existing outputs are skipped unless --overwrite, so a
-rerun resumes where the last one stopped. One bad file is reported and the
-batch goes on; the exit code is 1 when any file failed.
+input. Each finished plane goes to a hidden partial file in the output folder
+(``.<name>.<host>-<pid>.partial``, flushed to disk plane by plane); the output
+is written from it to a temporary file and renamed into place, so an
+interrupted run leaves no half-written output, and a rerun resumes a killed
+file from its last finished plane. Every output records the settings it was
+made with; a rerun skips outputs made with the same settings and refuses
+(that file fails) to replace ones made with others unless --overwrite. One bad
+file is reported and the batch goes on; the exit code is 1 when any file
+failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
+import hashlib
+import json
+import math
 import os
+import re
+import socket
+import struct
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .tiff import SUFFIXES, ImageInfo, PlaneReader, read_info, write_planes
+import numpy as np
+
+from . import __version__
+from .intensity import INTENSITY_MODES
+from .planning import output_size
+from .tiff import SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
+
+OUTPUT_DTYPES = ("uint8", "uint16", "float32")
+# Keys of the settings record that decide whether an existing output or partial file is the same work.
+COMPARED = ("input", "output_yx", "model", "intensity", "dtype")
+_LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
+           "dtype": "output dtype"}
+_MAGIC = b"DIINN-PARTIAL/1\n"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What to do to every file (picklable: it travels to worker processes and dask workers)."""
+    """What to do to every file (picklable: it travels to worker processes and dask workers).
+
+    out_dir: output folder (created when the first output is written).
+    scale: (sy, sx) output/input size ratio, each >= 1; or pixel_size: the
+        target XY pixel size in each file's own unit (exactly one of the two).
+    model: "default" (bundled gray or RGB model by the file's channels), a bundled name, or a weights file.
+    device, tile_size: as in :func:`diinn_napari.upscale` (tile_size None = automatic).
+    intensity: the engine's intensity mode ("auto", "percentile", "dtype", "none").
+    dtype: output dtype ("uint8", "uint16", "float32"), or None for the input's own.
+    overwrite: replace existing outputs even when they were made with other settings.
+    threads: torch CPU threads per process (None = torch's default).
+    show_progress: a progress bar on stderr (only when stderr is a terminal).
+    """
 
     out_dir: Path
     scale: tuple[float, float] | None = None
@@ -37,10 +76,34 @@ class Settings:
     overwrite: bool = False
     threads: int | None = None
     show_progress: bool = True
+    intensity: str = "auto"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if (self.scale is None) == (self.pixel_size is None):
+            raise ValueError("give exactly one of scale (sy, sx) or pixel_size")
+        if self.scale is not None:
+            scale = tuple(float(v) for v in self.scale)
+            if len(scale) != 2 or not all(math.isfinite(v) and v >= 1 for v in scale):
+                raise ValueError(f"scale must be (sy, sx) with numbers >= 1 (DIINN only upscales), got {self.scale!r}")
+            object.__setattr__(self, "scale", scale)
+        if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
+            raise ValueError(f"pixel_size must be a number > 0, got {self.pixel_size!r}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1 (or None for automatic), got {self.tile_size!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads!r}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.dtype!r}")
 
 
 @dataclass
 class Result:
+    """What happened to one input file."""
+
     path: Path
     status: str  # "done", "skipped", "failed"
     output: Path | None = None
@@ -76,6 +139,16 @@ def output_path(path: Path, out_dir: Path) -> Path:
     return out_dir / name
 
 
+def check_output_names(paths: list[Path], out_dir: Path) -> None:
+    """Raise ValueError when two inputs would be written to the same output file."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        out = output_path(path, out_dir)
+        if out in seen:
+            raise ValueError(f"{seen[out]} and {path} would both be written to {out}; process them into separate --out folders")
+        seen[out] = path
+
+
 def scale_for(info: ImageInfo, settings: Settings) -> tuple[float, float]:
     """Per-axis factor from --scale, or from --pixel-size and the file's own pixel size."""
     if settings.scale is not None:
@@ -85,77 +158,391 @@ def scale_for(info: ImageInfo, settings: Settings) -> tuple[float, float]:
     return (info.pixel_size[0] / settings.pixel_size, info.pixel_size[1] / settings.pixel_size)
 
 
-def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset()) -> Result:
-    """Upscale one file into ``settings.out_dir``; never raises for a bad file, returns a Result."""
-    from .engine import iter_upscaled_planes, output_size  # torch loads here, in the worker
+def output_dtype(info: ImageInfo, settings: Settings) -> np.dtype:
+    """The output's dtype: --dtype, else the input's own (float16 and float64 included)."""
+    dtype = np.dtype(settings.dtype) if settings.dtype else np.dtype(info.dtype)
+    if info.kind in ("png", "jpeg") and dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{info.path.name}: the output is a PNG, which holds uint8 or uint16, not {dtype}; use --dtype uint8 or uint16")
+    return dtype
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(model: str, channels: int) -> dict:
+    """The weights file ``model`` resolves to for ``channels``, by name and content hash."""
+    from .weights import resolve  # imports torch: only where the work happens
+
+    path = resolve(model, channels).resolve()
+    stat = path.stat()
+    return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
+
+
+def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dtype: np.dtype) -> dict:
+    """The settings an output is made with, stored in the output and in its partial file.
+
+    The keys in ``COMPARED`` decide whether two runs make the same file; the
+    rest (how the size was asked for, the software version) is information.
+    """
+    return {
+        "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
+                  "bytes": info.path.stat().st_size},
+        "output_yx": list(out_yx),
+        "model": model_identity(settings.model, 3 if info.rgb else 1),
+        "intensity": settings.intensity,
+        "dtype": np.dtype(dtype).name,
+        "request": {**({"scale": list(settings.scale)} if settings.scale else {"pixel_size": settings.pixel_size}),
+                    "device": settings.device, "tile_size": settings.tile_size},
+        "software": f"diinn-napari {__version__}",
+    }
+
+
+def settings_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable differences between two records in the compared keys (empty: the same work)."""
+    def show(key, value):
+        if key == "model" and isinstance(value, dict):
+            return f"{value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
+        if key == "output_yx" and isinstance(value, list):
+            return " x ".join(map(str, value))
+        return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+    return [f"{_LABELS[k]}: {show(k, old.get(k))} there, {show(k, new.get(k))} now"
+            for k in COMPARED if old.get(k) != new.get(k)]
+
+
+# ---- partial files -------------------------------------------------------------------------------
+# A partial file is a header line (magic), a JSON line (the settings record and the plane layout),
+# then one record per finished plane: its bytes and their CRC-32. A killed run leaves whole planes
+# followed by at most one torn record, which the CRC rejects.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_PARTIAL = re.compile(r"^\.(?P<out>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.(?P<kind>partial|tmp)(?P<suffix>\.\w+)?$")
+_OLD_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.\w+)$")  # versions before 0.2
+
+
+def partial_path(out: Path) -> Path:
+    """This process's partial file for output ``out``."""
+    return out.with_name(f".{out.name}.{_HOST}-{os.getpid()}.partial")
+
+
+def _tmp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.{_HOST}-{os.getpid()}.tmp{out.suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def _stale(name: str, out_name: str | None = None) -> tuple[str, bool] | None:
+    """(kind, stale) of a partial/temporary file name; None if it is not one (or not for ``out_name``).
+
+    Stale: made on this machine by a process that no longer runs, or by this
+    process itself (left by an earlier failure of the same file). Files from
+    other machines are left alone: their processes cannot be checked from here.
+    """
+    match = _PARTIAL.match(name)
+    if match:
+        if out_name is not None and match["out"] != out_name:
+            return None
+        pid = int(match["pid"])
+        mine = match["host"] == _HOST and pid == os.getpid()
+        return match["kind"], match["host"] == _HOST and (mine or not pid_alive(pid))
+    match = _OLD_PARTIAL.match(name)
+    if match:
+        if out_name is not None and match["stem"] + match["suffix"] != out_name:
+            return None
+        return "old", not pid_alive(int(match["pid"]))
+    return None
+
+
+def remove_stale_files(out_dir: Path) -> list[Path]:
+    """Delete the temporary files and the old-style partial files of processes that no longer run.
+
+    Partial files of the current format are kept: they are resumed when their
+    input is processed again.
+    """
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for path in out_dir.iterdir():
+        state = _stale(path.name)
+        if state is not None and state[0] in ("tmp", "old") and state[1]:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _remove_stale_partials(out: Path) -> None:
+    for path in out.parent.iterdir():
+        state = _stale(path.name, out.name)
+        if state is not None and state[1]:
+            path.unlink(missing_ok=True)
+
+
+def _header(record: dict, plane_shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    layout = {"record": {k: record[k] for k in COMPARED}, "plane_shape": list(plane_shape), "dtype": np.dtype(dtype).str}
+    return _MAGIC + json.dumps(layout, sort_keys=True).encode() + b"\n"
+
+
+def _complete_planes(path: Path, header: bytes, plane_bytes: int) -> int:
+    """Whole planes (CRC checked) in a partial file whose header is ``header``; -1 if the header differs."""
+    with open(path, "rb") as fh:
+        if fh.read(len(header)) != header:
+            return -1
+        count = 0
+        while True:
+            data = fh.read(plane_bytes + 4)
+            if len(data) < plane_bytes + 4 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+                return count
+            count += 1
+
+
+def claim_partial(out: Path, header: bytes, plane_bytes: int) -> tuple[Path, int]:
+    """This process's partial file for ``out`` and how many planes it already holds.
+
+    A stale partial file with the same header (same settings and layout) is
+    taken over, the one with most planes if several; other stale ones are
+    deleted.
+    """
+    mine = partial_path(out)
+    candidates = []
+    for path in out.parent.iterdir():
+        state = _stale(path.name, out.name)
+        if state is None or not state[1]:
+            continue
+        planes = _complete_planes(path, header, plane_bytes) if state[0] == "partial" else -1
+        if planes > 0:
+            candidates.append((planes, path))
+        else:
+            path.unlink(missing_ok=True)
+    candidates.sort(key=lambda c: (c[0], c[1] == mine))
+    best = candidates.pop() if candidates else None
+    for _, path in candidates:
+        path.unlink(missing_ok=True)
+    if best is None:
+        with open(mine, "wb") as fh:
+            fh.write(header)
+        return mine, 0
+    if best[1] != mine:
+        os.replace(best[1], mine)
+    with open(mine, "r+b") as fh:  # drop a torn last record
+        fh.truncate(len(header) + best[0] * (plane_bytes + 4))
+    return mine, best[0]
+
+
+def _read_partial(path: Path, header: bytes, plane_shape: tuple[int, ...], dtype: np.dtype, count: int) -> Iterator[np.ndarray]:
+    plane_bytes = math.prod(plane_shape) * dtype.itemsize
+    with open(path, "rb") as fh:
+        fh.seek(len(header))
+        for i in range(count):
+            data = fh.read(plane_bytes + 4)
+            if len(data) < plane_bytes + 4 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+                raise OSError(f"{path.name}: plane {i + 1} is damaged on disk; delete this partial file and rerun")
+            yield np.frombuffer(data[:-4], dtype).reshape(plane_shape)
+
+
+class _PlanesFrom:
+    """The planes of ``reader`` from flat number ``start`` on, as a (n, *plane) array-like for the engine."""
+
+    def __init__(self, reader: PlaneReader, start: int):
+        info = reader.info
+        self.reader, self.start, self.leading = reader, start, info.leading
+        self.shape = (info.n_planes - start, *info.plane_shape)
+        self.dtype = info.dtype
+
+    def __getitem__(self, index):
+        flat = self.start + int(index[0] if isinstance(index, tuple) else index)
+        return self.reader[tuple(int(i) for i in np.unravel_index(flat, self.leading))] if self.leading else self.reader[()]
+
+
+def _cast(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The engine's plane in the output dtype (its floats are float32; float16 is clipped to stay finite)."""
+    if plane.dtype == dtype:
+        return plane
+    if dtype.kind == "f":
+        limit = np.finfo(dtype).max
+        return np.clip(plane, -limit, limit).astype(dtype)
+    return plane.astype(dtype)
+
+
+# ---- one file ------------------------------------------------------------------------------------
+def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: Settings, info: ImageInfo,
+             out_yx: tuple[int, int], dtype: np.dtype, progress: Callable[[int], object] | None) -> None:
+    """Upscale planes ``start..`` of ``reader`` and append each to ``partial`` as soon as it is finished."""
+    if start >= info.n_planes:
+        return
+    planes = engine.iter_upscaled_planes(
+        _PlanesFrom(reader, start), output_shape=out_yx, model=settings.model, device=settings.device,
+        rgb=info.rgb, tile_size=settings.tile_size, intensity=settings.intensity,
+        out_dtype=np.float32 if dtype.kind == "f" else dtype)  # the engine computes floats as float32
+    with open(partial, "ab") as fh:
+        for _, plane in planes:
+            data = np.ascontiguousarray(_cast(plane, dtype)).tobytes()
+            fh.write(data + struct.pack("<I", zlib.crc32(data)))
+            fh.flush()
+            os.fsync(fh.fileno())  # a finished plane survives a crash or power loss
+            if progress:
+                progress(1)
+
+
+def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset(),
+                 progress: Callable[[int], object] | None = None) -> Result:
+    """Upscale one file into ``settings.out_dir``; never raises for a bad file, returns a Result.
+
+    ``progress(n)`` is called with the number of planes finished (or skipped) since the last call.
+    """
+    from . import engine  # torch loads here, in the worker
 
     started = time.time()
     out = output_path(path, settings.out_dir)
     try:
         if out.resolve() == path.resolve() or out.resolve() in inputs:
             raise ValueError(f"output {out} would overwrite an input; choose another --out folder")
-        if out.exists() and not settings.overwrite:
-            return Result(path, "skipped", out, message="output exists (use --overwrite to redo)")
         info = read_info(path)
-        factors = scale_for(info, settings)
-        H, W = output_size(info.yx, factors)
+        H, W = output_size(info.yx, scale_for(info, settings))
+        shape = info.upscaled_shape((H, W))
+        dtype = output_dtype(info, settings)
+        record = run_record(info, settings, (H, W), dtype)
+        if out.exists() and not settings.overwrite:
+            old = read_record(out)
+            if old is None:
+                raise ValueError(f"{out} exists but has no record of the settings it was made with; "
+                                 "use --overwrite to replace it, or another --out")
+            differences = settings_differences(old, record)
+            if differences:
+                raise ValueError(f"{out} exists, made with other settings ({'; '.join(differences)}); "
+                                 "use --overwrite to replace it, or another --out")
+            _remove_stale_partials(out)  # e.g. killed between the final rename and removing its partial file
+            if progress:
+                progress(info.n_planes)
+            return Result(path, "skipped", out, shape, time.time() - started, "output exists, same settings")
         if settings.threads:
             import torch
 
             torch.set_num_threads(settings.threads)
-        planes = _progress_planes(
-            iter_upscaled_planes(PlaneReader(info), output_shape=(H, W), model=settings.model, device=settings.device,
-                                 rgb=info.rgb, tile_size=settings.tile_size),
-            info, settings.show_progress,
-        )
-        tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
+        plane_shape = info.upscaled_shape((H, W))[len(info.leading):]
+        plane_bytes = math.prod(plane_shape) * dtype.itemsize
+        header = _header(record, plane_shape, dtype)
+        with PlaneReader(info) as reader:  # refuses an unreadable layout before a partial file exists
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial, start = claim_partial(out, header, plane_bytes)
+            note = f"resumed at plane {start + 1} of {info.n_planes}" if start else ""
+            if progress and start:
+                progress(start)
+            try:
+                _compute(engine, reader, partial, start, settings, info, (H, W), dtype, progress)
+            except BaseException:
+                if partial.stat().st_size <= len(header):  # nothing finished: nothing to resume
+                    partial.unlink(missing_ok=True)
+                raise
+        tmp = _tmp_path(out)
         try:
-            write_planes(tmp, info, (H, W), info.dtype, planes)
+            write_planes(tmp, info, (H, W), dtype, _read_partial(partial, header, plane_shape, dtype, info.n_planes), record)
             os.replace(tmp, out)
         finally:
-            if tmp.exists():
-                tmp.unlink()
-        return Result(path, "done", out, info.upscaled_shape((H, W)), time.time() - started)
+            tmp.unlink(missing_ok=True)
+        partial.unlink()
+        return Result(path, "done", out, shape, time.time() - started, note)
     except Exception as err:  # one bad file must not stop the batch
         return Result(path, "failed", None, None, time.time() - started, f"{type(err).__name__}: {err}")
 
 
-def _progress_planes(planes, info: ImageInfo, show: bool):
-    from tqdm import tqdm
-
-    with tqdm(total=info.n_planes, desc=info.path.name, unit="plane", disable=not show, leave=False) as bar:
-        for _, plane in planes:
-            yield plane
-            bar.update(1)
+# ---- many files ----------------------------------------------------------------------------------
+def _count_planes(path: Path) -> int:
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return 1
+    try:
+        return read_info(path).n_planes
+    except Exception:  # an unreadable file fails later, with its message
+        return 0
 
 
 def run_batch(paths: list[Path], settings: Settings, workers: int = 1, scheduler: str | None = None) -> list[Result]:
-    """Process every file: in this process, in ``workers`` processes, or on a dask.distributed cluster."""
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    """Process every file: in this process, in ``workers`` processes, or on a dask.distributed cluster.
+
+    Results come in the order of ``paths``. The output folder is created when
+    a file starts writing, and removed again if the run left nothing in it. One progress bar (planes of all files) is
+    shown on stderr when ``settings.show_progress`` and stderr is a terminal.
+    Raises ValueError when two inputs would share an output, ImportError when
+    ``scheduler`` is given without dask.distributed installed.
+    """
+    check_output_names(paths, settings.out_dir)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    remove_stale_files(settings.out_dir)
+    created = not settings.out_dir.exists()
+    try:
+        return _run(paths, settings, workers, scheduler)
+    finally:
+        if created and settings.out_dir.is_dir() and not any(settings.out_dir.iterdir()):
+            settings.out_dir.rmdir()  # every file failed before writing: leave nothing behind
+
+
+def _run(paths: list[Path], settings: Settings, workers: int, scheduler: str | None) -> list[Result]:
     inputs = frozenset(paths)
     if scheduler:
         try:
             from distributed import Client
         except ImportError as err:
-            raise SystemExit("error: --scheduler needs dask.distributed: pip install 'diinn-napari[distributed]'") from err
-        remote = Settings(**{**settings.__dict__, "show_progress": False})
+            raise ImportError("--scheduler needs dask.distributed: pip install 'diinn-napari[distributed]'") from err
+        remote = replace(settings, show_progress=False)
         with Client(scheduler) as client:
             futures = client.map(process_file, paths, settings=remote, inputs=inputs, pure=False)
             return client.gather(futures)
-    if workers > 1:
-        per_worker = Settings(**{**settings.__dict__, "show_progress": False,
-                                 "threads": settings.threads or max(1, (os.cpu_count() or 1) // workers)})
-        with ProcessPoolExecutor(workers) as pool:
-            return list(pool.map(process_file, paths, [per_worker] * len(paths), [inputs] * len(paths)))
     from tqdm import tqdm
 
-    results = []
-    for path in tqdm(paths, desc="files", unit="file", disable=not settings.show_progress):
-        results.append(process_file(path, settings, inputs))
-    return results
+    show = settings.show_progress and sys.stderr.isatty()  # no bar, and no escape codes, in a redirected log
+    bar = tqdm(total=sum(_count_planes(p) for p in paths), unit="plane", dynamic_ncols=True) if show else None
+    try:
+        if workers > 1:
+            per_worker = replace(settings, show_progress=False,
+                                 threads=settings.threads or max(1, (os.cpu_count() or 1) // workers))
+            results: list[Result | None] = [None] * len(paths)
+            with ProcessPoolExecutor(workers) as pool:
+                futures = {pool.submit(process_file, p, per_worker, inputs): i for i, p in enumerate(paths)}
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
+                    if bar is not None:
+                        bar.update(_count_planes(paths[i]))
+            return results
+        results = []
+        for path in paths:
+            if bar is not None:
+                bar.set_description(path.name)
+            results.append(process_file(path, settings, inputs, bar.update if bar is not None else None))
+        return results
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def summary(results: list[Result]) -> str:
+    """The table printed at the end of a run: file, status, output shape, seconds, note; then the counts."""
     rows = [("file", "status", "output shape", "seconds", "note")]
     rows += [(r.path.name, r.status, "x".join(map(str, r.shape)) if r.shape else "-", f"{r.seconds:.1f}", r.message)
              for r in results]
@@ -166,41 +553,114 @@ def summary(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# ---- command line --------------------------------------------------------------------------------
 def parse_scale(text: str) -> tuple[float, float]:
-    values = [float(v) for v in text.split(",")]
+    """``"S"`` or ``"SY,SX"`` -> (sy, sx), each a finite number >= 1 (argparse type)."""
+    message = f"--scale takes S or SY,SX with numbers >= 1 (DIINN only upscales), got {text!r}"
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
     if len(values) == 1:
         values *= 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"--scale takes S or SY,SX with positive numbers, got {text!r}")
+    if len(values) != 2 or not all(math.isfinite(v) and v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(message)
     return (values[0], values[1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diinn_napari.batch", description=__doc__.split("\n\n")[0])
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m diinn_napari.batch``."""
+    p = argparse.ArgumentParser(prog="python -m diinn_napari.batch", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG)")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--scale", type=parse_scale, help="factor S, or SY,SX")
-    size.add_argument("--pixel-size", type=float, help="target XY pixel size, in the file's unit")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", default="default", help="'default', a bundled name, or a weights file")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tile-size", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    p.add_argument("--workers", type=int, default=1, help="files processed in parallel on this machine")
-    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler")
+    size.add_argument("--scale", type=parse_scale, default=None,
+                      help="output/input size ratio: S, or SY,SX for Y and X apart; each >= 1")
+    size.add_argument("--pixel-size", type=_positive_float, default=None,
+                      help="target XY pixel size in each file's own unit (the factor comes from its metadata)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (required; created when the first output is written)")
+    p.add_argument("--model", default="default",
+                   help="'default' (bundled gray or RGB model by the file's channels), a bundled name, or a weights file")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    p.add_argument("--tile-size", type=_int_at_least(0), default=0,
+                   help="LR tile edge in pixels; bounds memory per tile; 0 = automatic for the device")
+    p.add_argument("--intensity", choices=INTENSITY_MODES, default="auto",
+                   help="intensity mapping: auto (uint8 by range, others by robust percentiles of each plane), "
+                        "percentile, dtype (the integer range) or none (values already 0..1)")
+    p.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
+                   help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs, also those made with other settings (same settings are skipped otherwise)")
+    p.add_argument("--workers", type=_int_at_least(1), default=1, help="files processed in parallel on this machine")
+    p.add_argument("--scheduler", default=None,
+                   help="address of a dask.distributed scheduler to send the files to (e.g. tcp://10.0.0.5:8786)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch command line; returns the exit code (0 ok, 1 a file failed, 2 bad arguments, 130 interrupted)."""
+    p = build_parser()
     a = p.parse_args(argv)
-    if a.pixel_size is not None and a.pixel_size <= 0:
-        p.error("--pixel-size must be > 0")
     try:
         paths = collect_inputs(a.inputs)
     except FileNotFoundError as err:
         p.error(str(err))
-    settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size, a.overwrite)
+    if not paths:
+        p.error("no input files found")
+    # everything that would make every file fail is checked before anything is created
+    from .devices import pick_device
+    from .weights import BUNDLED, WeightsError, bundled_path
+
+    try:
+        pick_device(a.device)
+    except ValueError as err:
+        p.error(f"argument --device: {err}")
+    try:
+        if a.model in BUNDLED:
+            bundled_path(a.model)
+        elif a.model != "default" and not Path(a.model).expanduser().is_file():
+            raise WeightsError(f"weights file not found: {a.model} (bundled models: {sorted(BUNDLED)})")
+    except WeightsError as err:
+        p.error(f"argument --model: {err}")
+    try:
+        settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size or None, a.overwrite,
+                            intensity=a.intensity, dtype=None if a.dtype == "input" else a.dtype)
+        check_output_names(paths, settings.out_dir)
+    except ValueError as err:
+        p.error(str(err))
     try:
         results = run_batch(paths, settings, a.workers, a.scheduler)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: finished files are kept, no partial output was left; rerun the same command to resume",
-              file=sys.stderr)
+        print("interrupted: finished files are kept and the file in progress keeps its finished planes; "
+              "rerun the same command to resume", file=sys.stderr)
         return 130
     print(summary(results))
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -1,13 +1,19 @@
 """Image files for the batch tool: axes and physical metadata in, planes out one at a time.
 
 TIFF (ImageJ hyperstacks, OME-TIFF, plain multi-page) through tifffile; PNG and
-JPEG through scikit-image. Reading is page by page and writing frame by frame,
-so a stack never sits whole in memory.
+JPEG through scikit-image / imageio. Reading is plane by plane (a page, a page
+range, or a memory map, whatever the layout allows) and writing frame by frame,
+so a stack never sits whole in memory. Every output carries a *settings record*
+(JSON: input, output size, model, intensity, dtype) in a private TIFF tag or a
+PNG text chunk, so a rerun can tell a finished output from one made with other
+settings.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +28,9 @@ SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
 # ImageJ metadata that stays valid when only X and Y are resampled
 IMAGEJ_KEEP = ("unit", "spacing", "finterval", "fps", "Labels", "Ranges", "LUTs", "mode", "Info", "Properties", "loop", "min", "max")
 _RESUNIT_NAMES = {2: "inch", 3: "cm"}
+# Private TIFF tag (the 65000-65535 range is free for any use) and PNG text key of the settings record.
+RECORD_TAG = 65471
+RECORD_KEY = "diinn-napari"
 
 
 @dataclass
@@ -40,10 +49,24 @@ class ImageInfo:
     channel_names: list[str] | None = None
     imagej: dict = field(default_factory=dict)
     resolution_unit: int | None = None
+    has_resolution: bool = False  # the first page has XResolution and YResolution tags
+    subfiletype: int | None = None  # NewSubfileType of the first page, None when absent
+    extrasamples: tuple[int, ...] = ()  # TIFF ExtraSamples (the alpha of RGBA)
 
     @property
     def rgb(self) -> bool:
-        return self.axes.endswith("S") and self.shape[-1] == 3
+        """Colour pixels, RGB or RGBA (samples on the last axis)."""
+        return self.axes.endswith("S") and self.shape[-1] in (3, 4)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        """Shape of one plane: (Y, X) or (Y, X, samples)."""
+        return self.shape[-3:] if self.axes.endswith("S") else self.shape[-2:]
+
+    @property
+    def leading(self) -> tuple[int, ...]:
+        """The axes in front of the plane (Z, T, C, ...)."""
+        return self.shape[: len(self.shape) - len(self.plane_shape)]
 
     @property
     def yx(self) -> tuple[int, int]:
@@ -69,17 +92,24 @@ def read_info(path: str | Path) -> ImageInfo:
     if suffix in OTHER_SUFFIXES:
         from skimage.io import imread
 
-        array = imread(path)
+        try:
+            array = imread(path)
+        except Exception as err:  # imageio raises many types for a broken file
+            raise ValueError(f"{path.name}: cannot read this image ({err})") from err
         axes = "YXS" if array.ndim == 3 else "YX"
-        if array.ndim == 3 and array.shape[-1] == 4:
-            raise ValueError(f"{path.name}: RGBA images are not supported; drop the alpha channel first")
+        if array.ndim == 3 and array.shape[-1] not in (3, 4):
+            raise ValueError(f"{path.name}: {array.shape[-1]} samples per pixel; only gray, RGB and RGBA are supported")
         return ImageInfo(path, "png" if suffix == ".png" else "jpeg", axes, array.shape, array.dtype)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             info = ImageInfo(path, "tiff", series.axes, tuple(series.shape), np.dtype(series.dtype))
             page = tif.pages[0]
-            if "XResolution" in page.tags and "YResolution" in page.tags:
+            info.extrasamples = tuple(int(v) for v in getattr(page, "extrasamples", ()) or ())
+            if "NewSubfileType" in page.tags:
+                info.subfiletype = int(page.tags["NewSubfileType"].value)
+            info.has_resolution = "XResolution" in page.tags and "YResolution" in page.tags
+            if info.has_resolution:
                 info.resolution_unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
                 xres, yres = (_rational(page.tags[t].value) for t in ("XResolution", "YResolution"))
                 if xres > 0 and yres > 0 and not (xres == 1 and yres == 1):
@@ -91,14 +121,14 @@ def read_info(path: str | Path) -> ImageInfo:
             elif tif.is_imagej:
                 info.kind = "imagej"
                 meta = tif.imagej_metadata or {}
-                info.imagej = {k: meta[k] for k in IMAGEJ_KEEP if k in meta}
+                info.imagej = {k: meta[k] for k in IMAGEJ_KEEP + ("ImageJ",) if k in meta}
                 info.unit = meta.get("unit", info.unit)
                 info.z_spacing = meta.get("spacing")
                 info.time_interval = meta.get("finterval")
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as err:
         raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
-    if info.axes.endswith("S") and info.shape[-1] not in (3,):
-        raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel; only RGB (3) is supported")
+    if info.axes.endswith("S") and info.shape[-1] not in (3, 4):
+        raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel; only RGB (3) and RGBA (4) are supported")
     return info
 
 
@@ -125,32 +155,94 @@ def _read_ome(xml: str, info: ImageInfo) -> None:
 
 
 class PlaneReader:
-    """Array-like over an image file's planes: ``reader[index]`` reads one YX(S) plane."""
+    """Array-like over an image file's planes: ``reader[index]`` reads one YX(S) plane.
+
+    The file stays open while the reader lives (use it as a context manager).
+    How one plane is read depends on the TIFF layout, so that the I/O per plane
+    stays bounded by one plane or one page:
+
+    - every page is one plane (ImageJ, OME, tifffile, most writers): that page;
+    - pages hold several planes or parts of one (separate sample planes,
+      volumetric pages): the page range that holds the plane; the last decoded
+      page is kept, so reading the planes in order decodes each page once;
+    - the pages do not cover the series but its data is one uncompressed block
+      (ImageJ files over 4 GiB): a read-only memory map;
+    - anything else is refused with a message naming the layout.
+    """
 
     def __init__(self, info: ImageInfo):
         self.info, self.shape, self.dtype = info, info.shape, info.dtype
-        self._per_page = info.kind not in ("png", "jpeg") and self._pages_are_planes()
+        self._tif: tifffile.TiffFile | None = None
+        self._cache: tuple[int, np.ndarray] | None = None  # (page number, its decoded data)
+        self._memmap: np.ndarray | None = None
+        if info.kind in ("png", "jpeg"):
+            return
+        self._tif = tifffile.TiffFile(info.path)
+        try:
+            series = self._tif.series[0]
+            self._series = series
+            page_shape = tuple(series.keyframe.shape)
+            self._page_size = math.prod(page_shape)
+            self._plane_size = math.prod(info.plane_shape)
+            if len(series) == info.n_planes and page_shape == tuple(info.plane_shape):
+                self._mode = "page"
+            elif len(series) * self._page_size == math.prod(self.shape) and all(
+                p is not None for p in series.pages
+            ):
+                self._mode = "pages"
+            elif series.dataoffset is not None:
+                self._mode = "memmap"
+                self._memmap = tifffile.memmap(info.path, series=0, mode="r").reshape(self.shape)
+            else:
+                raise ValueError(
+                    f"{info.path.name}: cannot read one plane at a time from this layout ({len(series)} pages of "
+                    f"shape {page_shape} for a series of shape {tuple(self.shape)}, axes {info.axes}, compressed "
+                    "or not contiguous); save it as one page per plane (ImageJ or OME-TIFF) first"
+                )
+        except BaseException:
+            self.close()
+            raise
 
-    def _pages_are_planes(self) -> bool:
-        with tifffile.TiffFile(self.info.path) as tif:
-            series = tif.series[0]
-            return len(series) == self.info.n_planes and tuple(series.keyframe.shape) == tuple(
-                self.shape[-3:] if self.info.axes.endswith("S") else self.shape[-2:]
-            )
+    def close(self) -> None:
+        """Close the file (the reader cannot read after this)."""
+        self._cache = self._memmap = None
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __enter__(self) -> PlaneReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
         if self.info.kind in ("png", "jpeg"):
             from skimage.io import imread
 
             return imread(self.info.path)
-        leading = self.shape[: -3 if self.info.axes.endswith("S") else -2]
-        with tifffile.TiffFile(self.info.path) as tif:
-            series = tif.series[0]
-            if self._per_page:
-                flat = int(np.ravel_multi_index(index, leading)) if leading else 0
-                return series[flat].asarray()
-            # pages hold more than one plane (or tiles of one): read the series, keep one plane
-            return series.asarray()[index]
+        if self._tif is None:
+            raise ValueError(f"{self.info.path.name}: the reader is closed")
+        index = tuple(int(i) for i in index)
+        flat = int(np.ravel_multi_index(index, self.info.leading)) if self.info.leading else 0
+        if self._mode == "page":
+            return self._series[flat].asarray().reshape(self.info.plane_shape)
+        if self._mode == "memmap":
+            return np.array(self._memmap[index])
+        # the series is its pages' data end to end: the plane is one element range of that
+        start, stop = flat * self._plane_size, (flat + 1) * self._plane_size
+        parts = []
+        for number in range(start // self._page_size, (stop - 1) // self._page_size + 1):
+            data = self._page(number)
+            lo = max(start - number * self._page_size, 0)
+            hi = min(stop - number * self._page_size, self._page_size)
+            parts.append(data[lo:hi])
+        return np.concatenate(parts).reshape(self.info.plane_shape)
+
+    def _page(self, number: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != number:
+            self._cache = (number, self._series[number].asarray().reshape(-1))
+        return self._cache[1]
 
 
 def output_pixel_size(info: ImageInfo, ratio: tuple[float, float]) -> tuple[float, float] | None:
@@ -160,18 +252,40 @@ def output_pixel_size(info: ImageInfo, ratio: tuple[float, float]) -> tuple[floa
     return (info.pixel_size[0] / ratio[0], info.pixel_size[1] / ratio[1])
 
 
-def write_planes(path: Path, info: ImageInfo, out_yx: tuple[int, int], dtype: np.dtype, planes: Iterable[np.ndarray]) -> None:
-    """Write upscaled planes (in input order) with the input's axes and metadata, frame by frame."""
+def write_planes(
+    path: Path,
+    info: ImageInfo,
+    out_yx: tuple[int, int],
+    dtype: np.dtype,
+    planes: Iterable[np.ndarray],
+    record: dict | None = None,
+) -> None:
+    """Write upscaled planes (in input order) with the input's axes and metadata, frame by frame.
+
+    ``record`` (the run settings, JSON-able) goes into a private TIFF tag of the
+    first page, or a PNG text chunk. The output follows the input: ImageJ stays
+    ImageJ (with its version string), OME stays OME, NewSubfileType and the
+    alpha channel's ExtraSamples are kept, and an input without resolution tags
+    gets none.
+    """
     H, W = out_yx
+    dtype = np.dtype(dtype)
     shape = info.upscaled_shape(out_yx)
     ratio = (H / info.yx[0], W / info.yx[1])
     size = output_pixel_size(info, ratio)
-    if info.kind in ("png", "jpeg"):  # a single plane; the format follows path's suffix
-        from skimage.io import imsave
-
-        imsave(path, next(iter(planes)), check_contrast=False)
+    text = json.dumps(record, sort_keys=True) if record is not None else None
+    if info.kind in ("png", "jpeg"):  # a single plane, written as PNG
+        _write_png(path, next(iter(planes)), text)
         return
-    kwargs: dict = {"shape": shape, "dtype": dtype, "photometric": "rgb" if info.rgb else "minisblack"}
+    extratags = []
+    if text is not None:
+        extratags.append((RECORD_TAG, "s", 0, text, True))
+    if info.subfiletype is not None:  # tifffile writes NewSubfileType only when non-zero: add it as a tag
+        extratags.append((254, "I", 1, info.subfiletype, False))
+    kwargs: dict = {"shape": shape, "dtype": dtype, "photometric": "rgb" if info.rgb else "minisblack",
+                    "extratags": extratags}
+    if info.rgb and shape[-1] == 4:
+        kwargs["extrasamples"] = info.extrasamples or ("unassalpha",)
     if size is not None and info.kind != "ome":
         kwargs["resolution"] = (1 / size[1], 1 / size[0])
         if info.kind != "imagej":
@@ -180,19 +294,83 @@ def write_planes(path: Path, info: ImageInfo, out_yx: tuple[int, int], dtype: np
         metadata = dict(info.imagej, axes=info.axes)
         with tifffile.TiffWriter(path, imagej=True) as tif:
             tif.write(iter(planes), metadata=metadata, **kwargs)
-        return
-    metadata: dict = {"axes": info.axes}
-    if info.kind == "ome":
-        if size is not None:
-            metadata.update(PhysicalSizeY=size[0], PhysicalSizeX=size[1], PhysicalSizeYUnit=info.unit, PhysicalSizeXUnit=info.unit)
-        if info.z_spacing is not None:
-            metadata.update(PhysicalSizeZ=info.z_spacing, PhysicalSizeZUnit=info.unit)
-        if info.time_interval is not None:
-            metadata["TimeIncrement"] = info.time_interval
-        if info.channel_names:
-            metadata["Channel"] = {"Name": info.channel_names}
-    with tifffile.TiffWriter(path, bigtiff=needs_bigtiff(shape, dtype), ome=info.kind == "ome") as tif:
-        tif.write(iter(planes), metadata=metadata, **kwargs)
+    else:
+        metadata = {"axes": info.axes}
+        if info.kind == "ome":
+            if size is not None:
+                metadata.update(PhysicalSizeY=size[0], PhysicalSizeX=size[1], PhysicalSizeYUnit=info.unit,
+                                PhysicalSizeXUnit=info.unit)
+            if info.z_spacing is not None:
+                metadata.update(PhysicalSizeZ=info.z_spacing, PhysicalSizeZUnit=info.unit)
+            if info.time_interval is not None:
+                metadata["TimeIncrement"] = info.time_interval
+            if info.channel_names:
+                metadata["Channel"] = {"Name": info.channel_names}
+        with tifffile.TiffWriter(path, bigtiff=needs_bigtiff(shape, dtype), ome=info.kind == "ome") as tif:
+            tif.write(iter(planes), metadata=metadata, **kwargs)
+    if not info.has_resolution:
+        # tifffile always writes XResolution = YResolution = 1; an uncalibrated input had none
+        drop_tags(path, (282, 283, 296))
+
+
+def _write_png(path: Path, plane: np.ndarray, text: str | None) -> None:
+    import imageio.v3 as iio
+    from PIL import PngImagePlugin
+
+    if plane.dtype not in (np.uint8, np.uint16) or (plane.dtype == np.uint16 and plane.ndim == 3):
+        raise ValueError(
+            f"PNG cannot hold {'RGB ' if plane.ndim == 3 else ''}{plane.dtype} pixels; "
+            "use --dtype uint8 (or uint16 for gray images)"
+        )
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text(RECORD_KEY, text)
+    iio.imwrite(path, plane, extension=".png", pnginfo=info)
+
+
+def read_record(path: str | Path) -> dict | None:
+    """The settings record that :func:`write_planes` stored in a file, or None when it has none."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                tag = tif.pages[0].tags.get(RECORD_TAG)
+                text = tag.value if tag is not None else None
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = getattr(image, "text", {}).get(RECORD_KEY)
+        return json.loads(text) if text else None
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+        return None
+
+
+def drop_tags(path: Path, codes: Iterable[int]) -> None:
+    """Remove the tags ``codes`` from every page's IFD, in place.
+
+    An IFD is a count, fixed-size entries sorted by code, and the offset of the
+    next IFD; dropping entries shortens the list in place (the bytes left over
+    become unused), so every other offset in the file stays valid.
+    """
+    codes = set(codes)
+    with tifffile.TiffFile(path) as tif:
+        byteorder, bigtiff = tif.byteorder, tif.is_bigtiff
+        offsets = [page.offset for page in tif.pages]
+    count_fmt, entry_size, next_fmt = ("Q", 20, "Q") if bigtiff else ("H", 12, "I")
+    with open(path, "r+b") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            count_size = struct.calcsize(count_fmt)
+            (count,) = struct.unpack(byteorder + count_fmt, fh.read(count_size))
+            entries = [fh.read(entry_size) for _ in range(count)]
+            next_ifd = fh.read(struct.calcsize(next_fmt))
+            kept = [e for e in entries if struct.unpack(byteorder + "H", e[:2])[0] not in codes]
+            if len(kept) == count:
+                continue
+            fh.seek(offset)
+            fh.write(struct.pack(byteorder + count_fmt, len(kept)) + b"".join(kept) + next_ifd)
+            fh.write(b"\0" * (entry_size * (count - len(kept))))
 
 
 def needs_bigtiff(shape: tuple[int, ...], dtype) -> bool:
