@@ -1,6 +1,6 @@
 """Domain fine-tuning, shown: bicubic vs the bundled gray model vs a fine-tuned one.
 
-    python benchmarks/domain_finetune.py DOMAIN_FOLDER [--steps 300] [--out runs/domain.safetensors]
+    python benchmarks/domain_finetune.py DOMAIN_FOLDER [--steps 300] [--recipe scientific] [--out runs/domain.safetensors]
 
 The evaluation images are the files of DOMAIN_FOLDER that the bundled gray model
 held aside when it was trained (listed in its metadata), so neither model has
@@ -24,10 +24,11 @@ from diinn_napari.weights import read_metadata, resolve
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("domain", type=Path)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--scales", default="2,3,4")
-    p.add_argument("--out", type=Path, default=Path("runs/domain.safetensors"))
+    p.add_argument("domain", type=Path, help="a domain folder, e.g. ../shared/data/domains/microscopy")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
+    p.add_argument("--scales", default="2,3,4", help="evaluation scales (default: 2,3,4)")
+    p.add_argument("--out", type=Path, default=Path("runs/domain.safetensors"), help="fine-tuned weights (default: runs/domain.safetensors)")
+    p.add_argument("--recipe", default="scientific", choices=["classic", "scientific"], help="finetune's --recipe (default: scientific)")
     p.add_argument("--extra", default="", help="extra finetune arguments, e.g. '--noise 0.01'")
     a = p.parse_args()
     held = {Path(f).name for f in read_metadata(resolve("default", 1))["val_files"]}
@@ -42,7 +43,7 @@ def main() -> None:
         for f in train:
             (Path(tmp) / f.name).symlink_to(f.resolve())
         cmd = [sys.executable, "-m", "diinn_napari.finetune", "--data", tmp, "--out", str(a.out), "--steps", str(a.steps),
-               "--val-every", str(max(50, a.steps // 4)), *a.extra.split()]
+               "--val-every", str(max(50, a.steps // 4)), "--recipe", a.recipe, *a.extra.split()]
         print("$", " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scales = [float(s) for s in a.scales.split(",")]

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -51,7 +52,8 @@ def run(tiles, weights, out, *extra):
 
 def test_a_few_steps_lower_the_loss_and_write_loadable_weights(tiles, start_weights, tmp_path):
     out = tmp_path / "tuned.safetensors"
-    history = run(tiles, start_weights, out, "--steps", "40")
+    # the classic recipe: no augmentation noise in the loss curve of 40 steps
+    history = run(tiles, start_weights, out, "--steps", "40", "--recipe", "classic")
     losses = history["losses"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     model = load_weights(out)
@@ -74,23 +76,25 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
     run(tiles, start_weights, straight, "--steps", "10", "--seed", "3")
 
     resumed = tmp_path / "resumed.safetensors"
-    original = finetune.PairSampler.sample
+    original = finetune.PairSampler.sample_batch
     calls = {"n": 0}
 
-    def interrupted(self, gen):
+    def interrupted(self, gen, n):
         calls["n"] += 1
-        if calls["n"] > 4 * 6:  # Ctrl-C while drawing step 7's batch
+        if calls["n"] > 6:  # Ctrl-C while drawing step 7's batch
             raise KeyboardInterrupt
-        return original(self, gen)
+        return original(self, gen, n)
 
-    monkeypatch.setattr(finetune.PairSampler, "sample", interrupted)
+    monkeypatch.setattr(finetune.PairSampler, "sample_batch", interrupted)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3")["exit_code"] == 130
-    monkeypatch.setattr(finetune.PairSampler, "sample", original)
+    monkeypatch.setattr(finetune.PairSampler, "sample_batch", original)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3", "--resume")["step"] == 10
 
-    a = torch.load(tmp_path / "straight.state.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "resumed.state.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the default (scientific) recipe: the weights and their moving average both resume exactly
+    for key in ("model", "ema"):
+        a = torch.load(tmp_path / "straight.state.pt", weights_only=True)[key]
+        b = torch.load(tmp_path / "resumed.state.pt", weights_only=True)[key]
+        assert a and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_from_scratch_needs_no_weights(tiles, tmp_path):
@@ -114,7 +118,8 @@ def test_folder_without_usable_images_is_a_clear_error(tmp_path, start_weights):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "a.tif").write_bytes(b"nonsense")
-    with pytest.raises(SystemExit, match="no usable training image"):
+    # a library error, not SystemExit: callers (a notebook, the widget) catch it
+    with pytest.raises(finetune.TrainingError, match="no usable training image"):
         run(folder, start_weights, tmp_path / "x.safetensors", "--steps", "1")
 
 
@@ -139,3 +144,118 @@ def test_every_folder_and_every_held_out_pattern_is_validated(tmp_path):
     assert any(p.name.startswith("b") for p in val) and any(p.name.startswith("b") for p in train)
     assert not set(train) & set(val) and len(train) + len(val) == 13
     assert finetune.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic
+
+
+def test_main_turns_errors_into_a_message_and_exit_code_2(tmp_path, start_weights, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(b"nonsense")
+    assert finetune.main(["--data", str(folder), "--weights", str(start_weights), "--steps", "1",
+                          "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "no usable training image" in capsys.readouterr().err
+    assert finetune.main(["--data", str(folder), "--scales", "0.5-2", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--scales" in capsys.readouterr().err
+    with pytest.raises(finetune.TrainingError, match="--ema"):
+        finetune.resolve_recipe(finetune.build_parser().parse_args(["--data", "x", "--ema", "1.5"]))
+
+
+def test_scales_listed_high_to_low_validate_at_the_largest(tiles, start_weights, tmp_path):
+    # regression: the maximum was taken as the last listed scale, so "4,2" validated at x2 only
+    out = tmp_path / "t.safetensors"
+    run(tiles, start_weights, out, "--steps", "2", "--val-every", "2", "--scales", "4,2")
+    assert {"x2", "x3", "x4"} <= set(read_metadata(out)["metrics"])
+
+
+def test_the_callers_sigterm_handler_is_restored(tiles, start_weights, tmp_path):
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        run(tiles, start_weights, tmp_path / "t.safetensors", "--steps", "1")
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_every_option_has_a_help_text_and_shows_its_default():
+    parser = finetune.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        assert action.required or "default" in formatter._get_help_string(action), action.option_strings
+    text = " ".join(parser.format_help().split())  # undo line wrapping
+    assert "(default: 0)" in text and "scientific: cosine" in text
+
+
+def test_ema_weights_are_saved_and_differ_from_the_raw_weights(tiles, start_weights, tmp_path):
+    out = tmp_path / "ema.safetensors"
+    run(tiles, start_weights, out, "--steps", "6", "--ema", "0.9", "--val-every", "3", "--lr", "1e-2")
+    state = torch.load(tmp_path / "ema.state.pt", weights_only=True)
+    saved = load_weights(tmp_path / "ema.last.safetensors").state_dict()
+    raw, ema = state["model"], state["ema"]
+    assert any(not torch.allclose(raw[k], ema[k]) for k in raw)
+    # the file holds the average (float16 storage), not the raw weights
+    to_ema = sum(float(((saved[k] - ema[k]) ** 2).sum()) for k in ema)
+    to_raw = sum(float(((saved[k] - raw[k]) ** 2).sum()) for k in raw)
+    assert to_ema < 0.1 * to_raw
+    assert read_metadata(out)["recipe"]["ema"] == 0.9
+
+
+def test_learning_rate_schedules():
+    args = finetune.resolve_recipe(finetune.build_parser().parse_args(["--data", "x", "--lr", "1e-3", "--schedule", "cosine"]))
+    assert finetune.learning_rate(args, 0, 100) == pytest.approx(1e-3)
+    assert finetune.learning_rate(args, 50, 100) == pytest.approx(5e-4)
+    assert finetune.learning_rate(args, 100, 100) == pytest.approx(0, abs=1e-12)
+    args.schedule, args.warmup = "step", 10
+    assert finetune.learning_rate(args, 0, 100) == pytest.approx(1e-4)  # warm-up: 1/10 of the rate
+    assert [finetune.learning_rate(args, s, 100) for s in (20, 50, 80)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_recipe_fills_only_the_options_left_unset():
+    parse = finetune.build_parser().parse_args
+    sci = finetune.resolve_recipe(parse(["--data", "x"]))
+    assert sci.recipe == "scientific" and sci.ema > 0 and sci.dark > 0 and sci.schedule == "cosine"
+    assert sci.scale_spec[0] == "mix" and max(c[1] for c in sci.scale_spec[1]) >= 8
+    classic = finetune.resolve_recipe(parse(["--data", "x", "--recipe", "classic", "--dark", "0.5"]))
+    assert classic.ema == 0 and classic.dark == 0.5 and classic.scales == "1-4" and classic.loss == "l1"
+
+
+def test_charbonnier_and_consistency_terms():
+    model = tiny_model().train()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.manual_seed(0)
+    lr = torch.rand(2, 1, 8, 8)
+    hrs = [torch.rand(1, 16, 16), torch.rand(1, 24, 20)]
+    l1 = finetune.PointLoss(model, 64, "l1")(lr, hrs, gen())
+    charb = finetune.PointLoss(model, 64, "charbonnier")(lr, hrs, gen())
+    # sqrt(d^2 + eps^2) lies between |d| and |d| + eps
+    assert l1 <= charb <= l1 + finetune.PointLoss.CHARBONNIER_EPS
+    with_term = finetune.PointLoss(model, 64, "l1", consistency=1.0)(lr, hrs, gen())
+    assert with_term > l1
+    with_term.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # an item larger than the cap gets no consistency term (it would decode too many pixels)
+    big = [torch.rand(1, 200, 200), torch.rand(1, 120, 120)]
+    capped = finetune.PointLoss(model, 64, "l1", consistency=1.0)
+    assert torch.equal(capped(lr, big, gen()), finetune.PointLoss(model, 64, "l1")(lr, big, gen()))
+    with pytest.raises(ValueError, match="unknown loss"):
+        finetune.PointLoss(model, 64, "l2")
+
+
+def test_scientific_recipe_trains_and_records_its_recipe(tiles, start_weights, tmp_path):
+    out = tmp_path / "sci.safetensors"
+    result = run(tiles, start_weights, out, "--steps", "4", "--val-every", "4", "--consistency", "0.5")
+    assert result["exit_code"] == 0 and all(np.isfinite(result["losses"]))
+    meta = read_metadata(out)
+    assert meta["recipe"]["recipe"] == "scientific" and meta["recipe"]["consistency"] == 0.5
+    assert "bias_percent" in meta["metrics"]["x2"]
+
+
+def test_output_folder_is_created(tiles, start_weights, tmp_path):
+    # regression: the validation log was opened before any weights file had created the folder
+    out = tmp_path / "new" / "folder" / "t.safetensors"
+    assert run(tiles, start_weights, out, "--steps", "2", "--val-every", "1")["exit_code"] == 0
+    assert out.exists() and out.with_suffix(".log.jsonl").exists()

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 
@@ -26,6 +29,19 @@ def test_weights_round_trip_with_config_and_metadata(tmp_path):
 def test_saving_never_leaves_a_partial_file(tmp_path):
     path = save_weights(tiny_model(), tmp_path / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_weights_get_the_permissions_of_a_plain_write(tmp_path, umask):
+    # regression: the temporary file's 0600 survived the atomic rename, so other accounts could not read the weights
+    old = os.umask(umask)
+    try:
+        path = save_weights(tiny_model(), tmp_path / "m.safetensors")
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
 
 
 def test_corrupt_file_gets_a_clear_error(tmp_path):

@@ -102,18 +102,39 @@ def load_planes(files: list[Path], channels: int, min_size: int) -> PlaneSet:
     return PlaneSet(planes, used, skipped)
 
 
-def parse_scales(text: str) -> tuple[str, list[float]]:
-    """``"2,3,4"`` -> a set of scales; ``"1-4"`` -> uniform in [1, 4]."""
+def parse_scales(text: str) -> tuple[str, list]:
+    """Parse a scale distribution for training.
+
+    * ``"2,3,4"`` -> ``("choice", [2, 3, 4])``: one of the listed scales;
+    * ``"1-4"`` -> ``("uniform", [1, 4])``: uniform in [1, 4];
+    * a mix of ranges and scales, each with an optional relative weight after
+      ``:``, e.g. ``"1-4:0.85,4-8:0.15"`` -> ``("mix", [[1, 4, 0.85], [4, 8, 0.15]])``:
+      a component is chosen by weight, then a scale uniformly within it.
+    """
     text = text.strip()
-    if "-" in text and "," not in text:
-        lo, hi = (float(v) for v in text.split("-"))
-        if not 1 <= lo <= hi:
-            raise ValueError(f"scale range must satisfy 1 <= low <= high, got {text!r}")
-        return "uniform", [lo, hi]
-    values = [float(v) for v in text.split(",") if v]
-    if not values or min(values) < 1:
-        raise ValueError(f"scales must be >= 1, got {text!r}")
-    return "choice", values
+    terms = [t.strip() for t in text.split(",") if t.strip()]
+    if not terms:
+        raise ValueError(f"no scale given in {text!r}; use e.g. '2,3,4', '1-4' or '1-4:0.85,4-8:0.15'")
+    components = []
+    for term in terms:
+        body, _, weight = term.partition(":")
+        lo_text, dash, hi_text = body.partition("-")
+        try:
+            lo = float(lo_text)
+            hi = float(hi_text) if dash else lo
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"cannot read scale term {term!r} in {text!r}; use e.g. '2,3,4', '1-4' or '1-4:0.85,4-8:0.15'") from None
+        if not 1 <= lo <= hi or not math.isfinite(hi):
+            raise ValueError(f"scales must be finite and >= 1 with low <= high, got {term!r} in {text!r}")
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"scale weights must be positive, got {term!r} in {text!r}")
+        components.append([lo, hi, w, bool(dash), bool(weight)])
+    if len(components) == 1 and components[0][3] and not components[0][4]:
+        return "uniform", components[0][:2]
+    if not any(c[3] or c[4] for c in components):
+        return "choice", [c[0] for c in components]
+    return "mix", [c[:3] for c in components]
 
 
 def downsample(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -121,50 +142,195 @@ def downsample(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(hr, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
+# Ranges of the "scientific" augmentations (normalised units: the plane's robust range is 0..1).
+GAMMA_RANGE = (0.5, 2.0)  # log-uniform exponent of the intensity curve
+CONTRAST_RANGE = (0.25, 1.25)  # log-uniform gain
+OFFSET_RANGE = (-0.15, 0.15)  # uniform offset: pushes background to and below 0
+FLOOR_PROBABILITY = 0.3  # of jittered items: clip at exactly 0, as integer data clipped at its minimum is
+PHOTON_GAIN_RANGE = (1e-4, 3e-2)  # log-uniform Poisson variance per unit signal (33..10,000 photons at full range)
+READ_NOISE_RANGE = (0.0, 0.02)  # uniform Gaussian sigma of the camera read noise
+MAX_SPOTS = 24  # per synthetic sparse item
+DARK_CANDIDATES = 8  # crop positions compared to pick a background-dominated crop
+
+
+def _draw_scales(scales: tuple[str, list], n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` scales from a :func:`parse_scales` distribution, as one float64 tensor."""
+    kind, values = scales
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    if kind == "uniform":
+        return values[0] + (values[1] - values[0]) * u
+    if kind == "choice":
+        return torch.tensor(values, dtype=torch.float64)[torch.randint(len(values), (n,), generator=gen)]
+    table = torch.tensor(values, dtype=torch.float64)  # rows: lo, hi, weight
+    which = torch.multinomial(table[:, 2], n, replacement=True, generator=gen)
+    return table[which, 0] + (table[which, 1] - table[which, 0]) * u
+
+
 @dataclass
 class PairSampler:
-    """Draws random (LR patch, HR crop) pairs from a :class:`PlaneSet` with a torch.Generator."""
+    """Draws random (LR patch, HR crop) pairs from normalised planes with a torch.Generator.
+
+    Besides the classic recipe (random crop, flips, transpose, antialiased
+    bicubic downsampling, optional blur and Gaussian noise) it can draw the
+    statistics of scientific images, each for a fraction of the items:
+
+    * ``dark``: the crop is the darkest of several random positions (background-dominated);
+    * ``sparse``: the item is synthetic sparse spots (and a few hot pixels) on a dim,
+      textured, possibly negative background;
+    * ``jitter``: random gamma, contrast and offset of the plane (values at and below 0
+      included), sometimes clipped at exactly 0;
+    * ``shot_noise``: Poisson-Gaussian noise on the LR input at a sampled photon gain and
+      read noise (the HR target stays clean, so noise is not sharpened);
+    * ``aniso``: independent per-axis scales (half of them (s, 1), the XZ case).
+
+    The same generator state always gives the same pairs.
+    """
 
     planes: list[torch.Tensor]
     patch: int
-    scales: tuple[str, list[float]]
+    scales: tuple[str, list]
     noise: float = 0.0
     blur: float = 0.0
+    dark: float = 0.0
+    sparse: float = 0.0
+    jitter: float = 0.0
+    shot_noise: float = 0.0
+    aniso: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("dark", "sparse", "jitter", "shot_noise", "aniso"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} is a fraction of the items and must be in [0, 1], got {value}")
+        if not self.planes:
+            raise ValueError("PairSampler needs at least one plane")
 
     def max_scale(self) -> float:
-        return max(self.scales[1])
-
-    def _scale(self, gen: torch.Generator) -> float:
+        """The largest scale the distribution can draw."""
         kind, values = self.scales
-        if kind == "uniform":
-            return values[0] + (values[1] - values[0]) * torch.rand((), generator=gen).item()
-        return values[int(torch.randint(len(values), (), generator=gen))]
+        return max(v[1] for v in values) if kind == "mix" else max(values)
 
     def sample(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One pair: LR (C, patch, patch) and HR (C, H, W) with H, W ~ patch * scale."""
-        plane = self.planes[int(torch.randint(len(self.planes), (), generator=gen))]
-        _, ph, pw = plane.shape
-        scale = min(self._scale(gen), ph / self.patch, pw / self.patch)
-        size = max(self.patch, round(self.patch * scale))
-        y = int(torch.randint(ph - size + 1, (), generator=gen))
-        x = int(torch.randint(pw - size + 1, (), generator=gen))
-        hr = plane[:, y : y + size, x : x + size]
-        flips = torch.rand(3, generator=gen) < 0.5
-        if flips[0]:
-            hr = hr.flip(-1)
-        if flips[1]:
-            hr = hr.flip(-2)
-        if flips[2]:
-            hr = hr.transpose(-1, -2)
-        hr = hr.contiguous()
-        source = hr[None]
-        if self.blur > 0:  # optical blur before sampling, for real-data degradations
-            sigma = self.blur * torch.rand((), generator=gen).item()
-            source = gaussian_blur(source, sigma)
-        lr = downsample(source, (self.patch, self.patch))[0]
-        if self.noise > 0:
-            lr = lr + torch.randn(lr.shape, generator=gen) * (self.noise * torch.rand((), generator=gen).item())
-        return lr, hr
+        lr, hrs = self.sample_batch(gen, 1)
+        return lr[0], hrs[0]
+
+    def sample_batch(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``n`` pairs: LR (n, C, patch, patch) and a list of HR crops (C, H_i, W_i).
+
+        Every random number of the batch is drawn up front in a few tensor calls;
+        only cropping and resizing (sizes differ per item) run per item.
+        """
+        p = self.patch
+        index = torch.randint(len(self.planes), (n,), generator=gen)
+        sy = _draw_scales(self.scales, n, gen)
+        sx = sy.clone()
+        u = torch.rand(n, 8, generator=gen, dtype=torch.float64)
+        second = _draw_scales(self.scales, n, gen)
+        aniso = u[:, 0] < self.aniso
+        # half the anisotropic items keep one axis at 1 (an XZ/YZ plane of a stack)
+        sx = torch.where(aniso, torch.where(u[:, 1] < 0.5, torch.ones_like(second), second), sx)
+        dark, sparse, jitter, shot = (u[:, 2] < self.dark), (u[:, 3] < self.sparse), (u[:, 4] < self.jitter), (u[:, 5] < self.shot_noise)
+        blur_sigma = self.blur * u[:, 6]
+        noise_sigma = self.noise * u[:, 7]
+        flips = torch.rand(n, 3, generator=gen) < 0.5
+        positions = torch.rand(n, DARK_CANDIDATES, 2, generator=gen, dtype=torch.float64)
+        jit = torch.rand(n, 4, generator=gen, dtype=torch.float64)
+        spots = torch.rand(n, MAX_SPOTS + 4, 4, generator=gen, dtype=torch.float64)
+        shot_levels = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+
+        lrs, hrs = [], []
+        for i in range(n):
+            plane = self.planes[int(index[i])]
+            _, ph, pw = plane.shape
+            if aniso[i]:  # each axis capped by the plane on its own
+                fy, fx = min(float(sy[i]), ph / p), min(float(sx[i]), pw / p)
+            else:  # one scale, capped by the smaller fit, so the item stays isotropic
+                fy = fx = min(float(sy[i]), ph / p, pw / p)
+            h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
+            ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h)
+            xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w)
+            k = 0
+            if dark[i]:  # background-dominated: the darkest of the candidate crops
+                k = int(torch.stack([plane[:, y : y + h, x : x + w].mean() for y, x in zip(ys.tolist(), xs.tolist())]).argmin())
+            hr = plane[:, int(ys[k]) : int(ys[k]) + h, int(xs[k]) : int(xs[k]) + w]
+            if sparse[i]:
+                hr = sparse_spots(hr, spots[i])
+            if jitter[i]:
+                hr = jitter_intensity(hr, jit[i])
+            if flips[i, 0]:
+                hr = hr.flip(-1)
+            if flips[i, 1]:
+                hr = hr.flip(-2)
+            if flips[i, 2]:
+                hr = hr.transpose(-1, -2)
+            hr = hr.contiguous()
+            source = hr[None]
+            if blur_sigma[i] > 0:  # optical blur before sampling, for real-data degradations
+                source = gaussian_blur(source, float(blur_sigma[i]))
+            lrs.append(downsample(source, (p, p))[0])
+            hrs.append(hr)
+        lr = torch.stack(lrs)
+        # noise on the LR input only, for the whole batch at once; the HR target stays clean
+        normal = torch.randn(lr.shape, generator=gen)
+        sigma = noise_sigma.float().view(n, 1, 1, 1).expand_as(lr)
+        if shot.any():
+            lo, hi = (math.log(v) for v in PHOTON_GAIN_RANGE)
+            gain = torch.exp(lo + (hi - lo) * shot_levels[:, 0]).float().view(n, 1, 1, 1)
+            read = (READ_NOISE_RANGE[0] + (READ_NOISE_RANGE[1] - READ_NOISE_RANGE[0]) * shot_levels[:, 1]).float().view(n, 1, 1, 1)
+            shot_sigma = torch.sqrt(gain * lr.clamp(min=0) + read**2)
+            sigma = torch.where(shot.view(n, 1, 1, 1), torch.sqrt(sigma**2 + shot_sigma**2), sigma)
+        if self.noise > 0 or shot.any():
+            lr = lr + normal * sigma
+        return lr, hrs
+
+
+def jitter_intensity(hr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Random gamma, contrast and offset of a normalised crop; ``u``: 4 uniform numbers.
+
+    The curve is applied to the magnitude (sign kept) so values below 0 stay
+    below 0; with probability :data:`FLOOR_PROBABILITY` the result is clipped
+    at exactly 0 (integer data clipped at its minimum).
+    """
+    lo, hi = (math.log(v) for v in GAMMA_RANGE)
+    gamma = math.exp(lo + (hi - lo) * float(u[0]))
+    lo, hi = (math.log(v) for v in CONTRAST_RANGE)
+    contrast = math.exp(lo + (hi - lo) * float(u[1]))
+    offset = OFFSET_RANGE[0] + (OFFSET_RANGE[1] - OFFSET_RANGE[0]) * float(u[2])
+    out = hr.sign() * hr.abs() ** gamma * contrast + offset
+    if float(u[3]) < FLOOR_PROBABILITY:
+        out = out.clamp(min=0)
+    return out
+
+
+def sparse_spots(background: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Synthetic sparse fluorescence: Gaussian spots and hot pixels on a dim version of ``background``.
+
+    ``background`` (C, H, W) is a real crop, scaled to 0-15 % of the range and
+    offset by -5..+10 %, so the background is textured, dark and sometimes
+    negative; ``u`` ((MAX_SPOTS + 4, 4) uniform numbers) places up to
+    :data:`MAX_SPOTS` spots (sigma 0.5 px to 1/8 of the crop, amplitude 0.1-1)
+    and, for some items, single-pixel hot spots of amplitude up to 1.
+    """
+    c, h, w = background.shape
+    dtype = background.dtype
+    level, gain, count, hot = (float(v) for v in u[-1])
+    out = background * (0.15 * gain) + (-0.05 + 0.15 * level)
+    n_spots = 1 + int(count * (MAX_SPOTS - 1))  # rows 0..23; rows 24-26 are the hot pixels
+    s = u[:n_spots]
+    y = (s[:, 0] * h).to(dtype)
+    x = (s[:, 1] * w).to(dtype)
+    lo, hi = math.log(0.5), math.log(max(1.0, min(h, w) / 8))
+    sigma = torch.exp(lo + (hi - lo) * s[:, 2]).to(dtype)
+    amplitude = (0.1 + 0.9 * s[:, 3]).to(dtype)
+    gy = torch.exp(-0.5 * ((torch.arange(h, dtype=dtype)[None] + 0.5 - y[:, None]) / sigma[:, None]) ** 2)
+    gx = torch.exp(-0.5 * ((torch.arange(w, dtype=dtype)[None] + 0.5 - x[:, None]) / sigma[:, None]) ** 2)
+    out = out + torch.einsum("k,ky,kx->yx", amplitude, gy, gx)[None]
+    if hot < 0.3:  # hot pixels / cosmic-ray hits: single pixels far above the spots
+        pix = u[-4:-1]
+        out = out.clone()
+        out[:, (pix[:, 0] * h).long().clamp(max=h - 1), (pix[:, 1] * w).long().clamp(max=w - 1)] += (pix[:, 2] * 1.0).to(dtype)
+    return out.expand(c, h, w).contiguous() if out.shape[0] != c else out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

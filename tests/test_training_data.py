@@ -1,0 +1,151 @@
+"""The training pair sampler: scale distributions and the scientific-statistics options."""
+
+import pytest
+import torch
+
+from diinn_napari.data import PairSampler, downsample, jitter_intensity, parse_scales, sparse_spots
+
+
+def smooth_plane(size=(160, 200), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 1, size[0] // 8, size[1] // 8, generator=g)
+    return torch.nn.functional.interpolate(base, size=size, mode="bilinear", align_corners=False)[0]
+
+
+@pytest.fixture
+def planes():
+    return [smooth_plane(seed=i) for i in range(3)]
+
+
+def draw(sampler, seed=0, n=16):
+    return sampler.sample_batch(torch.Generator().manual_seed(seed), n)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2,3,4", ("choice", [2.0, 3.0, 4.0])),
+    ("4,2", ("choice", [4.0, 2.0])),
+    ("1-4", ("uniform", [1.0, 4.0])),
+    ("1-4:0.85,4-8:0.15", ("mix", [[1.0, 4.0, 0.85], [4.0, 8.0, 0.15]])),
+    ("1-4,6,8", ("mix", [[1.0, 4.0, 1.0], [6.0, 6.0, 1.0], [8.0, 8.0, 1.0]])),
+])
+def test_scale_distributions_parse(text, expected):
+    assert parse_scales(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0.5-2", "4-2", "", "a,b", "2:0", "2:-1"])
+def test_bad_scale_distributions_are_refused_clearly(text):
+    with pytest.raises(ValueError, match="scale"):
+        parse_scales(text)
+
+
+def test_max_scale_of_every_kind(planes):
+    for text, top in [("4,2", 4), ("1-4", 4), ("1-4:0.9,6-8:0.1", 8)]:
+        assert PairSampler(planes, 16, parse_scales(text)).max_scale() == top
+
+
+def test_same_seed_same_batch_and_shapes(planes):
+    sampler = PairSampler(planes, 16, parse_scales("1-4:0.8,6-8:0.2"), noise=0.02, dark=0.3, sparse=0.3,
+                          jitter=0.3, shot_noise=0.3, aniso=0.3)
+    lr_a, hr_a = draw(sampler, seed=1)
+    lr_b, hr_b = draw(sampler, seed=1)
+    lr_c, _ = draw(sampler, seed=2)
+    assert torch.equal(lr_a, lr_b) and all(torch.equal(a, b) for a, b in zip(hr_a, hr_b))
+    assert not torch.equal(lr_a, lr_c)
+    assert lr_a.shape == (16, 1, 16, 16) and len(hr_a) == 16
+    for hr in hr_a:
+        assert hr.shape[0] == 1 and 16 <= min(hr.shape[-2:]) and max(hr.shape[-2:]) <= 200
+        assert torch.isfinite(hr).all()
+
+
+def test_one_sample_is_a_batch_of_one(planes):
+    sampler = PairSampler(planes, 16, parse_scales("2,3"))
+    lr, hr = sampler.sample(torch.Generator().manual_seed(5))
+    lrs, hrs = sampler.sample_batch(torch.Generator().manual_seed(5), 1)
+    assert torch.equal(lr, lrs[0]) and torch.equal(hr, hrs[0])
+
+
+def test_large_scales_are_drawn_and_capped_by_the_plane(planes):
+    big = [smooth_plane((300, 300))]
+    _, hrs = draw(PairSampler(big, 16, parse_scales("8")), n=4)
+    assert all(hr.shape[-2:] == (128, 128) for hr in hrs)
+    _, hrs = draw(PairSampler(planes, 32, parse_scales("8")), n=4)  # 160 x 200 planes: at most x5, isotropic
+    assert all(hr.shape[-2:] == (160, 160) for hr in hrs)
+
+
+def test_lr_is_the_downsampled_hr_without_noise(planes):
+    sampler = PairSampler(planes, 16, parse_scales("1-4"), dark=0.5, sparse=0.5, jitter=0.5, aniso=0.5)
+    lr, hrs = draw(sampler)
+    for i, hr in enumerate(hrs):
+        assert torch.allclose(lr[i], downsample(hr[None], (16, 16))[0], atol=1e-6)
+
+
+def test_anisotropic_items_have_independent_axis_scales(planes):
+    lr, hrs = draw(PairSampler(planes, 16, parse_scales("3-4"), aniso=1.0), n=32)
+    shapes = [tuple(hr.shape[-2:]) for hr in hrs]
+    assert lr.shape[-2:] == (16, 16)
+    assert any(16 in s and max(s) >= 48 for s in shapes)  # the (s, 1) case, in either orientation
+    assert any(min(s) > 16 and s[0] != s[1] for s in shapes)  # two different scales > 1
+    _, iso = draw(PairSampler(planes, 16, parse_scales("3-4"), aniso=0.0), n=32)
+    assert all(hr.shape[-2] == hr.shape[-1] for hr in iso)
+
+
+def test_dark_crops_are_background_dominated():
+    # a plane that is bright on the left half and dark on the right
+    plane = torch.zeros(1, 128, 256)
+    plane[:, :, :128] = 0.8
+    plane += 0.05 * smooth_plane((128, 256))
+    plain = torch.stack([hr.mean() for hr in draw(PairSampler([plane], 16, parse_scales("2"), dark=0.0), n=64)[1]])
+    dark = torch.stack([hr.mean() for hr in draw(PairSampler([plane], 16, parse_scales("2"), dark=1.0), n=64)[1]])
+    assert dark.mean() < 0.5 * plain.mean()
+    assert (dark < 0.1).float().mean() > 0.8
+
+
+def test_sparse_items_are_dark_with_bright_spots(planes):
+    _, hrs = draw(PairSampler(planes, 16, parse_scales("2-4"), sparse=1.0), n=32)
+    values = torch.cat([hr.flatten() for hr in hrs])
+    assert values.median() < 0.15  # background-dominated
+    assert max(float(hr.max()) for hr in hrs) > 0.5  # spots
+    assert min(float(hr.min()) for hr in hrs) < 0  # background below the normalised 0 occurs
+
+
+def test_sparse_spots_are_deterministic_and_placed_on_the_crop():
+    u = torch.rand(28, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    background = torch.zeros(1, 40, 50)
+    a, b = sparse_spots(background, u), sparse_spots(background, u)
+    assert a.shape == (1, 40, 50) and torch.equal(a, b)
+
+
+def test_jitter_reaches_values_at_and_below_zero(planes):
+    _, hrs = draw(PairSampler(planes, 16, parse_scales("2"), jitter=1.0), n=64)
+    assert any(float(hr.min()) < -0.01 for hr in hrs)
+    assert any(bool((hr == 0).any()) for hr in hrs)  # clipped at exactly 0
+    # offset, contrast, gamma: the crop means spread out
+    means = torch.stack([hr.mean() for hr in hrs])
+    assert means.std() > 0.05
+
+
+def test_jitter_keeps_the_sign_and_order_of_values():
+    x = torch.linspace(-0.2, 1.2, 50)[None, None]
+    out = jitter_intensity(x, torch.tensor([0.9, 0.5, 0.5, 0.99], dtype=torch.float64))  # no floor
+    assert (out.diff(dim=-1) > 0).all()
+
+
+def test_shot_noise_grows_with_the_signal():
+    dim, bright = torch.full((1, 128, 128), 0.05), torch.full((1, 128, 128), 0.9)
+    sampler = PairSampler([dim, bright], 16, parse_scales("2"), shot_noise=1.0)
+    lr, hrs = draw(sampler, n=64)
+    clean = torch.stack([downsample(hr[None], (16, 16))[0] for hr in hrs])
+    residual = lr - clean
+    is_dim = torch.tensor([float(hr.mean()) < 0.5 for hr in hrs])
+    assert residual.abs().max() > 0
+    assert residual[~is_dim].std() > 1.5 * residual[is_dim].std()
+    assert abs(float(residual.mean())) < 0.01  # zero-mean: noise must not bias the training signal
+    # the HR target stays clean
+    assert all(torch.equal(hr, torch.full_like(hr, float(hr.flatten()[0]))) for hr in hrs)
+
+
+@pytest.mark.parametrize("option", ["dark", "sparse", "jitter", "shot_noise", "aniso"])
+def test_fractions_outside_0_1_are_refused(planes, option):
+    with pytest.raises(ValueError, match=option):
+        PairSampler(planes, 16, parse_scales("2"), **{option: 1.5})
+
