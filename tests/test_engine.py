@@ -64,7 +64,7 @@ def test_uint16_keeps_its_range_and_floats_their_scale(rng):
     out16 = upscale((ramp * 2000 + 1000).astype(np.uint16), 2, model=model)
     assert out16.dtype == np.uint16 and 900 < out16.mean() < 32000 + 1100
     floats = ramp * 1e-3 - 5.0
-    out = upscale(floats, 2, model=model)
+    out = upscale(floats, 2, model=model, consistency=0)  # the model alone: exactly bicubic
     assert out.dtype == np.float32
     bicubic = torch.nn.functional.interpolate(torch.from_numpy(floats)[None, None], (32, 32), mode="bicubic")[0, 0]
     np.testing.assert_allclose(out, bicubic.numpy(), atol=1e-5)
@@ -158,12 +158,16 @@ def test_cancel_stops_between_tiles(model, kind):
         (np.zeros((4, 4), np.uint8), {"scale": 2, "output_shape": (8, 8)}, "exactly one of scale"),
         (np.zeros((3, 100, 100), np.uint8), {"scale": 4, "max_output_pixels": 100_000}, r"480,000 pixels"),
         (np.zeros((8, 8, 3), np.uint8), {"scale": 2, "rgb": False}, "3-channel"),
-        (np.zeros((8, 8, 4), np.uint8), {"scale": 2, "rgb": True}, "last axis of 3"),
+        (np.zeros((8, 8, 5), np.uint8), {"scale": 2, "rgb": True}, r"last axis of 3 colour channels \(RGB\) or 4"),
+        (np.zeros((8, 8), np.uint8), {"scale": 2, "consistency": -1}, "consistency must be a whole number"),
+        (np.zeros((8, 8), np.uint8), {"scale": 2, "consistency": 1.5}, "consistency must be a whole number"),
+        (np.zeros((8, 8), np.uint8), {"scale": 2, "outlier_clamp": (0.2, 1.5)}, "must contain the normalised range"),
+        (np.zeros((8, 8), np.uint8), {"scale": 2, "outlier_clamp": 3}, r"outlier_clamp must be None or a \(low, high\)"),
         (np.zeros((8, 8), np.uint8), {"scale": 2, "precision": "fp16"}, "needs a CUDA device"),
     ],
 )
 def test_bad_input_gets_a_clear_error(image, kwargs, message):
-    model = tiny_model(channels=3) if image.shape[-1:] == (3,) else tiny_model()
+    model = tiny_model(channels=3) if image.shape[-1:] in ((3,), (5,)) else tiny_model()
     kwargs = {"scale": 2, **kwargs}
     with pytest.raises((ValueError, TypeError), match=message):
         upscale(image, kwargs.pop("scale"), model=model, **kwargs)
@@ -174,3 +178,13 @@ def test_unavailable_device_is_refused(model):
         pytest.skip("CUDA is present")
     with pytest.raises(ValueError, match="not available"):
         upscale(np.zeros((4, 4), np.uint8), 2, model=model, device="cuda:0")
+
+
+def test_data_consistency_is_on_by_default(model, rng):
+    from diinn_napari.engine import DEFAULT_CONSISTENCY
+
+    image = (rng.random((20, 20)) * 1000).astype(np.uint16)
+    assert DEFAULT_CONSISTENCY == 2
+    default = upscale(image, 2, model=model)
+    np.testing.assert_array_equal(default, upscale(image, 2, model=model, consistency=2))
+    assert not np.array_equal(default, upscale(image, 2, model=model, consistency=0))

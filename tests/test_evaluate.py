@@ -30,7 +30,8 @@ def silent_weights(tmp_path, channels):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("protocol", ["diinn", "liif"])
 def test_a_model_that_adds_nothing_scores_exactly_bicubic(folder, tmp_path, channels, protocol):
-    results = evaluate.evaluate(sorted(folder.glob("*.png")), [2, 3], silent_weights(tmp_path, channels), protocol)
+    results = evaluate.evaluate(sorted(folder.glob("*.png")), [2, 3], silent_weights(tmp_path, channels), protocol,
+                                consistency=0)
     for scale in ("x2", "x3"):
         mean = results["scales"][scale]["mean"]
         assert mean["psnr"] == pytest.approx(mean["bicubic_psnr"], abs=1e-3)
@@ -58,3 +59,57 @@ def test_cli_prints_a_table_and_writes_json(folder, tmp_path, capsys):
 def test_bad_scales_are_refused(folder):
     with pytest.raises(SystemExit):
         evaluate.main(["--data", str(folder), "--scales", "0.5"])
+
+
+def test_fidelity_columns_an_identity_model_has_no_bias(folder, tmp_path):
+    results = evaluate.evaluate(sorted(folder.glob("*.png")), [1, 2], silent_weights(tmp_path, 1), consistency=0)
+    identity = results["scales"]["x1"]
+    for row in identity["per_image"] + [identity["mean"]]:
+        assert row["bias"] == pytest.approx(0, abs=1e-4) and row["clipped"] == 0
+    x2 = results["scales"]["x2"]
+    for row in x2["per_image"]:  # a model that adds nothing to bicubic has bicubic's bias and clipping
+        assert row["bias"] == pytest.approx(row["bicubic_bias"], abs=1e-4)
+        assert row["clipped"] == pytest.approx(row["bicubic_clipped"])
+    assert x2["mean"]["bias"] == pytest.approx(np.mean([r["bias"] for r in x2["per_image"]]))
+
+
+def test_clipping_is_counted_at_the_files_dtype_limits(tmp_path):
+    # a hard 0/250 edge: bicubic overshoots past 255 where the reference is 250 (counted) and below 0
+    # where the reference is 0 (not counted: the reference is at the limit there)
+    edge = np.zeros((40, 40), np.uint8)
+    edge[:, 20:] = 250
+    imsave(tmp_path / "edge.png", edge, check_contrast=False)
+    row = evaluate.evaluate([tmp_path / "edge.png"], [2], silent_weights(tmp_path, 1),
+                            consistency=0)["scales"]["x2"]["per_image"][0]
+    assert 0 < row["clipped"] < 0.5
+
+
+def test_real_mode_needs_no_ground_truth_and_sees_consistency(folder, tmp_path, capsys):
+    weights = silent_weights(tmp_path, 1)
+    off = evaluate.evaluate_real(sorted(folder.glob("*.png")), [2], weights, consistency=0)
+    on = evaluate.evaluate_real(sorted(folder.glob("*.png")), [2], weights, consistency=3)
+    assert on["scales"]["x2"]["mean"]["lr_psnr"] > off["scales"]["x2"]["mean"]["lr_psnr"] + 5
+    assert off["scales"]["x2"]["mean"]["lr_psnr"] == pytest.approx(off["scales"]["x2"]["mean"]["bicubic_lr_psnr"], abs=0.1)
+    out = tmp_path / "real.json"
+    assert evaluate.main(["--data", str(folder), "--real", "--scales", "2", "--model", str(weights), "--consistency", "2",
+                          "--per-image", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "protocol real" in text and "model LR-PSNR" in text and "img1.png" in text
+    data = json.loads(out.read_text())
+    assert data["consistency"] == 2 and {"lr_psnr", "bias", "clipped"} <= set(data["scales"]["x2"]["per_image"][0])
+
+
+def test_no_usable_image_is_an_exception_not_an_exit(tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises((ValueError, OSError)):
+        evaluate.evaluate([tmp_path / "notes.png"], [2], silent_weights(tmp_path, 1))
+    assert evaluate.main(["--data", str(tmp_path / "notes.png"), "--model", str(silent_weights(tmp_path, 1))]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_consistency_in_the_protocol_run(folder, tmp_path):
+    weights = silent_weights(tmp_path, 1)
+    files = sorted(folder.glob("*.png"))
+    off = evaluate.evaluate(files, [2], weights, consistency=0)["scales"]["x2"]["mean"]
+    on = evaluate.evaluate(files, [2], weights, consistency=3)["scales"]["x2"]["mean"]
+    assert on["lr_psnr"] > off["lr_psnr"] + 5  # the back-projection makes the output explain its input

@@ -8,6 +8,17 @@ Data flows one way, one YX plane at a time:
 A tile's overlap is the model's receptive radius, and every tile decodes its
 own window of the *global* output grid, so the tiled result equals the
 whole-image result; peak memory depends on the tile size, not the image size.
+
+Fidelity, per tile and still equal to the whole-image result:
+
+* outliers (normalised values outside ``outlier_clamp``) reach the network as
+  the clamped median of their neighbours; their excess is added back by
+  bicubic interpolation, so a hot pixel spreads no further than bicubic;
+* data consistency (``consistency`` = K back-projection steps): the network
+  decodes its window widened by the halo K steps need, then
+  ``x <- clip(x + U(y - D(x)))`` with D the training degradation
+  (:mod:`diinn_napari.quality`), U bicubic and clip the output dtype's range;
+* the trust map is the magnitude of that correction on the output grid.
 """
 
 from __future__ import annotations
@@ -24,11 +35,16 @@ import torch
 from .devices import pick_device
 from .intensity import check_dtype, fit_intensity
 from .model import DIINN
-from .model.grid import nearest_lr_index
+from .model.grid import bicubic_matrix, nearest_lr_index
 from .planning import output_size
+from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
 DEFAULT_MAX_OUTPUT_PIXELS = 2_000_000_000
+# Back-projection iterations after the network (0 = off): see :func:`upscale`.
+DEFAULT_CONSISTENCY = 2
+# The network sees normalised values clamped to this range; the rest (outliers) goes through bicubic.
+OUTLIER_CLAMP = (-1.0, 2.0)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 ProgressCallback = Callable[[int, int], Any]
@@ -40,12 +56,17 @@ class Cancelled(Exception):
 
 
 class Step(NamedTuple):
-    """Progress of :func:`upscale_steps`: tiles done of total, the plane's index, the plane once finished."""
+    """Progress of :func:`upscale_steps`: tiles done of total, the plane's index, the plane once finished.
+
+    ``trust`` comes with a finished plane when ``return_trust=True``: the
+    (Y_out, X_out) float32 trust map of that plane (see :func:`upscale`).
+    """
 
     done: int
     total: int
     index: tuple[int, ...]
     plane: np.ndarray | None
+    trust: np.ndarray | None = None
 
 
 # ---- planning ------------------------------------------------------------------------------------
@@ -69,8 +90,10 @@ def _spatial_layout(image, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]
     if 0 in shape:
         raise ValueError(f"image is empty (shape {shape})")
     if rgb:
-        if shape[-1] != 3:
-            raise ValueError(f"rgb=True needs a last axis of 3 colour channels, got shape {shape} (drop an alpha channel first)")
+        if shape[-1] not in (3, 4):
+            raise ValueError(
+                f"rgb=True needs a last axis of 3 colour channels (RGB) or 4 (RGBA), got shape {shape}"
+            )
         return shape[:-3], shape[-3:-1]
     return shape[:-2], shape[-2:]
 
@@ -107,6 +130,9 @@ def upscale_steps(
     precision: str = "fp32",
     mode: str = "fast",
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+    consistency: int = DEFAULT_CONSISTENCY,
+    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
+    return_trust: bool = False,
 ) -> Iterator[Step]:
     """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
@@ -114,11 +140,15 @@ def upscale_steps(
     worker can report progress and stop between tiles. Streams: one input
     plane is read (``np.asarray(image[index])``) and one output plane exists at
     a time. Arguments as in :func:`upscale`; ``max_output_pixels`` limits one
-    output plane here.
+    output plane here. With ``return_trust=True`` the step that finishes a
+    plane also carries its trust map (``step.trust``).
     """
     leading, (h, w) = _spatial_layout(image, rgb)
     H, W = output_size((h, w), scale, output_shape)
     channels = 3 if rgb else 1
+    alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
+    consistency = check_consistency(consistency)
+    clamp = check_outlier_clamp(outlier_clamp)
     if H * W > max_output_pixels:
         raise ValueError(
             f"one output plane would be {H} x {W} = {H * W:,} pixels, above max_output_pixels={max_output_pixels:,}; "
@@ -151,21 +181,31 @@ def upscale_steps(
         if plane.dtype.kind == "f" and not np.isfinite(plane).all():
             where = f" in plane {index}" if index else ""
             raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
-        mapping = fit_intensity(plane, intensity)
-        lr = mapping.normalize(plane)
+        colour = plane[..., :3] if alpha else plane
+        mapping = fit_intensity(colour, intensity)
+        lr = mapping.normalize(colour)
         lr = lr.transpose(2, 0, 1) if rgb else lr[None]
-        out = np.empty((channels, H, W), dtype)
+        valid = _valid_range(mapping, dtype)
+        out = np.empty((channels + alpha, H, W), dtype)
+        trust = np.empty((H, W), np.float32) if return_trust else None
         for i, (window, tile_box) in enumerate(tiles):
             if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
                 raise Cancelled(f"cancelled after {done} of {total} tiles")
-            sr = _run_tile(net, lr, (h, w), (H, W), window, tile_box, dev, mode, PRECISIONS[precision])
+            sr, correction = _render(net, lr, (h, w), (H, W), window, dev, mode, PRECISIONS[precision],
+                                     consistency=consistency, clamp=clamp, valid=valid, trust=return_trust)
             y0, y1, x0, x1 = window
-            out[:, y0:y1, x0:x1] = mapping.denormalize(sr, dtype)
+            out[:channels, y0:y1, x0:x1] = mapping.denormalize(sr, dtype)
+            if trust is not None:
+                # in the image's own units: the map's values compare with the output's
+                trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
             done += 1
             if progress is not None:
                 progress(done, total)
             finished = i == len(tiles) - 1
-            yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None)
+            if finished and alpha:
+                out[3] = resize_mask(plane[..., 3], (H, W), dtype)
+            yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
+                       trust if finished else None)
 
 
 def iter_upscaled_planes(image, scale=None, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
@@ -195,12 +235,17 @@ def upscale(
     precision: str = "fp32",
     mode: str = "fast",
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-) -> np.ndarray:
+    consistency: int = DEFAULT_CONSISTENCY,
+    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
+    return_trust: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
-        (..., Y, X, 3) with ``rgb=True``; every leading plane (Z, T, C) is
-        upscaled independently and read one at a time.
+        (..., Y, X, 3) / (..., Y, X, 4) with ``rgb=True``; every leading plane
+        (Z, T, C) is upscaled independently and read one at a time. RGBA: the
+        colour goes through the RGB model, the alpha channel is resized
+        bilinearly (a mask: no overshoot, same pixel-centre grid).
     scale: output/input size ratio, a number >= 1 or (sy, sx); each axis
         becomes round(n * s). Or ``output_shape=(Y, X)``.
     model: "default" (bundled gray or RGB model), a bundled name, a weights
@@ -215,8 +260,27 @@ def upscale(
     precision: "fp32", or "fp16"/"bf16" autocast on CUDA.
     mode: "fast" (factorised decoder) or "reference" (textbook decoder).
     max_output_pixels: refuse outputs larger than this many pixels in all.
+    consistency: data consistency, the number of iterative back-projection
+        steps ``x <- clip(x + U(y - D(x)))`` after the network (0 = off). D is
+        the degradation the model is trained for (antialiased bicubic
+        downsampling at the real size ratio of each axis), U bicubic
+        upsampling, ``y`` the normalised input, ``clip`` the output dtype's
+        representable range. Each step makes the output agree better with the
+        input: downsampled, it gives back the input.
+    outlier_clamp: (low, high) in the normalised range (0..1 = the intensity
+        map's lo..hi): the network sees values clamped to it, and the
+        clamped-off excess (hot pixels, saturated spots, cosmic rays) is added
+        back by bicubic interpolation, so an outlier spreads no further than
+        bicubic spreads it. ``None`` feeds the values as they are.
+    return_trust: also return a trust map (float32, (..., Y_out, X_out), in
+        the image's intensity units): per output pixel, the magnitude of the
+        correction the back-projection applied (``consistency`` > 0), or with
+        ``consistency=0`` the correction one step would apply, |U(y - D(out))|.
+        Large where the model disagrees with the measurement. For RGB, the
+        largest over the colour channels.
 
-    Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3).
+    Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4); with
+    ``return_trust=True`` the pair ``(output, trust)``.
     """
     leading, (h, w) = _spatial_layout(image, rgb)
     H, W = output_size((h, w), scale, output_shape)
@@ -226,17 +290,23 @@ def upscale(
             f"the output would be {leading + (H, W)} = {n_pixels:,} pixels, above max_output_pixels={max_output_pixels:,}; "
             "lower the scale, process a crop or fewer planes, or raise max_output_pixels"
         )
-    result = None
-    planes = iter_upscaled_planes(
+    result = trust = None
+    steps = upscale_steps(
         image, output_shape=(H, W), model=model, device=device, rgb=rgb, tile_size=tile_size, progress=progress,
         cancel=cancel, intensity=intensity, out_dtype=out_dtype, precision=precision, mode=mode,
-        max_output_pixels=max_output_pixels,
+        max_output_pixels=max_output_pixels, consistency=consistency, outlier_clamp=outlier_clamp,
+        return_trust=return_trust,
     )
-    for index, plane in planes:
+    for step in steps:
+        if step.plane is None:
+            continue
         if result is None:
-            result = np.empty(leading + plane.shape, plane.dtype)
-        result[index] = plane
-    return result
+            result = np.empty(leading + step.plane.shape, step.plane.dtype)
+            trust = np.empty(leading + (H, W), np.float32) if return_trust else None
+        result[step.index] = step.plane
+        if trust is not None:
+            trust[step.index] = step.trust
+    return (result, trust) if return_trust else result
 
 
 # ---- tiles ---------------------------------------------------------------------------------------
@@ -260,15 +330,226 @@ def _tile_grid(h: int, w: int, H: int, W: int, tile: int):
     return grid
 
 
+def _run_tile(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, core, device, mode, autocast_dtype,
+              **options) -> np.ndarray:
+    """The output window ``window`` of the normalised plane ``lr`` (C, h, w) -> (C, y1-y0, x1-x0).
+
+    ``core`` (the LR pixels the window's output pixels are nearest to) is
+    implied by ``window`` and kept for callers; ``options`` are those of
+    :func:`_render` (``consistency``, ``clamp``, ``valid``).
+    """
+    return _render(net, lr, lr_shape, out_shape, window, device, mode, autocast_dtype, **options)[0]
+
+
+def check_consistency(consistency) -> int:
+    """The number of back-projection steps, validated: an int >= 0."""
+    if isinstance(consistency, bool) or not isinstance(consistency, (int, np.integer)) or consistency < 0:
+        raise ValueError(f"consistency must be a whole number of back-projection steps >= 0 (0 = off), got {consistency!r}")
+    return int(consistency)
+
+
+def check_outlier_clamp(clamp) -> tuple[float, float] | None:
+    """``None`` or a finite (low, high) pair with low <= 0 and high >= 1 (normalised units), validated."""
+    if clamp is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clamp)
+    except (TypeError, ValueError):
+        raise ValueError(f"outlier_clamp must be None or a (low, high) pair of numbers, got {clamp!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0 and hi >= 1):
+        raise ValueError(
+            f"outlier_clamp must contain the normalised range 0..1 (low <= 0, high >= 1, finite), got {clamp!r}"
+        )
+    return lo, hi
+
+
+def _valid_range(mapping, dtype: np.dtype) -> tuple[float, float]:
+    """The output dtype's representable range in the normalised units of ``mapping``."""
+    if np.dtype(dtype).kind not in "ui":
+        return -np.inf, np.inf
+    info = np.iinfo(dtype)
+    span = mapping.hi - mapping.lo
+    lo, hi = (info.min - mapping.lo) / span, (info.max - mapping.lo) / span
+    return (min(lo, hi), max(lo, hi))
+
+
+def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """Resize an alpha channel or mask (Y, X) bilinearly on the same pixel-centre grid as the model.
+
+    Linear interpolation stays within the range of its neighbours (no
+    overshoot); integers are rounded, floats come back as float32.
+    """
+    values = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    out = torch.nn.functional.interpolate(values, size=tuple(out_shape), mode="bilinear", align_corners=False)[0, 0]
+    out = out.numpy()
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out.astype(dtype, copy=False)
+
+
+def _upsample_support(n_in: int, n_out: int, start: int, stop: int) -> tuple[int, int]:
+    """LR index range ``[lo, hi)`` that bicubic output pixels ``start..stop-1`` read (global border clamp)."""
+    ratio = n_in / n_out
+    lo = int(np.floor((start + 0.5) * ratio - 0.5)) - 1
+    hi = int(np.floor((stop - 0.5) * ratio - 0.5)) + 3
+    return max(lo, 0), min(hi, n_in)
+
+
+def _halo_windows(n_in: int, n_out: int, start: int, stop: int, steps: int):
+    """Per axis: output windows W_0 ⊇ ... ⊇ W_steps = [start, stop) and LR windows L_1..L_steps.
+
+    Step k computes x on W_k from x on W_{k-1}: it reads y on L_k (the bicubic
+    support of W_k) and D(x) there needs x on the antialiased support of L_k.
+    """
+    windows, lr_windows = [(start, stop)], []
+    for _ in range(steps):
+        a, b = windows[-1]
+        lr_win = _upsample_support(n_in, n_out, a, b)
+        d0, d1 = antialias_support(n_out, n_in, *lr_win)
+        windows.append((min(a, d0), max(b, d1)))
+        lr_windows.append(lr_win)
+    return windows[::-1], lr_windows[::-1]
+
+
+def _local_median(lr: np.ndarray, box: tuple[int, int, int, int], clamp: tuple[float, float]) -> np.ndarray:
+    """Median of each pixel's 3x3 neighbourhood (edge pixels repeated at the *image* border), clamped.
+
+    What the network sees instead of an outlier: a value its neighbours
+    suggest, so a hot pixel leaves no bright dot for the network to spread.
+    Read from the whole plane, so tiles agree.
+    """
+    from scipy.ndimage import median_filter
+
+    t0, t1, s0, s1 = box
+    h, w = lr.shape[-2:]
+    a0, a1, b0, b1 = max(0, t0 - 1), min(h, t1 + 1), max(0, s0 - 1), min(w, s1 + 1)
+    # one pixel of real neighbours around the box; edge pixels repeated only where the image itself ends
+    padded = np.pad(lr[:, a0:a1, b0:b1], ((0, 0), (1 - (t0 - a0), 1 - (a1 - t1)), (1 - (s0 - b0), 1 - (b1 - s1))),
+                    mode="edge")
+    median = median_filter(padded, size=(1, 3, 3), mode="nearest")[:, 1:-1, 1:-1]
+    return np.clip(median, clamp[0], clamp[1])
+
+
 @torch.no_grad()
-def _run_tile(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, core, device, mode, autocast_dtype) -> np.ndarray:
-    """Encode one LR tile with its overlap and decode the output window it owns -> (C, y1-y0, x1-x0)."""
-    h, w = lr_shape
+def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mode, autocast_dtype, *,
+            consistency: int = 0, clamp: tuple[float, float] | None = OUTLIER_CLAMP,
+            valid: tuple[float, float] = (-np.inf, np.inf), trust: bool = False):
+    """Decode output ``window`` (y0, y1, x0, x1) of the global grid from the whole normalised plane ``lr`` (C, h, w).
+
+    1. Outliers (values outside ``clamp``) are replaced, for the network, by
+       the clamped median of their 3x3 neighbourhood; the rest of the plane
+       is unchanged.
+    2. The network decodes the window widened by the halo the back-projection
+       steps need (encoding the LR pixels that window depends on), so the
+       result equals the whole-image result.
+    3. ``consistency`` back-projection steps against that same plane, each
+       followed by the projection onto ``valid`` (the output dtype's range).
+    4. The outliers' excess over their replacement is added by bicubic
+       interpolation: linear in the excess, spread no further than bicubic.
+
+    Returns ``(sr, correction)``: (C, y1-y0, x1-x0) float32 arrays,
+    ``correction`` (|x_K - x_0|, or with ``consistency`` 0 one step's
+    |U(y - D(x_0))|) only with ``trust=True``.
+    """
+    (h, w), (H, W) = lr_shape, out_shape
+    y0, y1, x0, x1 = window
+    steps = max(consistency, 1) if trust else consistency
+    wy, ly = _halo_windows(h, H, y0, y1, steps)
+    wx, lx = _halo_windows(w, W, x0, x1, steps)
+    (ya, yb), (xa, xb) = wy[0], wx[0]
+    # the network on the widened window: its LR tile is the nearest LR pixels plus the receptive radius
+    # (which contains the bicubic support of every window below)
     m = net.receptive_radius
-    r0, r1, c0, c1 = core
-    t0, t1, s0, s1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
-    x = torch.from_numpy(np.ascontiguousarray(lr[:, t0:t1, s0:s1]))[None].to(device)
+    rows, cols = nearest_lr_index(h, H, ya, yb), nearest_lr_index(w, W, xa, xb)
+    t0, t1 = max(0, int(rows[0]) - m), min(h, int(rows[-1]) + 1 + m)
+    s0, s1 = max(0, int(cols[0]) - m), min(w, int(cols[-1]) + 1 + m)
+    crop = lr[:, t0:t1, s0:s1]
+    excess = None
+    if clamp is not None:
+        outside = (crop < clamp[0]) | (crop > clamp[1])
+        if outside.any():
+            clamped = crop.copy()
+            clamped[outside] = _local_median(lr, (t0, t1, s0, s1), clamp)[outside]
+            excess = crop - clamped
+            crop = clamped
+    x = torch.from_numpy(np.ascontiguousarray(crop))[None].to(device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         features = net.encode(x)
-        sr = net.decode_window(x, features, lr_shape, out_shape, window, (t0, s0), mode)
-    return sr[0].float().cpu().numpy()
+        sr = net.decode_window(x, features, lr_shape, out_shape, (ya, yb, xa, xb), (t0, s0), mode)
+    lo, hi = valid
+    sr = sr[0].float().clamp(lo, hi)
+    first, correction = sr, None
+    y = x[0].float()  # the plane the network saw: consistency with it keeps outliers out of the back-projection
+    for k in range(steps):
+        (pa, pb), (qa, qb) = wy[k], wx[k]  # x lives on W_k
+        (na, nb), (ma, mb) = wy[k + 1], wx[k + 1]  # and becomes x on W_{k+1}
+        (la, lb), (ka, kb) = ly[k], lx[k]
+        dy = torch.from_numpy(antialias_matrix(H, h, la, lb, pa, pb)).float().to(device)
+        dx = torch.from_numpy(antialias_matrix(W, w, ka, kb, qa, qb)).float().to(device)
+        uy = bicubic_matrix(h, H, na, nb, la, lb).to(device)
+        ux = bicubic_matrix(w, W, ma, mb, ka, kb).to(device)
+        residual = y[:, la - t0 : lb - t0, ka - s0 : kb - s0] - dy @ sr @ dx.t()
+        step = uy @ residual @ ux.t()
+        sr = sr[:, na - pa : nb - pa, ma - qa : mb - qa]
+        first = first[:, na - pa : nb - pa, ma - qa : mb - qa]
+        if k >= consistency:  # trust only: the correction the first step would apply, none applied
+            correction = step.abs()
+            break
+        sr = (sr + step).clamp(lo, hi)
+    if trust and correction is None:
+        correction = (sr - first).abs()
+    if excess is not None:  # outliers: their excess travels the bicubic path, linearly
+        by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
+        bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
+        sr = (sr + by @ torch.from_numpy(np.ascontiguousarray(excess)).to(device) @ bx.t()).clamp(lo, hi)
+    return sr.cpu().numpy(), None if correction is None else correction.cpu().numpy()
+
+
+# ---- one window of the output grid (the napari preview) --------------------------------------------
+def upscale_window(
+    plane,
+    output_shape: tuple[int, int],
+    window: tuple[int, int, int, int],
+    *,
+    model: str | os.PathLike | DIINN = "default",
+    device: str | torch.device = "auto",
+    rgb: bool = False,
+    intensity: str = "auto",
+    out_dtype: np.dtype | str | None = None,
+    consistency: int = DEFAULT_CONSISTENCY,
+    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
+) -> np.ndarray:
+    """Output rows ``y0:y1`` and columns ``x0:x1`` of ``plane`` upscaled to ``output_shape``.
+
+    The same pixels :func:`upscale` gives at that place with the same options
+    (the intensity map is fitted on the whole plane, the window is decoded on
+    the global output grid), at the cost of the window alone: what the napari
+    preview shows. ``plane`` is (Y, X), or (Y, X, 3|4) with ``rgb=True``;
+    ``window`` is (y0, y1, x0, x1) with 0 <= y0 < y1 <= Y_out and 0 <= x0 < x1 <= X_out.
+    """
+    plane = np.asarray(plane)
+    leading, (h, w) = _spatial_layout(plane, rgb)
+    if leading:
+        raise ValueError(f"upscale_window takes one plane, (Y, X){' + (3,)' if rgb else ''}; got shape {plane.shape}")
+    H, W = output_size((h, w), output_shape=output_shape)
+    y0, y1, x0, x1 = (int(v) for v in window)
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
+    dtype = np.dtype(out_dtype) if out_dtype is not None else np.dtype(plane.dtype)
+    dtype = np.dtype(np.float32) if dtype.kind == "f" else check_dtype(dtype)
+    alpha = rgb and plane.shape[-1] == 4
+    net = get_model(model, 3 if rgb else 1, device)
+    dev = next(net.parameters()).device
+    colour = plane[..., :3] if alpha else plane
+    mapping = fit_intensity(colour, intensity)
+    lr = mapping.normalize(colour)
+    lr = lr.transpose(2, 0, 1) if rgb else lr[None]
+    sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), dev, "fast", None,
+                    consistency=check_consistency(consistency), clamp=check_outlier_clamp(outlier_clamp),
+                    valid=_valid_range(mapping, dtype))
+    out = mapping.denormalize(sr, dtype)
+    if alpha:  # the mask resized on the whole plane, then cut: the same values as the full run
+        out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
+    return out.transpose(1, 2, 0) if rgb else out[0]

@@ -1,16 +1,28 @@
-"""Evaluate a model against bicubic on a folder of HR images.
+"""Evaluate a model against bicubic on a folder of HR images, for quality and for fidelity.
 
     python -m diinn_napari.evaluate --data DIR|FILE [--data ...] --scales 2,3,4,2.5,6 [--model M]
-        [--protocol diinn|liif] [--json out.json] [--limit N]
+        [--protocol diinn|liif] [--consistency N] [--real] [--json out.json] [--limit N]
 
 LR images are made from each HR image by antialiased bicubic downsampling to
-round(H / s); the model (through the engine) and bicubic interpolation upscale
-them back to the exact HR size. Protocols:
+round(H / s) (:func:`diinn_napari.quality.downsample`, the degradation the
+models are trained for); the model (through the engine) and bicubic
+interpolation upscale them back to the exact HR size. Protocols:
 
 * ``diinn`` (the paper's): PSNR and SSIM on all channels in [0, 1], no border
   shave, no 8-bit rounding; LR-PSNR between the bicubic-downsampled SR and HR.
 * ``liif``: PSNR and SSIM on the BT.601 Y channel (65.738, 129.057, 25.064)/256
   with a border of ceil(s) pixels shaved (Set5/Set14 convention).
+
+Fidelity, per image and mean, for the model and for bicubic: ``bias``, the
+mean of output - HR in % of the HR plane's robust range (p99.9 - p0.1), and
+``clipped``, the fraction of output pixels that the cast to the file's dtype
+puts at its limits where the HR pixel is inside them.
+
+``--real``: no ground truth. Each image is upscaled itself, in its own dtype
+with the engine's default intensity handling (what a user gets), and the
+result is downsampled back with the degradation: PSNR (on the input's robust
+range) and mean bias against the input, the LR-consistency, and the fraction
+of output pixels clipped at the dtype's limits where the input is not.
 
 A 1-channel model is evaluated on the luminance of RGB images; a 3-channel
 model on RGB (grayscale images repeated to 3 channels).
@@ -27,10 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .data import downsample, find_images, image_planes
-from .engine import get_model, upscale
+from .data import find_images, image_planes, read_image
+from .engine import DEFAULT_CONSISTENCY, get_model, upscale
+from .intensity import Intensity, fit_intensity, to_luminance
+from .model.grid import nearest_lr_index
+from .quality import (clipped_fraction, downsample, downsample_array, dtype_limits, lr_consistency, mean_bias_percent,
+                      psnr, robust_range, ssim)
 
 Y_WEIGHTS = np.array([65.738, 129.057, 25.064], dtype=np.float64) / 256
 
@@ -43,6 +58,37 @@ def load_hr(path: Path, channels: int) -> np.ndarray | None:
     if not planes:
         return None
     return np.asarray(planes[0], np.float32).reshape(channels, *planes[0].shape[-2:])
+
+
+def load_native(path: Path, channels: int) -> np.ndarray | None:
+    """First plane of a file in its own units and dtype, as a ``channels`` model takes it.
+
+    (Y, X) for 1 channel (the luminance of RGB files, rounded to their integer
+    dtype), (Y, X, 3) for 3 (grayscale repeated); None if there is no such plane.
+    """
+    array, is_rgb = read_image(path)
+    if is_rgb:
+        plane = array.reshape(-1, *array.shape[-3:])[0]
+        if channels == 3:
+            return plane
+        luma = to_luminance(plane)
+        return _cast(luma, plane.dtype) if plane.dtype.kind in "ui" else luma
+    plane = array.reshape(-1, *array.shape[-2:])[0]
+    return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float -> ``dtype`` as the engine writes it: integers rounded and clipped, floats as float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return np.asarray(values, np.float32)
+
+
+def _normalisation(native: np.ndarray) -> Intensity:
+    """The map :func:`load_hr` used for this plane (uint8 by its range, others by robust percentiles)."""
+    return Intensity(0.0, 255.0) if native.dtype == np.uint8 else fit_intensity(native)
 
 
 def metric_view(image: np.ndarray, protocol: str, scale: float) -> np.ndarray:
@@ -58,67 +104,161 @@ def metric_view(image: np.ndarray, protocol: str, scale: float) -> np.ndarray:
 
 def scores(hr: np.ndarray, sr: np.ndarray, protocol: str, scale: float) -> dict:
     a, b = metric_view(hr, protocol, scale), metric_view(sr, protocol, scale)
-    ssim = structural_similarity(a, b, data_range=1.0, channel_axis=-1) if min(a.shape[:2]) >= 7 else float("nan")
-    return {"psnr": peak_signal_noise_ratio(a, b, data_range=1.0), "ssim": ssim}
+    return {"psnr": psnr(b, a, 1.0), "ssim": ssim(b, a, 1.0, channel_axis=-1)}
 
 
 def lr_psnr(hr: torch.Tensor, sr: np.ndarray, lr_size: tuple[int, int]) -> float:
     down_sr = downsample(torch.from_numpy(np.clip(sr, 0, 1))[None], lr_size)[0].numpy()
     down_hr = downsample(hr.clamp(0, 1)[None], lr_size)[0].numpy()
-    return peak_signal_noise_ratio(down_hr, down_sr, data_range=1.0)
+    return psnr(down_sr, down_hr, 1.0)
+
+
+def _lr_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    return max(1, round(shape[0] / scale)), max(1, round(shape[1] / scale))
+
+
+def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
+    return image.transpose(2, 0, 1) if rgb else image[None]
 
 
 def evaluate(files: list[Path], scales: list[float], model="default", protocol: str = "diinn", device: str = "auto",
-             channels: int | None = None, progress=None) -> dict:
-    """Per-scale mean PSNR/SSIM (and LR-PSNR) of the model and of bicubic over ``files``."""
+             channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY) -> dict:
+    """Per-scale mean and per-image PSNR/SSIM (and LR-PSNR), bias and clipping of the model and of bicubic.
+
+    ``consistency`` is the engine's back-projection setting (see
+    :func:`diinn_napari.upscale`). In this protocol the engine works on
+    normalised floats, so its output is not cast; ``clipped`` counts what the
+    cast to the file's dtype would clip.
+    """
     net = get_model(model, channels or 1, device)
     channels = net.in_channels
-    images = [(f, load_hr(f, channels)) for f in files]
-    images = [(f, hr) for f, hr in images if hr is not None]
+    images = []
+    for f in files:
+        hr, native = load_hr(f, channels), load_native(f, channels)
+        if hr is not None and native is not None:
+            limits = np.asarray(dtype_limits(native.dtype), np.float64)
+            mapping = _normalisation(native)
+            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo)))
     if not images:
-        raise SystemExit(f"error: none of the {len(files)} files has a usable {channels}-channel image")
-    results = {"protocol": protocol, "channels": channels, "images": [str(f) for f, _ in images], "scales": {}}
+        raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
+    results = {"protocol": protocol, "channels": channels, "consistency": consistency,
+               "images": [str(f) for f, _, _ in images], "scales": {}}
     for scale in scales:
         rows = []
-        for path, hr in images:
+        for path, hr, limits in images:
             _, H, W = hr.shape
-            lr_size = (max(1, round(H / scale)), max(1, round(W / scale)))
+            lr_size = _lr_size((H, W), scale)
             hr_t = torch.from_numpy(hr)
             lr = downsample(hr_t[None], lr_size)[0]
             bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
             lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
-            sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none")
-            sr = sr.transpose(2, 0, 1) if channels == 3 else sr[None]
+            sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
+                         consistency=consistency)
+            sr = _channels_first(sr, channels == 3)
             ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
-            rows.append({"image": path.name, "psnr": ours["psnr"], "ssim": ours["ssim"], "bicubic_psnr": base["psnr"],
-                         "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size)})
+            value_range = robust_range(hr)
+            rows.append({
+                "image": path.name, "psnr": ours["psnr"], "ssim": ours["ssim"], "bicubic_psnr": base["psnr"],
+                "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size),
+                "bias": mean_bias_percent(sr, hr, value_range), "bicubic_bias": mean_bias_percent(bicubic, hr, value_range),
+                "clipped": clipped_fraction(sr, hr, tuple(limits)),
+                "bicubic_clipped": clipped_fraction(bicubic, hr, tuple(limits)),
+            })
             if progress:
                 progress(scale, path)
-        mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "image"}
-        mean["gain"] = mean["psnr"] - mean["bicubic_psnr"]
-        results["scales"][f"x{scale:g}"] = {"mean": mean, "per_image": rows}
+        results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
     return results
 
 
-def format_table(results: dict) -> str:
-    lines = [f"protocol {results['protocol']}, {len(results['images'])} images, {results['channels']}-channel model",
-             f"{'scale':>6} {'bicubic PSNR':>13} {'model PSNR':>11} {'gain dB':>8} {'bicubic SSIM':>13} {'model SSIM':>11} {'LR-PSNR':>8}"]
+def _mean(rows: list[dict]) -> dict:
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "image"}
+    if "psnr" in mean and "bicubic_psnr" in mean:
+        mean["gain"] = mean["psnr"] - mean["bicubic_psnr"]
+    return mean
+
+
+def real_scores(image: np.ndarray, scale: float | tuple[float, float], net, rgb: bool = False,
+                consistency: int = DEFAULT_CONSISTENCY) -> dict:
+    """Ground-truth-free fidelity of one plane: upscale it, downsample back, compare with it.
+
+    ``image`` is (Y, X) or (Y, X, 3) in its own dtype; the engine runs with
+    its default intensity handling and output dtype (the user's path).
+    Returns LR-consistency PSNR (dB on the input's robust range) and bias
+    (% of it) for the model and for bicubic, and the fraction of output
+    pixels at the dtype's limits whose nearest input pixel is inside them.
+    """
+    out = upscale(image, scale, model=net, rgb=rgb, consistency=consistency)
+    (h, w), (H, W) = image.shape[:2], out.shape[:2]
+    lr = _channels_first(np.asarray(image, np.float32), rgb)
+    value_range = robust_range(lr)
+    bicubic = F.interpolate(torch.from_numpy(np.ascontiguousarray(lr))[None], (H, W), mode="bicubic",
+                            align_corners=False)[0].numpy()
+    bicubic = _cast(bicubic, image.dtype).astype(np.float32)
+    ours = lr_consistency(_channels_first(out, rgb).astype(np.float32), lr, value_range)
+    base = lr_consistency(bicubic, lr, value_range)
+    nearest = image[nearest_lr_index(h, H)][:, nearest_lr_index(w, W)]  # the input on the output grid
+    return {"lr_psnr": ours["psnr"], "bias": ours["bias"], "bicubic_lr_psnr": base["psnr"],
+            "bicubic_bias": base["bias"], "clipped": clipped_fraction(out, nearest.astype(out.dtype))}
+
+
+def evaluate_real(files: list[Path], scales: list[float], model="default", device: str = "auto",
+                  channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY) -> dict:
+    """:func:`real_scores` for the first plane of every file at every scale: per image and mean."""
+    net = get_model(model, channels or 1, device)
+    channels = net.in_channels
+    images = [(f, load_native(f, channels)) for f in files]
+    images = [(f, im) for f, im in images if im is not None]
+    if not images:
+        raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
+    results = {"protocol": "real", "channels": channels, "consistency": consistency,
+               "images": [str(f) for f, _ in images], "scales": {}}
+    for scale in scales:
+        rows = []
+        for path, image in images:
+            rows.append({"image": path.name, **real_scores(image, scale, net, channels == 3, consistency)})
+            if progress:
+                progress(scale, path)
+        results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
+    return results
+
+
+def format_table(results: dict, per_image: bool = False) -> str:
+    """The results as a text table: one line per scale (and per image with ``per_image``)."""
+    head = (f"protocol {results['protocol']}, {len(results['images'])} images, {results['channels']}-channel model, "
+            f"consistency {results.get('consistency', 0)}")
+    if results["protocol"] == "real":
+        lines = [head, f"{'scale':>6} {'image':<28} {'bicubic LR-PSNR':>16} {'model LR-PSNR':>14} "
+                       f"{'bicubic bias %':>15} {'model bias %':>13} {'clipped %':>10}"]
+        fmt = "{:>6} {:<28} {bicubic_lr_psnr:16.2f} {lr_psnr:14.2f} {bicubic_bias:+15.3f} {bias:+13.3f} {clipped_pct:10.3f}"
+    else:
+        lines = [head, f"{'scale':>6} {'image':<28} {'bicubic PSNR':>13} {'model PSNR':>11} {'gain dB':>8} "
+                       f"{'bicubic SSIM':>13} {'model SSIM':>11} {'LR-PSNR':>8} {'bias %':>8} {'clipped %':>10}"]
+        fmt = ("{:>6} {:<28} {bicubic_psnr:13.2f} {psnr:11.2f} {gain:+8.2f} {bicubic_ssim:13.4f} {ssim:11.4f} "
+               "{lr_psnr:8.2f} {bias:+8.3f} {clipped_pct:10.3f}")
     for scale, r in results["scales"].items():
-        m = r["mean"]
-        lines.append(f"{scale:>6} {m['bicubic_psnr']:13.2f} {m['psnr']:11.2f} {m['gain']:+8.2f} "
-                     f"{m['bicubic_ssim']:13.4f} {m['ssim']:11.4f} {m['lr_psnr']:8.2f}")
+        rows = [("mean", r["mean"])] + ([(row["image"], row) for row in r["per_image"]] if per_image else [])
+        for name, row in rows:
+            values = {**row, "clipped_pct": 100 * row["clipped"]}
+            values.setdefault("gain", row.get("psnr", 0) - row.get("bicubic_psnr", 0))
+            lines.append(fmt.format(scale, name[:28], **values))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diinn_napari.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diinn_napari.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, action="append", help="folder of HR images (recursive) or one file; repeatable")
     p.add_argument("--scales", default="2,3,4", help="comma-separated scales, e.g. 2,3,4,2.5,6")
     p.add_argument("--model", default="default", help="'default', a bundled name, or a weights file")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="with --model default: 1 (gray) or 3 (RGB)")
-    p.add_argument("--protocol", default="diinn", choices=["diinn", "liif"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, help="write the full results here")
+    p.add_argument("--protocol", default="diinn", choices=["diinn", "liif"], help="metric protocol (see above)")
+    p.add_argument("--consistency", type=int, default=DEFAULT_CONSISTENCY,
+                   help="back-projection steps of the engine's data consistency (0 = off)")
+    p.add_argument("--real", action="store_true",
+                   help="no ground truth: upscale each image itself, downsample back, compare with it (LR-consistency)")
+    p.add_argument("--per-image", action="store_true", help="print a line per image, not only the means")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda:N' or 'mps'")
+    p.add_argument("--json", default=None, help="write the full results (per image and mean) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     a = p.parse_args(argv)
     try:
@@ -127,10 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--scales must be comma-separated numbers, got {a.scales!r}")
     if not scales or min(scales) < 1:
         p.error("--scales must be >= 1")
-    files = [f for d in a.data for f in (find_images(d) if Path(d).is_dir() else [Path(d)])][: a.limit]
-    results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels)
+    if a.consistency < 0:
+        p.error("--consistency must be >= 0")
+    try:
+        files = [f for d in a.data for f in (find_images(d) if Path(d).is_dir() else [Path(d)])][: a.limit]
+        if a.real:
+            results = evaluate_real(files, scales, a.model, a.device, a.channels, consistency=a.consistency)
+        else:
+            results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     results["model"] = str(a.model)
-    print(format_table(results))
+    print(format_table(results, a.per_image))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

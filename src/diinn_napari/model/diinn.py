@@ -7,7 +7,7 @@ from torch import nn
 
 from .decoder import DIINNDecoder
 from .encoders import make_encoder
-from .grid import axis_queries, bicubic_matrix, cell_size
+from .grid import AxisSamples, axis_queries, bicubic_matrix, cell_size, sample_bicubic_matrix, window_queries
 
 # Paper Table 5: (modulation input, positional initialisation). "f" is the final model.
 VARIANTS = {
@@ -91,6 +91,7 @@ class DIINN(nn.Module):
         origin: tuple[int, int] = (0, 0),
         mode: str = "fast",
         chunk_size: int = DEFAULT_CHUNK,
+        samples: tuple[AxisSamples | None, AxisSamples | None] = (None, None),
     ) -> torch.Tensor:
         """Decode output rows y0:y1, columns x0:x1 of the *global* output grid.
 
@@ -98,10 +99,14 @@ class DIINN(nn.Module):
         top-left pixel is ``origin`` in the global LR image of size ``lr_shape``;
         the tile must contain every LR pixel the window needs (plus the bicubic
         support when ``skip="bicubic"``). Returns (B, C, y1 - y0, x1 - x0).
+        ``samples`` (rows, columns): an :class:`~diinn_napari.model.grid.AxisSamples`
+        puts that axis's output samples at explicit LR positions (e.g. point
+        samples of Z planes) instead of the pixel-centre grid; ``output_shape``
+        then counts those samples.
         """
         (h, w), (H, W), (y0, y1, x0, x1) = lr_shape, output_shape, window
-        iy, ry = axis_queries(h, H, y0, y1)
-        ix, rx = axis_queries(w, W, x0, x1)
+        iy, ry, cy = window_queries(h, H, y0, y1, samples[0])
+        ix, rx, cx = window_queries(w, W, x0, x1, samples[1])
         r0, c0 = int(iy[0]) - origin[0], int(ix[0]) - origin[1]
         r1, c1 = int(iy[-1]) - origin[0] + 1, int(ix[-1]) - origin[1] + 1
         if r0 < 0 or c0 < 0 or r1 > features.shape[-2] or c1 > features.shape[-1]:
@@ -115,8 +120,8 @@ class DIINN(nn.Module):
             [
                 ry[:, None].expand(ny, nx),
                 rx[None, :].expand(ny, nx),
-                torch.full((ny, nx), cell_size(h, H)),
-                torch.full((ny, nx), cell_size(w, W)),
+                torch.full((ny, nx), cy),
+                torch.full((ny, nx), cx),
             ],
             -1,
         ).reshape(1, ny * nx, 4).expand(batch, -1, -1).reshape(-1, 4)
@@ -125,7 +130,7 @@ class DIINN(nn.Module):
                          for i in range(0, rows.numel(), chunk_size)])
         out = out.view(batch, ny, nx, -1).permute(0, 3, 1, 2)
         if self.config["skip"] == "bicubic":
-            out = out + self.bicubic_window(lr * 2 - 1, lr_shape, output_shape, window, origin)
+            out = out + self.bicubic_window(lr * 2 - 1, lr_shape, output_shape, window, origin, samples)
         return out * 0.5 + 0.5
 
     def decode_points(
@@ -159,10 +164,16 @@ class DIINN(nn.Module):
         return [o * 0.5 + 0.5 for o in outs]
 
     @staticmethod
-    def bicubic_window(lr, lr_shape, output_shape, window, origin=(0, 0)) -> torch.Tensor:
-        """Bicubic interpolation of an LR tile at the global output pixel centres of ``window``."""
+    def bicubic_window(lr, lr_shape, output_shape, window, origin=(0, 0), samples=(None, None)) -> torch.Tensor:
+        """Bicubic interpolation of an LR tile at the global output pixel centres (or ``samples``) of ``window``."""
         (h, w), (H, W), (y0, y1, x0, x1) = lr_shape, output_shape, window
         th, tw = lr.shape[-2:]
-        ry = bicubic_matrix(h, H, y0, y1, origin[0], origin[0] + th).to(lr)
-        rx = bicubic_matrix(w, W, x0, x1, origin[1], origin[1] + tw).to(lr)
+
+        def matrix(axis, n_in, n_out, start, stop, lr_start, lr_stop):
+            if samples[axis] is None:
+                return bicubic_matrix(n_in, n_out, start, stop, lr_start, lr_stop)
+            return sample_bicubic_matrix(samples[axis], n_in, start, stop, lr_start, lr_stop)
+
+        ry = matrix(0, h, H, y0, y1, origin[0], origin[0] + th).to(lr)
+        rx = matrix(1, w, W, x0, x1, origin[1], origin[1] + tw).to(lr)
         return ry @ lr @ rx.t()

@@ -1,0 +1,269 @@
+"""Fidelity: the degradation and metrics (quality.py), data consistency, trust map, outliers, RGBA."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diinn_napari import upscale, upscale_steps
+from diinn_napari.engine import get_model
+from diinn_napari.intensity import fit_intensity
+from diinn_napari import quality
+
+from conftest import tiny_model
+
+
+def silent(model):
+    """Zero the decoder output: the model then returns exactly the bicubic interpolation."""
+    torch.nn.init.zeros_(model.decoder.out.weight)
+    torch.nn.init.zeros_(model.decoder.out.bias)
+    return model
+
+
+def textbook_back_projection(x: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
+    """x <- x + U(y - D(x)) on whole (Y, X) float64 images with torch's own resampling."""
+    xt, yt = torch.from_numpy(x)[None, None].double(), torch.from_numpy(y)[None, None].double()
+    for _ in range(steps):
+        down = F.interpolate(xt, size=y.shape, mode="bicubic", antialias=True, align_corners=False)
+        xt = xt + F.interpolate(yt - down, size=x.shape, mode="bicubic", align_corners=False)
+    return xt[0, 0].numpy()
+
+
+# ---- the degradation -----------------------------------------------------------------------------
+@pytest.mark.parametrize("n_hr, n_lr", [(100, 50), (100, 33), (37, 11), (10, 9), (7, 3), (5, 1), (64, 17)])
+def test_antialias_matrix_is_torchs_downsampling_on_any_window(n_hr, n_lr, rng):
+    x = rng.random((2, n_hr))
+    whole = quality.downsample(torch.from_numpy(x)[None, None], (2, n_lr))[0, 0].numpy()
+    np.testing.assert_allclose(x @ quality.antialias_matrix(n_hr, n_lr, 0, n_lr, 0, n_hr).T, whole, atol=1e-12)
+    start, stop = n_lr // 3, max(n_lr // 3 + 1, n_lr - 1)
+    lo, hi = quality.antialias_support(n_hr, n_lr, start, stop)
+    part = x[:, lo:hi] @ quality.antialias_matrix(n_hr, n_lr, start, stop, lo, hi).T
+    np.testing.assert_allclose(part, whole[:, start:stop], atol=1e-12)
+    if lo > 0:
+        with pytest.raises(ValueError, match="misses the support"):
+            quality.antialias_matrix(n_hr, n_lr, start, stop, lo + 1, hi)
+
+
+def test_training_degrades_exactly_as_quality_says(rng):
+    # data.py still has its own copy of the degradation: pin that both agree until it imports quality's
+    from diinn_napari import data
+
+    hr = torch.from_numpy(rng.random((1, 1, 40, 37)).astype(np.float32))
+    assert torch.equal(data.downsample(hr, (13, 11)), quality.downsample(hr, (13, 11)))
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def test_identical_images_have_zero_bias_and_no_clipping(rng):
+    ref = (rng.random((30, 40)) * 1000).astype(np.uint16)
+    assert quality.mean_bias_percent(ref, ref) == 0
+    assert quality.clipped_fraction(ref, ref) == 0
+    assert quality.psnr(ref, ref, 1000) == np.inf
+
+
+def test_a_known_offset_gives_the_known_bias(rng):
+    ref = rng.normal(500, 100, (64, 64))
+    value_range = np.percentile(ref, 99.9) - np.percentile(ref, 0.1)
+    assert quality.robust_range(ref) == pytest.approx(value_range)
+    assert quality.mean_bias_percent(ref + 7.5, ref) == pytest.approx(100 * 7.5 / value_range)
+    assert quality.mean_bias_percent(ref - 2, ref, value_range=400) == pytest.approx(-0.5)
+
+
+def test_clipped_fraction_counts_only_new_clipping():
+    ref = np.array([[0, 5, 10, 250], [255, 100, 3, 7]], np.uint8)
+    out = np.array([[0, 0, 0, 255], [255, 100, 3, 7]], np.uint8)
+    # (0,0) and (1,0) are at the limit in the reference too; 5 -> 0, 10 -> 0 and 250 -> 255 are new
+    assert quality.clipped_fraction(out, ref) == pytest.approx(3 / 8)
+    assert quality.clipped_fraction(out.astype(np.float32), ref.astype(np.float32)) == 0  # floats do not clip
+    assert quality.clipped_fraction(np.array([-0.1, 0.5]), np.array([0.1, 0.5]), limits=(0, 1)) == 0.5
+    with pytest.raises(ValueError, match="same shape"):
+        quality.clipped_fraction(out, ref[:1])
+
+
+def test_lr_consistency_of_a_consistent_image():
+    flat = np.full((40, 40), 3.0)
+    exact = quality.lr_consistency(flat, np.full((20, 20), 3.0), 1.0)
+    assert exact["psnr"] > 100 and exact["bias"] == pytest.approx(0, abs=1e-4)  # float32 rounding only
+    scores = quality.lr_consistency(flat + 0.01, np.full((20, 20), 3.0), 1.0)
+    assert scores["psnr"] == pytest.approx(40.0, abs=1e-2) and scores["bias"] == pytest.approx(1.0, abs=1e-3)
+
+
+# ---- data consistency ----------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [2, 2.6, (2, 3.7), (1, 1.5)])
+def test_consistency_is_textbook_back_projection(model, rng, scale):
+    image = rng.random((31, 27)).astype(np.float32) * 4000
+    mapping = fit_intensity(image)
+    start = upscale(image, scale, model=model, consistency=0)
+    expected = textbook_back_projection(mapping.normalize(start).astype(np.float64), mapping.normalize(image), 2)
+    got = mapping.normalize(upscale(image, scale, model=model, consistency=2))
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_consistency_makes_the_output_agree_with_the_input(model, rng):
+    image = (np.add.outer(np.arange(40), np.arange(36)) * 40 + rng.random((40, 36)) * 300).astype(np.float32)
+    value_range = quality.robust_range(image)
+    agreement = [quality.lr_consistency(upscale(image, 2.5, model=model, consistency=k), image, value_range)["psnr"]
+                 for k in (0, 1, 3)]
+    assert agreement[0] < agreement[1] < agreement[2]
+    assert agreement[2] > agreement[0] + 10
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+@pytest.mark.parametrize("scale", [2, 3.14, (1.5, 4)])
+def test_tiled_equals_whole_with_consistency_on(model, rng, dtype, scale):
+    image = rng.random((45, 38)) * 200
+    image = (image - 100 if np.dtype(dtype).kind == "i" else image).astype(dtype)
+    whole, trust_whole = upscale(image, scale, model=model, tile_size=1000, consistency=3, return_trust=True)
+    tiled, trust_tiled = upscale(image, scale, model=model, tile_size=11, consistency=3, return_trust=True)
+    value_range = quality.robust_range(image)
+    if np.dtype(dtype).kind in "ui":  # integers: the same value, or one rounding step at a .5 tie
+        assert np.abs(whole.astype(np.int64) - tiled).max() <= 1
+        assert (whole != tiled).mean() < 1e-3
+    else:
+        assert np.abs(whole - tiled).max() / value_range < 1e-4
+    assert np.abs(trust_whole - trust_tiled).max() / value_range < 1e-4
+
+
+def test_consistency_respects_the_valid_range():
+    # a dark plane with bright spots, and a random model that undershoots below 0 almost everywhere:
+    # back-projection without the projection onto the dtype's range deepens the undershoot, and
+    # the final clip at 0 turns it into a bias; projecting after every step keeps it much smaller
+    model = tiny_model()
+    image = np.full((32, 32), 3, np.uint16)
+    image[8::10, 8::10] = 3000
+    value_range = quality.robust_range(image)
+
+    def bias(out):
+        return abs(quality.mean_bias_percent(quality.downsample_array(out, image.shape), image, value_range))
+
+    projected = upscale(image, 2, model=model, consistency=3)
+    unconstrained = upscale(image, 2, model=model, consistency=3, out_dtype=np.float32)
+    clipped_after = np.clip(np.rint(unconstrained), 0, 65535)
+    assert projected.dtype == np.uint16 and unconstrained.min() < -50
+    assert bias(projected) < 0.6 * bias(clipped_after)
+
+
+def test_bad_consistency_values_are_refused(model):
+    for bad in (-1, 1.5, "on", True):
+        with pytest.raises(ValueError, match="consistency must be a whole number"):
+            upscale(np.zeros((8, 8), np.uint8), 2, model=model, consistency=bad)
+
+
+# ---- trust map -----------------------------------------------------------------------------------
+def test_trust_map_is_the_correction_in_image_units(model, rng):
+    image = rng.random((24, 20)).astype(np.float32) * 1000 + 50
+    mapping = fit_intensity(image)
+    span = mapping.hi - mapping.lo
+    out0, trust0 = upscale(image, 2, model=model, consistency=0, return_trust=True)
+    step = textbook_back_projection(mapping.normalize(out0).astype(np.float64), mapping.normalize(image), 1)
+    expected0 = np.abs(step - mapping.normalize(out0)) * span  # what one step would correct
+    assert trust0.shape == out0.shape and trust0.dtype == np.float32
+    assert np.abs(trust0 - expected0).max() / span < 1e-5
+    out2, trust2 = upscale(image, 2, model=model, consistency=2, return_trust=True)
+    np.testing.assert_allclose(trust2, np.abs(out2 - out0), atol=1e-4 * span)
+    assert upscale(image, 2, model=model, consistency=2).shape == out2.shape  # no pair without return_trust
+
+
+def test_trust_map_is_zero_where_the_model_is_consistent():
+    flat = np.full((16, 16), 1234, np.uint16)
+    out, trust = upscale(flat, 3, model=silent(tiny_model()), return_trust=True)
+    assert (out == 1234).all() and np.abs(trust).max() < 1e-3
+
+
+def test_steps_carry_the_trust_map_of_finished_planes(model):
+    stack = np.random.default_rng(1).random((2, 12, 12)).astype(np.float32)
+    steps = list(upscale_steps(stack, 2, model=model, tile_size=6, return_trust=True))
+    finished = [s for s in steps if s.plane is not None]
+    assert [s.index for s in finished] == [(0,), (1,)]
+    assert all(s.trust.shape == (24, 24) for s in finished)
+    assert all(s.trust is None for s in steps if s.plane is None)
+    assert all(s.trust is None for s in upscale_steps(stack, 2, model=model))
+
+
+# ---- outliers ------------------------------------------------------------------------------------
+def _lr_distance(shape_out, scale, where):
+    """Chebyshev distance, in LR pixels, of each output pixel centre from LR pixel ``where``."""
+    yy, xx = np.mgrid[0 : shape_out[0], 0 : shape_out[1]]
+    return np.maximum(np.abs((yy + 0.5) / scale - 0.5 - where[0]), np.abs((xx + 0.5) / scale - 0.5 - where[1]))
+
+
+@pytest.mark.parametrize("consistency", [0, 2])
+def test_a_hot_pixel_stays_local(consistency):
+    """One dtype-max pixel on a dim uint16 plane, x2 with the bundled gray model.
+
+    Beyond the bicubic support (2 LR pixels) the output equals the output
+    without the hot pixel within 2 counts (the rounding of the output, plus
+    the shift of the plane's p99.9 that the extra pixel causes); beyond 3 LR
+    pixels within 1 count. Without the outlier handling it spreads thousands
+    of counts over more than 6 LR pixels.
+    """
+    net = get_model("default", 1, "cpu")
+    rng = np.random.default_rng(1)
+    plane = np.clip(rng.poisson(20, (48, 48)) + rng.normal(0, 3, (48, 48)), 0, None).astype(np.uint16)
+    hot = plane.copy()
+    hot[22, 25] = 65535
+    base = upscale(plane, 2, model=net, consistency=consistency).astype(np.int64)
+    out = upscale(hot, 2, model=net, consistency=consistency).astype(np.int64)
+    distance = _lr_distance(out.shape, 2, (22, 25))
+    change = np.abs(out - base)
+    assert change[distance >= 2].max() <= 2
+    assert change[distance >= 3].max() <= 1
+    assert out[distance < 1].max() > 30000  # the hot pixel is still there
+    spread = np.abs(upscale(hot, 2, model=net, consistency=consistency, outlier_clamp=None).astype(np.int64) - base)
+    assert spread[distance >= 3].max() > 100  # what the handling prevents
+
+
+def test_the_output_is_linear_in_the_excess(model, rng):
+    plane = rng.random((40, 40)).astype(np.float32) * 10
+    outs = {}
+    for value in (1e4, 3e4):  # the hot pixel stays the maximum: the intensity map does not move
+        hot = plane.copy()
+        hot[20, 17] = value
+        outs[value] = upscale(hot, 2.5, model=model)
+    delta = np.zeros((40, 40), np.float32)
+    delta[20, 17] = 2e4
+    bicubic = F.interpolate(torch.from_numpy(delta)[None, None], (100, 100), mode="bicubic", align_corners=False)[0, 0]
+    np.testing.assert_allclose(outs[3e4] - outs[1e4], bicubic.numpy(), atol=0.05)
+
+
+def test_in_range_content_is_unchanged_by_the_clamp(model, rng):
+    image = rng.random((30, 30)).astype(np.float32)
+    np.testing.assert_array_equal(upscale(image, 2, model=model), upscale(image, 2, model=model, outlier_clamp=None))
+
+
+def test_tiled_equals_whole_with_outliers(model, rng):
+    image = rng.random((40, 40)).astype(np.float32) * 100
+    image[5, 5], image[19, 20], image[20, 20], image[33, 2] = 1e5, -4e4, 9e4, 7e4
+    whole = upscale(image, 2.5, model=model, consistency=2, tile_size=500)
+    tiled = upscale(image, 2.5, model=model, consistency=2, tile_size=9)
+    assert np.abs(whole - tiled).max() / quality.robust_range(image) < 1e-4
+
+
+# ---- the gate's synthetic fluorescence image -----------------------------------------------------
+def test_sparse_fluorescence_keeps_its_mean_with_consistency():
+    net = get_model("default", 1, "cpu")
+    image = quality.sparse_fluorescence((96, 96), spots=6, seed=3)
+    assert image.dtype == np.uint16 and np.median(image) < 30
+    value_range = quality.robust_range(image)
+    out = upscale(image, 2, model=net, consistency=2)
+    down = quality.downsample_array(out, image.shape)
+    assert abs(quality.mean_bias_percent(down, image, value_range)) < 0.3
+    assert abs(out.mean() - image.mean()) / image.mean() < 0.003
+
+
+# ---- RGBA ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_rgba_keeps_its_alpha(rng, dtype):
+    model = tiny_model(channels=3)
+    scale = 255 if dtype == np.uint8 else 60000 if dtype == np.uint16 else 1.0
+    image = (rng.random((2, 10, 12, 4)) * scale).astype(dtype)
+    image[..., 3] = 0
+    image[:, 3:7, 4:9, 3] = scale  # a binary mask
+    out = upscale(image, 2.5, model=model, rgb=True)
+    assert out.shape == (2, 25, 30, 4) and out.dtype == (np.float32 if dtype == np.float32 else dtype)
+    np.testing.assert_array_equal(out[..., :3], upscale(image[..., :3], 2.5, model=model, rgb=True))
+    alpha = out[..., 3].astype(np.float64)
+    assert alpha.min() >= 0 and alpha.max() <= scale  # no overshoot: bilinear
+    assert (alpha[:, :5] == 0).all() and (alpha[:, 10:16, 13:20] == pytest.approx(scale))
+    bilinear = F.interpolate(torch.from_numpy(image[0, ..., 3].astype(np.float32))[None, None], (25, 30),
+                             mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(alpha[0], bilinear, atol=0.5 if dtype != np.float32 else 1e-5)
