@@ -45,7 +45,8 @@ def test_rerun_with_the_same_settings_skips(tmp_path, rng, weights, capsys):
     assert (out / "a.tif").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("change", [("--scale", "3"), ("--model", "other"), ("--intensity", "dtype")])
+@pytest.mark.parametrize("change", [("--scale", "3"), ("--model", "other"), ("--intensity", "dtype"),
+                                    ("--consistency", "0")])
 def test_rerun_with_other_settings_fails_clearly_and_keeps_the_old_output(tmp_path, rng, weights, capsys, change):
     src = tmp_path / "a.tif"
     stack(src, rng)

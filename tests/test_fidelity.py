@@ -44,14 +44,6 @@ def test_antialias_matrix_is_torchs_downsampling_on_any_window(n_hr, n_lr, rng):
             quality.antialias_matrix(n_hr, n_lr, start, stop, lo + 1, hi)
 
 
-def test_training_degrades_exactly_as_quality_says(rng):
-    # data.py still has its own copy of the degradation: pin that both agree until it imports quality's
-    from diinn_napari import data
-
-    hr = torch.from_numpy(rng.random((1, 1, 40, 37)).astype(np.float32))
-    assert torch.equal(data.downsample(hr, (13, 11)), quality.downsample(hr, (13, 11)))
-
-
 # ---- metrics -------------------------------------------------------------------------------------
 def test_identical_images_have_zero_bias_and_no_clipping(rng):
     ref = (rng.random((30, 40)) * 1000).astype(np.uint16)

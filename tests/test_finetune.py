@@ -259,3 +259,22 @@ def test_output_folder_is_created(tiles, start_weights, tmp_path):
     out = tmp_path / "new" / "folder" / "t.safetensors"
     assert run(tiles, start_weights, out, "--steps", "2", "--val-every", "1")["exit_code"] == 0
     assert out.exists() and out.with_suffix(".log.jsonl").exists()
+
+
+def test_validation_numbers_are_the_ones_evaluate_prints(tmp_path, rng):
+    # issue 9: the trainer's validation and `evaluate` computed "PSNR against bicubic" two ways
+    import tifffile
+
+    from diinn_napari.data import load_planes
+    from diinn_napari.evaluate import evaluate
+    from diinn_napari.finetune import validate
+
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, (rng.random((48, 40)) * 3000).astype(np.uint16))
+    model = tiny_model()
+    planes = load_planes([path], 1, 8).planes
+    ours = validate(model, planes, [2.0, 3.0], "cpu", crop=1000)
+    theirs = evaluate([path], [2.0, 3.0], model=model, device="cpu")["scales"]
+    for key in ("x2", "x3"):
+        assert ours[key]["psnr"] == pytest.approx(theirs[key]["mean"]["psnr"], abs=1e-6)
+        assert ours[key]["bicubic"] == pytest.approx(theirs[key]["mean"]["bicubic_psnr"], abs=1e-6)

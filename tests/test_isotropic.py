@@ -327,3 +327,16 @@ def test_cli_ome_physical_size_z(tmp_path, weights):
     info = read_info(out)
     assert info.kind == "ome" and info.shape == (7, 10, 12)
     assert info.z_spacing == pytest.approx(1.0) and info.pixel_size == pytest.approx((0.5, 0.5))
+
+
+def test_isotropic_file_raises_and_writes(tmp_path, weights):
+    from diinn_napari.isotropic import isotropic_file
+
+    src = tmp_path / "plain.tif"
+    vol = (phantom((6, 9, 10)) * 100).astype(np.uint8)
+    tifffile.imwrite(src, vol)
+    with pytest.raises(ValueError, match="no Z step"):
+        isotropic_file(src, model=weights)
+    dest = isotropic_file(src, model=weights, z_step=2.0, pixel_size=1.0, device="cpu")
+    assert dest == tmp_path / "plain_iso.tif"
+    np.testing.assert_array_equal(tifffile.imread(dest), isotropic(vol, (2.0, 1.0, 1.0), model=weights, device="cpu"))

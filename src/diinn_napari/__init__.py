@@ -7,21 +7,20 @@ import torch:
     out = upscale(image, 2.5)
 """
 
-__version__ = "0.1.0"
-__all__ = ["upscale", "iter_upscaled_planes", "upscale_steps", "Cancelled", "DIINN", "load_weights", "save_weights"]
+__version__ = "0.2.0"
+
+_LAZY = {
+    "engine": ("upscale", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
+    "model": ("DIINN",),
+    "weights": ("load_weights", "save_weights", "WeightsError"),
+}
+__all__ = [name for names in _LAZY.values() for name in names]
 
 
 def __getattr__(name):
-    if name in ("upscale", "iter_upscaled_planes", "upscale_steps", "Cancelled"):
-        from . import engine
+    for module, names in _LAZY.items():
+        if name in names:
+            from importlib import import_module
 
-        return getattr(engine, name)
-    if name == "DIINN":
-        from .model import DIINN
-
-        return DIINN
-    if name in ("load_weights", "save_weights"):
-        from . import weights
-
-        return getattr(weights, name)
+            return getattr(import_module(f".{module}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

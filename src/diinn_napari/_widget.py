@@ -21,7 +21,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from .intensity import INTENSITY_MODES
-from .planning import output_size, overlay_placement
+from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size, overlay_placement
 
 if TYPE_CHECKING:
     import napari
@@ -57,7 +57,6 @@ class DIINNWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         from .devices import available_devices
-        from .engine import DEFAULT_CONSISTENCY
 
         self._viewer = napari_viewer
         self._worker = None
@@ -183,6 +182,7 @@ class DIINNWidget(Container):
         settings = {"source": layer.name, "model": str(model), "size_ratio": list(ratio), "intensity": self.intensity.value,
                     "device": self.device.value, "tile_size": self.tile_size.value or None,
                     "output_dtype": str(dtype), "consistency": int(self.consistency.value),
+                    "outlier_clamp": list(OUTLIER_CLAMP),
                     "trust_map": bool(self.trust_map.value), "plane_only": bool(self.plane_only.value)}
         return RunPlan(layer, tuple(shape[-2:]), out, ratio, tuple(leading) + out + colour, dtype, model, settings)
 

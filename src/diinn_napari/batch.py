@@ -40,14 +40,14 @@ import numpy as np
 
 from . import __version__
 from .intensity import INTENSITY_MODES
-from .planning import output_size
+from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size
 from .tiff import SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
 
 OUTPUT_DTYPES = ("uint8", "uint16", "float32")
 # Keys of the settings record that decide whether an existing output or partial file is the same work.
-COMPARED = ("input", "output_yx", "model", "intensity", "dtype")
+COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp")
 _LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
-           "dtype": "output dtype"}
+           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp"}
 _MAGIC = b"DIINN-PARTIAL/1\n"
 
 
@@ -62,6 +62,7 @@ class Settings:
     device, tile_size: as in :func:`diinn_napari.upscale` (tile_size None = automatic).
     intensity: the engine's intensity mode ("auto", "percentile", "dtype", "none").
     dtype: output dtype ("uint8", "uint16", "float32"), or None for the input's own.
+    consistency: back-projection steps after the network (0 = off), as in :func:`diinn_napari.upscale`.
     overwrite: replace existing outputs even when they were made with other settings.
     threads: torch CPU threads per process (None = torch's default).
     show_progress: a progress bar on stderr (only when stderr is a terminal).
@@ -78,6 +79,7 @@ class Settings:
     show_progress: bool = True
     intensity: str = "auto"
     dtype: str | None = None
+    consistency: int = DEFAULT_CONSISTENCY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -96,6 +98,8 @@ class Settings:
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
         if self.intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if isinstance(self.consistency, bool) or not isinstance(self.consistency, int) or self.consistency < 0:
+            raise ValueError(f"consistency must be a whole number >= 0 (0 = off), got {self.consistency!r}")
         if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.dtype!r}")
 
@@ -197,6 +201,8 @@ def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dty
         "model": model_identity(settings.model, 3 if info.rgb else 1),
         "intensity": settings.intensity,
         "dtype": np.dtype(dtype).name,
+        "consistency": settings.consistency,
+        "outlier_clamp": list(OUTLIER_CLAMP),
         "request": {**({"scale": list(settings.scale)} if settings.scale else {"pixel_size": settings.pixel_size}),
                     "device": settings.device, "tile_size": settings.tile_size},
         "software": f"diinn-napari {__version__}",
@@ -397,7 +403,7 @@ def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: S
         return
     planes = engine.iter_upscaled_planes(
         _PlanesFrom(reader, start), output_shape=out_yx, model=settings.model, device=settings.device,
-        rgb=info.rgb, tile_size=settings.tile_size, intensity=settings.intensity,
+        rgb=info.rgb, tile_size=settings.tile_size, intensity=settings.intensity, consistency=settings.consistency,
         out_dtype=np.float32 if dtype.kind == "f" else dtype)  # the engine computes floats as float32
     with open(partial, "ab") as fh:
         for _, plane in planes:
@@ -612,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", choices=INTENSITY_MODES, default="auto",
                    help="intensity mapping: auto (uint8 by range, others by robust percentiles of each plane), "
                         "percentile, dtype (the integer range) or none (values already 0..1)")
+    p.add_argument("--consistency", type=_int_at_least(0), default=DEFAULT_CONSISTENCY,
+                   help="data consistency: back-projection steps after the network, so that the output downsampled "
+                        "with the training degradation gives back the input (0 = off)")
     p.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
                    help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
     p.add_argument("--overwrite", action="store_true",
@@ -649,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"argument --model: {err}")
     try:
         settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size or None, a.overwrite,
-                            intensity=a.intensity, dtype=None if a.dtype == "input" else a.dtype)
+                            intensity=a.intensity, dtype=None if a.dtype == "input" else a.dtype,
+                            consistency=a.consistency)
         check_output_names(paths, settings.out_dir)
     except ValueError as err:
         p.error(str(err))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .intensity import fit_intensity, to_luminance
+from .quality import downsample
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -135,11 +136,6 @@ def parse_scales(text: str) -> tuple[str, list]:
     if not any(c[3] or c[4] for c in components):
         return "choice", [c[0] for c in components]
     return "mix", [c[:3] for c in components]
-
-
-def downsample(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic, antialiased downsampling of (B, C, H, W) to ``size`` (the LR of a pair)."""
-    return F.interpolate(hr, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
 # Ranges of the "scientific" augmentations (normalised units: the plane's robust range is 0..1).

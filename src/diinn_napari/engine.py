@@ -36,15 +36,11 @@ from .devices import pick_device
 from .intensity import check_dtype, fit_intensity
 from .model import DIINN
 from .model.grid import bicubic_matrix, nearest_lr_index
-from .planning import output_size
+from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size
 from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
 DEFAULT_MAX_OUTPUT_PIXELS = 2_000_000_000
-# Back-projection iterations after the network (0 = off): see :func:`upscale`.
-DEFAULT_CONSISTENCY = 2
-# The network sees normalised values clamped to this range; the rest (outliers) goes through bicubic.
-OUTLIER_CLAMP = (-1.0, 2.0)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 ProgressCallback = Callable[[int, int], Any]

@@ -121,6 +121,34 @@ def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
     return image.transpose(2, 0, 1) if rgb else image[None]
 
 
+def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consistency: int = DEFAULT_CONSISTENCY,
+            limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto") -> dict:
+    """Scores of one HR image (C, H, W) in [0, 1] at one scale, for the model and for bicubic.
+
+    The LR is the training degradation of ``hr``; the model runs through the
+    engine (so ``consistency`` applies). The one comparison behind
+    ``evaluate`` and the trainer's validation, so their numbers agree.
+    ``limits`` is the file dtype's range in these normalised units (for ``clipped``).
+    """
+    channels, H, W = hr.shape
+    lr_size = _lr_size((H, W), scale)
+    hr_t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))
+    lr = downsample(hr_t[None], lr_size)[0]
+    bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
+    lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
+    sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
+                 consistency=consistency, device=device)
+    sr = _channels_first(sr, channels == 3)
+    ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
+    value_range = robust_range(hr)
+    return {
+        "psnr": ours["psnr"], "ssim": ours["ssim"], "bicubic_psnr": base["psnr"],
+        "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size),
+        "bias": mean_bias_percent(sr, hr, value_range), "bicubic_bias": mean_bias_percent(bicubic, hr, value_range),
+        "clipped": clipped_fraction(sr, hr, limits), "bicubic_clipped": clipped_fraction(bicubic, hr, limits),
+    }
+
+
 def evaluate(files: list[Path], scales: list[float], model="default", protocol: str = "diinn", device: str = "auto",
              channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY) -> dict:
     """Per-scale mean and per-image PSNR/SSIM (and LR-PSNR), bias and clipping of the model and of bicubic.
@@ -146,24 +174,7 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
     for scale in scales:
         rows = []
         for path, hr, limits in images:
-            _, H, W = hr.shape
-            lr_size = _lr_size((H, W), scale)
-            hr_t = torch.from_numpy(hr)
-            lr = downsample(hr_t[None], lr_size)[0]
-            bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
-            lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
-            sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
-                         consistency=consistency)
-            sr = _channels_first(sr, channels == 3)
-            ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
-            value_range = robust_range(hr)
-            rows.append({
-                "image": path.name, "psnr": ours["psnr"], "ssim": ours["ssim"], "bicubic_psnr": base["psnr"],
-                "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size),
-                "bias": mean_bias_percent(sr, hr, value_range), "bicubic_bias": mean_bias_percent(bicubic, hr, value_range),
-                "clipped": clipped_fraction(sr, hr, tuple(limits)),
-                "bicubic_clipped": clipped_fraction(bicubic, hr, tuple(limits)),
-            })
+            rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits))})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}

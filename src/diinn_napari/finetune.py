@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from skimage.metrics import peak_signal_noise_ratio
 from torch import nn
 
 from .data import PairSampler, downsample, find_images, load_planes, parse_scales
@@ -270,28 +269,25 @@ def split_files(groups: list[list[Path]], fraction: float, seed: int, hold_out: 
 def validate(model: DIINN, planes: list[torch.Tensor], scales: list[float], device, crop: int = 192) -> dict:
     """Mean PSNR of the model and of bicubic on centre crops of the validation planes, per scale.
 
-    ``bias`` is the mean of (output - reference) in % of the normalised range
-    (the plane's robust range), averaged over the planes: the fidelity number
-    that PSNR alone hides.
+    Each crop is scored by :func:`diinn_napari.evaluate.compare` (DIINN
+    protocol, the engine with its default data consistency), so these numbers
+    are the ones ``python -m diinn_napari.evaluate`` prints. ``bias_percent`` is
+    the mean of (output - reference) in % of the reference's robust range.
     """
+    from .evaluate import compare
+
     model.eval()
     result = {}
     for scale in scales:
-        ours, bicubic, bias = [], [], []
+        rows = []
         for plane in planes:
             _, h, w = plane.shape
             ch, cw = min(h, crop), min(w, crop)
-            hr = plane[:, (h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw][None].to(device)
-            lr_size = (max(1, round(ch / scale)), max(1, round(cw / scale)))
-            lr = downsample(hr, lr_size)
-            sr = model(lr, (ch, cw))
-            bi = F.interpolate(lr, (ch, cw), mode="bicubic", align_corners=False)
-            target = hr.clamp(0, 1).cpu().numpy()
-            ours.append(peak_signal_noise_ratio(target, sr.clamp(0, 1).cpu().numpy(), data_range=1.0))
-            bias.append(100 * float((sr - hr).mean()))
-            bicubic.append(peak_signal_noise_ratio(target, bi.clamp(0, 1).cpu().numpy(), data_range=1.0))
-        result[f"x{scale:g}"] = {"psnr": float(np.mean(ours)), "bicubic": float(np.mean(bicubic)),
-                                 "bias_percent": float(np.mean(bias))}
+            hr = plane[:, (h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+            rows.append(compare(hr.cpu().numpy(), scale, model, device=device))
+        result[f"x{scale:g}"] = {"psnr": float(np.mean([r["psnr"] for r in rows])),
+                                 "bicubic": float(np.mean([r["bicubic_psnr"] for r in rows])),
+                                 "bias_percent": float(np.mean([r["bias"] for r in rows]))}
     result["mean_gain"] = float(np.mean([v["psnr"] - v["bicubic"] for k, v in result.items()]))
     model.train()
     return result
@@ -429,7 +425,7 @@ def train(args: argparse.Namespace) -> dict:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, initial=step, disable=rank != 0, desc="training", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, disable=None if rank == 0 else True, desc="training", unit="step", dynamic_ncols=True)
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler's stop, `kill`) saves like Ctrl-C; SIGINT may be ignored in background jobs.

@@ -604,71 +604,105 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_cli(args: argparse.Namespace) -> Path:
-    """Read, (adapt,) resample and write one stack as the options say; returns the output path."""
+def isotropic_file(
+    stack: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    target: float | None = None,
+    z_step: float | None = None,
+    pixel_size: float | None = None,
+    model: str | os.PathLike | DIINN = "default",
+    adapt_steps: int = 0,
+    axial_sigma: float | None = None,
+    save_model: str | os.PathLike | None = None,
+    fusion: str = "mean",
+    consistency: int = 0,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+) -> Path:
+    """Read a TIFF stack, (adapt a model to it,) resample Z and write the result; returns the output path.
+
+    The Z step comes from ``z_step``, else the file's ImageJ ``spacing`` or
+    OME ``PhysicalSizeZ`` (a ValueError names the option when there is
+    none); the XY pixel size from ``pixel_size``, else the resolution tags or
+    OME ``PhysicalSizeX/Y``. Axes: any of T, C, Z before Y, X (a plain
+    multi-page TIFF's pages are taken as Z). The output keeps the input's
+    axes, dtype and format (ImageJ stays ImageJ, OME stays OME) with the Z
+    spacing set to the new step (ImageJ ``spacing``, OME ``PhysicalSizeZ``);
+    default name ``STACK_iso.tif`` next to the input. ``adapt_steps`` > 0
+    runs :func:`adapt` first (``save_model`` keeps its weights).
+    ``progress(done, total)`` and ``cancel`` cover the resampling.
+    """
     import dataclasses
 
     import tifffile
 
     from .tiff import read_info, write_planes
 
-    path = Path(args.stack)
+    path = Path(stack)
     info = read_info(path)
     order = _volume_axes(info.axes, path.name)
-    dz = args.z_step if args.z_step is not None else info.z_spacing
+    dz = z_step if z_step is not None else info.z_spacing
     if dz is None:
         raise ValueError(f"{path.name}: the file has no Z step (ImageJ 'spacing' or OME PhysicalSizeZ); "
-                         "give it with --z-step (in the unit of the XY pixel size)")
-    if args.pixel_size is not None:
-        dy = dx = float(args.pixel_size)
+                         "give it with --z-step (z_step= in Python), in the unit of the XY pixel size")
+    if pixel_size is not None:
+        dy = dx = float(pixel_size)
     elif info.pixel_size is not None:
         dy, dx = info.pixel_size
-    elif args.target is not None:
-        dy = dx = float(args.target)  # only the ratio target / dz matters then
+    elif target is not None:
+        dy = dx = float(target)  # only the ratio target / dz matters then
     else:
         raise ValueError(f"{path.name}: the file has no XY pixel size (resolution tags or OME PhysicalSizeX); "
-                         "give --pixel-size or an explicit --target Z step")
+                         "give --pixel-size (pixel_size=) or an explicit --target Z step")
     spacing = (float(dz), float(dy), float(dx))
-    target = args.target
     volume = np.transpose(tifffile.imread(path), order)  # a view: (..., Z, Y, X)
     shape = isotropic_shape(volume.shape, spacing, target)
     new_dz = output_spacing(spacing, target)[0]
     log.info("%s: %s %s, Z step %g -> %g, %d -> %d planes", path.name, info.axes, tuple(info.shape), dz, new_dz,
              volume.shape[-3], shape[-3])
-    model = args.model
-    if args.adapt_steps:
+    net = model
+    if adapt_steps:
         def report(i, n, loss):
             if i == n or i % max(1, n // 10) == 0:
                 log.info("adaptation step %d/%d, L1 %.4f", i, n, loss)
 
-        model = adapt(volume, spacing, target, model=args.model, steps=args.adapt_steps, axial_sigma=args.axial_sigma,
-                      device=args.device, seed=args.seed, progress=report)
-        if args.save_model:
+        net = adapt(volume, spacing, target, model=model, steps=adapt_steps, axial_sigma=axial_sigma,
+                    device=device, seed=seed, progress=report, cancel=cancel)
+        if save_model:
             from .weights import save_weights
 
-            save_weights(model, args.save_model, {"adapted_on": path.name, "spacing": list(spacing),
-                                                  "target": new_dz, "steps": args.adapt_steps,
-                                                  "axial_sigma": args.axial_sigma})
-            log.info("adapted weights: %s", args.save_model)
+            save_weights(net, save_model, {"adapted_on": path.name, "spacing": list(spacing), "target": new_dz,
+                                           "steps": adapt_steps, "axial_sigma": axial_sigma})
+            log.info("adapted weights: %s", save_model)
+    result = isotropic(volume, spacing, target, model=net, device=device, fusion=fusion, consistency=consistency,
+                       progress=progress, cancel=cancel)
+    result = np.transpose(result, np.argsort(order))  # back to the file's axis order
+    imagej = {k: v for k, v in info.imagej.items() if k != "Labels"}  # one label per plane: no longer matches
+    if info.kind == "imagej":
+        imagej["spacing"] = new_dz
+    out_info = dataclasses.replace(info, shape=tuple(result.shape), z_spacing=new_dz, imagej=imagej)
+    dest = Path(out) if out else path.with_name(path.stem + "_iso.tif")
+    planes = (result[index] for index in np.ndindex(*result.shape[:-2]))
+    write_planes(dest, out_info, tuple(result.shape[-2:]), result.dtype, planes,
+                 record={"isotropic": {"source": path.name, "z_step_in": dz, "z_step_out": new_dz,
+                                       "model": str(model) if not hasattr(model, "config") else "instance",
+                                       "adapt_steps": adapt_steps, "fusion": fusion, "consistency": consistency}})
+    return dest
 
+
+def run_cli(args: argparse.Namespace) -> Path:
+    """:func:`isotropic_file` with the parsed command-line options, progress logged."""
     def progress(done, total):
         if done == total or done % max(1, total // 10) == 0:
             log.info("resampling %d/%d", done, total)
 
-    out = isotropic(volume, spacing, target, model=model, device=args.device, fusion=args.fusion,
-                    consistency=args.consistency, progress=progress)
-    out = np.transpose(out, np.argsort(order))  # back to the file's axis order
-    imagej = {k: v for k, v in info.imagej.items() if k != "Labels"}  # one label per plane: no longer matches
-    if "spacing" in imagej or info.kind == "imagej":
-        imagej["spacing"] = new_dz
-    out_info = dataclasses.replace(info, shape=tuple(out.shape), z_spacing=new_dz, imagej=imagej)
-    dest = Path(args.out) if args.out else path.with_name(path.stem + "_iso.tif")
-    planes = (out[index] for index in np.ndindex(*out.shape[:-2]))
-    write_planes(dest, out_info, tuple(out.shape[-2:]), out.dtype, planes,
-                 record={"isotropic": {"source": path.name, "z_step_in": dz, "z_step_out": new_dz,
-                                       "model": str(args.model), "adapt_steps": args.adapt_steps,
-                                       "fusion": args.fusion, "consistency": args.consistency}})
-    return dest
+    return isotropic_file(args.stack, args.out, target=args.target, z_step=args.z_step, pixel_size=args.pixel_size,
+                          model=args.model, adapt_steps=args.adapt_steps, axial_sigma=args.axial_sigma,
+                          save_model=args.save_model, fusion=args.fusion, consistency=args.consistency,
+                          device=args.device, seed=args.seed, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:

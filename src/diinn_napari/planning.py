@@ -6,6 +6,12 @@ import math
 
 import numpy as np
 
+# Defaults every shell shares (torch-free, so the napari widget and the CLIs read them without torch).
+# Back-projection steps after the network (0 = off): see diinn_napari.engine.upscale.
+DEFAULT_CONSISTENCY = 2
+# The network sees normalised values clamped to this range; the excess (outliers) goes through bicubic.
+OUTLIER_CLAMP = (-1.0, 2.0)
+
 
 def output_size(
     shape: tuple[int, ...], scale: float | tuple[float, float] | None = None, output_shape: tuple[int, int] | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 ROBUST_RANGE_PERCENTILES = (0.1, 99.9)
 
@@ -124,6 +123,8 @@ def clipped_fraction(output: np.ndarray, reference: np.ndarray, limits: tuple[fl
 
 def psnr(output: np.ndarray, reference: np.ndarray, data_range: float) -> float:
     """PSNR in dB (``skimage.metrics``); ``inf`` for identical arrays."""
+    from skimage.metrics import peak_signal_noise_ratio  # lazily: it imports scipy.stats (seconds)
+
     return float(peak_signal_noise_ratio(np.asarray(reference, np.float64), np.asarray(output, np.float64), data_range=data_range))
 
 
@@ -133,6 +134,8 @@ def ssim(output: np.ndarray, reference: np.ndarray, data_range: float, channel_a
     spatial = [n for i, n in enumerate(a.shape) if channel_axis is None or i != channel_axis % a.ndim]
     if min(spatial) < 7:
         return float("nan")
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis))
 
 
