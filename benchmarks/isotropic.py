@@ -142,23 +142,33 @@ def run(args) -> list[dict]:
     return rows
 
 
-def save_figure(path: str, views: dict[str, np.ndarray], title: str, zoom: int = 3) -> None:
-    """One XZ plane (the middle Y row) per method, side by side with its name, Z vertical, as an 8-bit PNG."""
+def save_figure(path: str, views: dict[str, np.ndarray], title: str, zoom: int = 4, width: int = 64,
+                columns: int = 3) -> None:
+    """One XZ plane per method in a grid with its name, Z vertical, as an 8-bit PNG.
+
+    The plane is the Y row with the most structure (largest standard
+    deviation in the original), cut to ``width`` X pixels around its
+    brightest column, magnified ``zoom`` times without interpolation.
+    """
     from PIL import Image, ImageDraw
 
     ref = views["original"]
-    y = ref.shape[1] // 2
+    y = int(np.argmax(ref.std(axis=(0, 2))))
+    centre = int(np.argmax(ref[:, y].sum(0)))
+    x0 = max(0, min(ref.shape[2] - width, centre - width // 2))
     lo, hi = np.percentile(ref, (0.1, 99.9))
-    h, w = ref.shape[0] * zoom, ref.shape[2] * zoom
-    gap, head = 6, 30
-    canvas = Image.new("L", (len(views) * (w + gap) - gap, h + head), 255)
+    h, w = ref.shape[0] * zoom, min(width, ref.shape[2]) * zoom
+    gap, head, label = 8, 16, 14
+    rows = -(-len(views) // columns)
+    canvas = Image.new("L", (columns * (w + gap) - gap, head + rows * (label + h + gap)), 255)
     draw = ImageDraw.Draw(canvas)
-    draw.text((2, 0), title, fill=0)
-    for i, (label, vol) in enumerate(views.items()):
-        plane = np.clip((vol[:, y] - lo) / (hi - lo), 0, 1) * 255
+    draw.text((2, 2), f"{title}; XZ plane y={y}, x={x0}..{x0 + w // zoom - 1}, Z vertical", fill=0)
+    for i, (name, vol) in enumerate(views.items()):
+        plane = np.clip((vol[:, y, x0 : x0 + w // zoom] - lo) / (hi - lo), 0, 1) * 255
         tile = Image.fromarray(plane.astype(np.uint8)).resize((w, h), Image.NEAREST)
-        canvas.paste(tile, (i * (w + gap), head))
-        draw.text((i * (w + gap) + 2, 15), label, fill=0)
+        left, top = (i % columns) * (w + gap), head + (i // columns) * (label + h + gap)
+        draw.text((left + 2, top + 1), name, fill=0)
+        canvas.paste(tile, (left, top + label))
     canvas.save(path)
 
 

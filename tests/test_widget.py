@@ -328,3 +328,18 @@ def test_a_new_preview_replaces_the_old_one(setup, qtbot):
     previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
     assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
     assert "a DIINN preview" not in [layer.name for layer in widget.layer.choices if layer is not None]
+
+
+def test_consistency_and_trust_map_controls(setup, qtbot):
+    viewer, widget = setup
+    layer = viewer.add_image(np.random.default_rng(7).integers(0, 4000, (2, 12, 14)).astype(np.uint16), name="c",
+                             scale=(1.0, 0.5, 0.5))
+    widget.layer.value = layer
+    widget.consistency.value = 3
+    widget.trust_map.value = True
+    run(qtbot, widget)
+    out, trust = viewer.layers["c x2 DIINN"], viewer.layers["c x2 DIINN trust"]
+    assert out.metadata["diinn"]["consistency"] == 3 and out.metadata["diinn"]["outlier_clamp"] == [-1.0, 2.0]
+    assert trust.data.shape == out.data.shape and trust.data.dtype == np.float32 and trust.data.max() > 0
+    np.testing.assert_allclose(trust.scale, out.scale)
+    np.testing.assert_allclose(trust.translate, out.translate)

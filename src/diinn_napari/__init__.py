@@ -14,10 +14,14 @@ _LAZY = {
     "model": ("DIINN",),
     "weights": ("load_weights", "save_weights", "WeightsError"),
 }
-__all__ = [name for names in _LAZY.values() for name in names]
+__all__ = [name for names in _LAZY.values() for name in names] + ["isotropic"]
 
 
 def __getattr__(name):
+    if name == "isotropic":  # the submodule is callable: diinn_napari.isotropic(volume, spacing, ...)
+        from importlib import import_module
+
+        return import_module(".isotropic", __name__)
     for module, names in _LAZY.items():
         if name in names:
             from importlib import import_module

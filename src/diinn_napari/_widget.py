@@ -239,8 +239,8 @@ class DIINNWidget(Container):
         # connecting "errored" here keeps the worker from re-raising: errors become notifications
         worker = thread_worker(_upscale_in_steps, start_thread=False, connect={"errored": self._on_error})(
             data, self._engine_kwargs(plan))
-        worker.yielded.connect(lambda value: self._on_yielded(value, plan, index))
-        worker.returned.connect(lambda _: self._on_done(plan))
+        worker.yielded.connect(lambda value: self._on_yielded(worker, value, plan, index))
+        worker.returned.connect(lambda value: self._on_done(plan, index, *value))
         worker.aborted.connect(lambda: self._on_stopped(plan, "cancelled"))
         worker.errored.connect(lambda _: self._on_stopped(plan, "failed"))
         worker.finished.connect(self._on_finished)
@@ -258,9 +258,11 @@ class DIINNWidget(Container):
         shape = self._spatial_shape(layer)
         return tuple(int(np.clip(round(point[i]), 0, shape[i] - 1)) for i in range(n_leading))
 
-    def _on_yielded(self, value, plan: RunPlan, index) -> None:
+    def _on_yielded(self, worker, value, plan: RunPlan, index) -> None:
         from napari.utils import progress
 
+        if worker is not self._worker:  # a late signal of a run that has already ended
+            return
         done, total, result, trust, planes_done = value
         if self._progress is None:
             self._progress = progress(total=total, desc="DIINN super-resolution")
@@ -311,10 +313,20 @@ class DIINNWidget(Container):
             translate[: n - 2] = [t + i * s for t, i, s in zip(layer.translate[: n - 2], index, layer.scale[: n - 2])]
         return scale, translate
 
-    def _on_done(self, plan: RunPlan) -> None:
-        if self._live is not None:
-            self._live.metadata["diinn"]["partial"] = False
-            self._live.refresh()
+    def _on_done(self, plan: RunPlan, index, result: np.ndarray | None, trust: np.ndarray | None) -> None:
+        """The whole result is there: make sure the layer shows all of it (plane signals may lag behind)."""
+        if result is None:
+            return
+        if self._live is None:
+            self._remove_preview(plan.layer)
+            self._live = self._viewer.add_image(result, **self._layer_kwargs(plan, index, result))
+            if trust is not None:
+                self._live_trust = self._viewer.add_image(trust, **self._trust_kwargs(plan, index))
+        meta = self._live.metadata["diinn"]
+        meta["partial"], meta["planes_done"] = False, meta["planes_total"]
+        self._live.refresh()
+        if self._live_trust is not None:
+            self._live_trust.refresh()
 
     def _on_stopped(self, plan: RunPlan, why: str) -> None:
         """Cancelled or failed: keep the planes already done, in a layer that says it is partial."""
@@ -429,7 +441,7 @@ def _upscale_in_steps(data, kwargs: dict):
 
     Yields ``(done, total, result, trust, planes_done)`` per tile; ``result``
     (the whole output array, filled so far) and ``trust`` (its trust map, if
-    asked for) only when a plane has just finished.
+    asked for) only when a plane has just finished. Returns ``(result, trust)``.
     """
     from .engine import upscale_steps
 
@@ -449,7 +461,7 @@ def _upscale_in_steps(data, kwargs: dict):
             trust[step.index] = step.trust
         planes_done += 1
         yield step.done, step.total, result, trust, planes_done
-    return result
+    return result, trust
 
 
 def _preview(plane, window, kwargs: dict):
