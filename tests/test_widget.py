@@ -44,10 +44,16 @@ def setup(make_napari_viewer, weights):
     return viewer, widget
 
 
+def settle(qtbot, widget):
+    """Let the main thread handle the worker's queued signals (waitSignal can return before they run)."""
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=10000)
+
+
 def run(qtbot, widget, timeout=60000):
     worker = widget.start(widget.plan(), start_thread=False)
     with qtbot.waitSignal(worker.finished, timeout=timeout):
         worker.start()
+    settle(qtbot, widget)
     return worker
 
 
@@ -148,9 +154,10 @@ def test_cancel_stops_between_tiles(setup, qtbot):
     widget.tile_size.value = 8  # 1024 tiles: far more than run before the cancel arrives
     worker = widget.start(widget.plan(), start_thread=False)
     assert widget.run_button.text == "Cancel"
-    worker.yielded.connect(lambda _: widget._run_or_cancel())
+    worker.yielded.connect(lambda _: widget._worker is worker and widget._run_or_cancel())
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
+    settle(qtbot, widget)
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
 
@@ -241,6 +248,7 @@ def test_the_layer_appears_after_the_first_plane_and_the_viewer_stays_responsive
     worker.yielded.connect(lambda v: seen.append((v[-1], "z x2 DIINN" in viewer.layers)))
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
+    settle(qtbot, widget)
     timer.stop()
     assert (0, True) not in seen
     assert any(shown and planes < 4 for planes, shown in seen), seen  # shown while planes were still to come
@@ -259,6 +267,7 @@ def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot):
     worker.yielded.connect(lambda v: v[-1] == 2 and widget._worker is not None and widget._run_or_cancel())
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
+    settle(qtbot, widget)
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["planes_done"]
@@ -274,6 +283,7 @@ def test_settings_are_recorded_when_the_run_starts(setup, qtbot):
     worker.yielded.connect(lambda _: setattr(widget.intensity, "value", "dtype"))
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
+    settle(qtbot, widget)
     assert viewer.layers[-1].metadata["diinn"]["intensity"] == "auto"
 
 
@@ -305,8 +315,9 @@ def test_preview_shows_exactly_the_run_result_of_the_visible_region(setup, qtbot
     y0, y1, x0, x1 = window = widget.preview_window(plan)
     assert (y0, x0) == (25, 30) and 0 < y1 - y0 <= 100 * 1 and y1 <= 100 and x1 <= 125
     worker = widget.preview(plan, start_thread=False)
-    with qtbot.waitSignal(worker.finished, timeout=60000):
+    with qtbot.waitSignal(worker.returned, timeout=60000):
         worker.start()
+    qtbot.waitUntil(lambda: "cells DIINN preview" in viewer.layers, timeout=10000)
     preview = viewer.layers["cells DIINN preview"]
     assert preview.metadata["diinn"]["preview_window"] == list(window)
     run(qtbot, widget)
@@ -323,8 +334,10 @@ def test_a_new_preview_replaces_the_old_one(setup, qtbot):
     for factor in (2.0, 3.0):
         widget.factor_y.value = factor
         worker = widget.preview(widget.plan(), start_thread=False)
-        with qtbot.waitSignal(worker.finished, timeout=60000):
+        with qtbot.waitSignal(worker.returned, timeout=60000):
             worker.start()
+        qtbot.waitUntil(lambda: "a DIINN preview" in viewer.layers
+                        and viewer.layers["a DIINN preview"].metadata["diinn"]["size_ratio"][0] == factor, timeout=10000)
     previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
     assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
     assert "a DIINN preview" not in [layer.name for layer in widget.layer.choices if layer is not None]

@@ -263,6 +263,8 @@ class DIINNWidget(Container):
 
         if worker is not self._worker:  # a late signal of a run that has already ended
             return
+        if self._live is not None and self._live.metadata["diinn"]["partial"] is False:
+            return  # the result has already arrived in full
         done, total, result, trust, planes_done = value
         if self._progress is None:
             self._progress = progress(total=total, desc="DIINN super-resolution")
@@ -278,7 +280,8 @@ class DIINNWidget(Container):
             self._live.refresh()
             if self._live_trust is not None:
                 self._live_trust.refresh()
-        self._live.metadata["diinn"]["planes_done"] = planes_done
+        meta = self._live.metadata["diinn"]
+        meta["planes_done"] = max(meta["planes_done"], planes_done)  # signals may arrive out of order
 
     def _layer_kwargs(self, plan: RunPlan, index, result: np.ndarray) -> dict:
         layer = plan.layer
