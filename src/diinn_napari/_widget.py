@@ -217,12 +217,16 @@ class DIINNWidget(Container):
             self._worker.quit()  # a generator worker stops at its next yield: between tiles
             self.info.value = "cancelling..."
             return
+        plan = self._plan_or_notify()
+        if plan is not None:
+            self.start(plan)
+
+    def _plan_or_notify(self) -> RunPlan | None:
         try:
-            plan = self.plan()
+            return self.plan()
         except ValueError as err:
             show_error(f"DIINN: {err}")
-            return
-        self.start(plan)
+            return None
 
     def start(self, plan: RunPlan, start_thread: bool = True):
         """Run ``plan`` (from :meth:`plan`) in a thread worker; returns the worker.
@@ -289,17 +293,8 @@ class DIINNWidget(Container):
         n_planes = int(np.prod(result.shape[: result.ndim - (3 if layer.rgb else 2)], dtype=np.int64))
         meta = {**plan.settings, "output_shape": list(result.shape), "planes_total": n_planes, "planes_done": 0,
                 "partial": True}
-        kwargs = dict(name=f"{layer.name} {plan.label} DIINN", scale=scale, translate=translate, rgb=layer.rgb,
-                      blending=layer.blending, metadata={**layer.metadata, "diinn": meta})
-        for attr in ("units", "axis_labels"):
-            if hasattr(layer, attr):
-                kwargs[attr] = getattr(layer, attr)
-        if not layer.rgb:
-            kwargs.update(colormap=layer.colormap, gamma=layer.gamma)
-            # a new layer's contrast comes from its data; the first plane alone could mislead
-            kwargs["contrast_limits"] = (layer.contrast_limits if result.dtype == np.dtype(layer.dtype)
-                                         else _value_range(result))
-        return kwargs
+        return dict(name=f"{layer.name} {plan.label} DIINN", scale=scale, translate=translate,
+                    metadata={**layer.metadata, "diinn": meta}, **_looks_like(layer, result))
 
     def _trust_kwargs(self, plan: RunPlan, index) -> dict:
         scale, translate = self._placement(plan, index)
@@ -356,12 +351,9 @@ class DIINNWidget(Container):
 
     # ---- preview of the visible region ------------------------------------------------------------
     def _preview_clicked(self, _=None) -> None:
-        try:
-            plan = self.plan()
-        except ValueError as err:
-            show_error(f"DIINN: {err}")
-            return
-        self.preview(plan)
+        plan = self._plan_or_notify()
+        if plan is not None:
+            self.preview(plan)
 
     def preview_window(self, plan: RunPlan) -> tuple[int, int, int, int]:
         """The output window (y0, y1, x0, x1) that covers what the canvas shows of the layer.
@@ -412,26 +404,33 @@ class DIINNWidget(Container):
         image, seconds = result
         layer = plan.layer
         self._remove_preview(layer)
-        scale, translate = self._placement(plan, None)
-        n = layer.ndim
-        translate[: n - 2] = [t + i * s for t, i, s in zip(layer.translate[: n - 2], index, layer.scale[: n - 2])]
+        scale, translate = self._placement(plan, index)  # the current plane's Z/T position
         translate[-2] += window[0] * scale[-2]
         translate[-1] += window[2] * scale[-1]
-        data = image.reshape((1,) * (n - 2) + image.shape)
-        kwargs = dict(name=f"{layer.name} {PREVIEW_SUFFIX}", scale=scale, translate=translate, rgb=layer.rgb,
-                      blending=layer.blending, metadata={"diinn": {**plan.settings, "preview_window": list(window),
-                                                                   "seconds": seconds, "made": time.time()}})
-        if not layer.rgb:
-            kwargs.update(colormap=layer.colormap, gamma=layer.gamma)
-            if image.dtype == np.dtype(layer.dtype):
-                kwargs["contrast_limits"] = layer.contrast_limits
-        self._viewer.add_image(data, **kwargs)
+        data = image.reshape((1,) * (layer.ndim - 2) + image.shape)
+        meta = {**plan.settings, "preview_window": list(window), "seconds": seconds, "made": time.time()}
+        self._viewer.add_image(data, name=f"{layer.name} {PREVIEW_SUFFIX}", scale=scale, translate=translate,
+                               metadata={"diinn": meta}, **_looks_like(layer, image))
         self.info.value = f"preview: {image.shape[0]} x {image.shape[1]} px in {seconds:.1f} s"
 
     def _remove_preview(self, layer: Image) -> None:
         name = f"{layer.name} {PREVIEW_SUFFIX}"
         if name in self._viewer.layers:
             self._viewer.layers.remove(name)
+
+
+def _looks_like(source: Image, data: np.ndarray) -> dict:
+    """Display settings that make a result look like its source: units, axis labels, colours, contrast."""
+    kwargs = dict(rgb=source.rgb, blending=source.blending)
+    for attr in ("units", "axis_labels"):
+        if hasattr(source, attr):
+            kwargs[attr] = getattr(source, attr)
+    if not source.rgb:
+        kwargs.update(colormap=source.colormap, gamma=source.gamma)
+        # another dtype means other numbers: take the contrast from the data (all of it, not one plane)
+        kwargs["contrast_limits"] = (source.contrast_limits if data.dtype == np.dtype(source.dtype)
+                                     else _value_range(data))
+    return kwargs
 
 
 def _value_range(data: np.ndarray) -> tuple[float, float]:

@@ -177,11 +177,7 @@ def upscale_steps(
         if plane.dtype.kind == "f" and not np.isfinite(plane).all():
             where = f" in plane {index}" if index else ""
             raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
-        colour = plane[..., :3] if alpha else plane
-        mapping = fit_intensity(colour, intensity)
-        lr = mapping.normalize(colour)
-        lr = lr.transpose(2, 0, 1) if rgb else lr[None]
-        valid = _valid_range(mapping, dtype)
+        mapping, lr, valid = _normalised(plane, rgb, intensity, dtype)
         out = np.empty((channels + alpha, H, W), dtype)
         trust = np.empty((H, W), np.float32) if return_trust else None
         for i, (window, tile_box) in enumerate(tiles):
@@ -357,6 +353,18 @@ def check_outlier_clamp(clamp) -> tuple[float, float] | None:
             f"outlier_clamp must contain the normalised range 0..1 (low <= 0, high >= 1, finite), got {clamp!r}"
         )
     return lo, hi
+
+
+def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype):
+    """One plane for the network: (intensity map, normalised (C, Y, X) colour, valid output range).
+
+    The map is fitted on the colour of the whole plane (an RGBA plane's alpha is left out).
+    """
+    colour = plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
+    mapping = fit_intensity(colour, intensity)
+    lr = mapping.normalize(colour)
+    lr = lr.transpose(2, 0, 1) if rgb else lr[None]
+    return mapping, lr, _valid_range(mapping, dtype)
 
 
 def _valid_range(mapping, dtype: np.dtype) -> tuple[float, float]:
@@ -538,13 +546,10 @@ def upscale_window(
     alpha = rgb and plane.shape[-1] == 4
     net = get_model(model, 3 if rgb else 1, device)
     dev = next(net.parameters()).device
-    colour = plane[..., :3] if alpha else plane
-    mapping = fit_intensity(colour, intensity)
-    lr = mapping.normalize(colour)
-    lr = lr.transpose(2, 0, 1) if rgb else lr[None]
+    mapping, lr, valid = _normalised(plane, rgb, intensity, dtype)
     sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), dev, "fast", None,
                     consistency=check_consistency(consistency), clamp=check_outlier_clamp(outlier_clamp),
-                    valid=_valid_range(mapping, dtype))
+                    valid=valid)
     out = mapping.denormalize(sr, dtype)
     if alpha:  # the mask resized on the whole plane, then cut: the same values as the full run
         out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
