@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -278,3 +279,26 @@ def test_validation_numbers_are_the_ones_evaluate_prints(tmp_path, rng):
     for key in ("x2", "x3"):
         assert ours[key]["psnr"] == pytest.approx(theirs[key]["mean"]["psnr"], abs=1e-6)
         assert ours[key]["bicubic"] == pytest.approx(theirs[key]["mean"]["bicubic_psnr"], abs=1e-6)
+
+
+def test_a_run_stopped_by_its_time_limit_validates_where_it_stopped(tiles, start_weights, tmp_path):
+    # an equal-time comparison of recipes needs the numbers of the step where each run stopped
+    out = tmp_path / "timed.safetensors"
+    result = run(tiles, start_weights, out, "--steps", "1000", "--val-every", "1000", "--time-limit", "0.001")
+    assert 0 < result["step"] < 1000
+    logged = [json.loads(line) for line in (tmp_path / "timed.log.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == result["step"] and "mean_gain" in logged[-1]
+    assert read_metadata(out)["steps"] == result["step"]
+
+
+def test_webp_training_images_are_found(tmp_path, rng):
+    # lossless WebP stores natural training images about a third smaller than PNG
+    folder = tmp_path / "webp"
+    folder.mkdir()
+    image = smooth_image(rng, (40, 40)).astype(np.uint8)
+    imsave(folder / "a.webp", np.repeat(image[..., None], 3, 2), lossless=True)
+    from diinn_napari.data import find_images, read_image
+
+    (found,) = find_images(folder)
+    array, is_rgb = read_image(found)
+    assert is_rgb and np.array_equal(array[..., 0], image)

@@ -20,7 +20,7 @@ from .intensity import fit_intensity, to_luminance
 from .quality import downsample
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 def find_images(folder: str | Path) -> list[Path]:
