@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from diinn_napari.weights import save_weights  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 
-MANIFEST = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+MANIFEST = yaml.safe_load((resources.files("diinn_napari") / "napari.yaml").read_text())
 PLUGIN = MANIFEST["name"]
 WIDGET = MANIFEST["contributions"]["widgets"][0]["display_name"]
 WIDGET_COMMAND = MANIFEST["contributions"]["widgets"][0]["command"]

@@ -30,8 +30,17 @@ class WeightsError(ValueError):
 
 
 def weights_dir() -> Path:
-    """Folder of the bundled weights (inside the package; a link to ``weights/`` in a checkout)."""
-    return Path(__file__).parent / "weights"
+    """Folder of the bundled weights.
+
+    An installed wheel holds them in the package (``setup.py`` copies the
+    checkout's ``weights/`` there at build time); an editable install or a
+    source checkout reads the checkout's ``weights/`` folder itself. No
+    symbolic link: those break on Windows clones.
+    """
+    packaged = Path(__file__).parent / "weights"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "weights"
 
 
 def bundled_path(name: str) -> Path:
