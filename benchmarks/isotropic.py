@@ -10,8 +10,11 @@ interpolation along Z, the bundled gray model zero-shot, and the model
 adapted on the degraded stack itself (:func:`diinn_napari.isotropic.adapt`).
 Metrics against the original (unblurred) stack over the Z range the kept
 planes span: PSNR (skimage, data range = the reference's max - min) on the
-planes that were dropped, and SSIM averaged over every XZ and YZ plane. The
-DIINN rows also report each view alone and the max/min fusions.
+planes that were dropped, SSIM averaged over every XZ and YZ plane, and the
+mean bias on the dropped planes (:func:`diinn_napari.quality.mean_bias_percent`:
+mean of output - original in % of the original's robust range p99.9 - p0.1,
+as in ``evaluate``). The DIINN rows also report each view alone and the
+max/min fusions.
 
 The axial blur of the "blur" rows is the adaptation's default
 (:func:`~diinn_napari.isotropic.default_axial_sigma` of the kept Z step in
@@ -35,6 +38,7 @@ from scipy.ndimage import gaussian_filter1d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic
+from diinn_napari.quality import mean_bias_percent
 from diinn_napari.tiff import read_info
 
 STACKS = {  # file -> channel used (ZCYX files)
@@ -59,13 +63,13 @@ def load(path: Path, channel: int | None, crop: int | None) -> tuple[np.ndarray,
 
 
 def metrics(out: np.ndarray, ref: np.ndarray, n: int, data_range: float) -> dict:
-    """PSNR on the dropped planes, SSIM averaged over XZ and YZ planes."""
+    """PSNR and mean bias (% of the robust range) on the dropped planes, SSIM averaged over XZ and YZ planes."""
     dropped = np.ones(len(ref), bool)
     dropped[::n] = False
     psnr = peak_signal_noise_ratio(ref[dropped], out[dropped], data_range=data_range)
     xz = [structural_similarity(ref[:, y], out[:, y], data_range=data_range) for y in range(ref.shape[1])]
     yz = [structural_similarity(ref[:, :, x], out[:, :, x], data_range=data_range) for x in range(ref.shape[2])]
-    return {"psnr": float(psnr), "ssim": float(np.mean(xz + yz))}
+    return {"psnr": float(psnr), "ssim": float(np.mean(xz + yz)), "bias": mean_bias_percent(out[dropped], ref[dropped])}
 
 
 def interpolate(kept: np.ndarray, n: int, n_out: int, kind: str) -> np.ndarray:
@@ -174,19 +178,20 @@ def save_figure(path: str, views: dict[str, np.ndarray], title: str, zoom: int =
 
 def report(row: dict) -> None:
     print(f"{row['stack'][:28]:28s} n={row['n']} {row['blur']:4s} {row['method']:22s} "
-          f"PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.4f}", flush=True)
+          f"PSNR {row['psnr']:6.2f}  SSIM {row['ssim']:.4f}  bias {row['bias']:+.3f} %", flush=True)
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table: one line per (stack, n, blur), PSNR / SSIM per method (mean fusion for DIINN)."""
+    """Markdown table: one line per (stack, n, blur), PSNR / SSIM / mean bias % per method (mean fusion for DIINN)."""
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if " " not in m or m.endswith(" mean") or "+c" in m]
-    lines = ["| stack | n | axial blur | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    lines = ["PSNR dB / SSIM / mean bias (% of the original's robust range) on the dropped planes",
+             "", "| stack | n | axial blur | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     keys = dict.fromkeys((r["stack"], r["n"], r["blur"]) for r in rows)
     for stack, n, blur in keys:
         cells = []
         for m in methods:
             hit = [r for r in rows if (r["stack"], r["n"], r["blur"], r["method"]) == (stack, n, blur, m)]
-            cells.append(f"{hit[0]['psnr']:.2f} / {hit[0]['ssim']:.4f}" if hit else "-")
+            cells.append(f"{hit[0]['psnr']:.2f} / {hit[0]['ssim']:.4f} / {hit[0]['bias']:+.3f} %" if hit else "-")
         lines.append(f"| {stack.split('__')[-1].removesuffix('.tif')} | {n} | {blur} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

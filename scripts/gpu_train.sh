@@ -5,6 +5,7 @@
 #   * eight short A/B runs of the recipe's options (gray, from scratch, equal steps) run beside them.
 #
 #   bash scripts/gpu_train.sh DATA MINUTES      # DATA: folder with T91/ BSDS200/ microscopy/ thermal/
+#   AB=0 RGB_START=a.safetensors GRAY_START=b.safetensors THREADS=7 bash scripts/gpu_train.sh DATA MINUTES
 #
 # The cosine schedule needs the run's length in steps: a short probe measures steps per second,
 # then the run resumes (same optimizer, same sampler state) with the length that fills MINUTES.
@@ -31,9 +32,9 @@ for f in read_metadata(sys.argv[1])['val_files']:
 }
 
 COMMON=(--recipe scientific --device ${DEVICE:-cuda} --batch 16 --patch 48 --queries 2304 --val-fraction 0 --val-every 1000 --seed 1)
-RGB=(--weights weights/diinn-rgb.safetensors --channels 3 --lr 3e-4 --warmup 200 --threads 3
+RGB=(--weights ${RGB_START:-weights/diinn-rgb.safetensors} --channels 3 --lr ${RGB_LR:-3e-4} --warmup 200 --threads ${THREADS:-3}
      --data "$DATA/T91" --data "$DATA/BSDS200" $(hold_outs weights/diinn-rgb.safetensors))
-GRAY=(--weights weights/diinn-gray.safetensors --channels 1 --lr 2e-4 --warmup 200 --threads 3
+GRAY=(--weights ${GRAY_START:-weights/diinn-gray.safetensors} --channels 1 --lr 2e-4 --warmup 200 --threads ${THREADS:-3}
       --data "$DATA/T91" --data "$DATA/BSDS200" --data "$DATA/microscopy" --data "$DATA/thermal"
       $(hold_outs weights/diinn-gray.safetensors))
 
@@ -60,14 +61,16 @@ ab_run() {  # name, args...: gray from scratch, AB_STEPS steps, one CPU thread
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 long_run rgb "${RGB[@]}" &
 long_run gray "${GRAY[@]}" &
-ab_run base &
-ab_run no-ema --ema 0 &
-ab_run step-schedule --schedule step &
-ab_run patch32 --patch 32 --queries 1024 &
-ab_run scales1-4 --scales 1-4 &
-ab_run no-aniso --aniso 0 &
-ab_run l1 --loss l1 &
-ab_run no-sci-aug --dark 0 --sparse 0 --jitter 0 --shot-noise 0 &
+if [ "${AB:-1}" = 1 ]; then  # AB=0: the two long runs alone (each gets the whole GPU and more CPU threads)
+    ab_run base &
+    ab_run no-ema --ema 0 &
+    ab_run step-schedule --schedule step &
+    ab_run patch32 --patch 32 --queries 1024 &
+    ab_run scales1-4 --scales 1-4 &
+    ab_run no-aniso --aniso 0 &
+    ab_run l1 --loss l1 &
+    ab_run no-sci-aug --dark 0 --sparse 0 --jitter 0 --shot-noise 0 &
+fi
 wait
 for name in rgb gray; do
     cp "$RUNS/$name.safetensors" "$OUT/$name.safetensors" 2>/dev/null

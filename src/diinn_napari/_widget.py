@@ -8,10 +8,16 @@ when the widget is opened (to list devices and models), never when napari starts
 The output layer appears when the first plane is done and fills in plane by
 plane; a cancelled run keeps the planes already done in a layer marked partial.
 *Preview* decodes only the part of the current plane that is on screen.
+
+The size mode "isotropic voxels" resamples the Z axis of a stack to its XY
+pixel size (or a target Z step) with :func:`diinn_napari.isotropic.isotropic_steps`,
+optionally after :func:`diinn_napari.isotropic.adapt` on the stack itself; its
+output fills in block by block of Y rows.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +32,16 @@ from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size, overlay_p
 if TYPE_CHECKING:
     import napari
 
-SIZE_MODES = ("factor", "pixel size", "output shape")
+ISOTROPIC = "isotropic voxels"
+SIZE_MODES = ("factor", "pixel size", "output shape", ISOTROPIC)
 DTYPES = ("same as input", "float32", "uint16", "uint8")
 BROWSE = "Browse..."
 PREVIEW_SUFFIX = "DIINN preview"
+# What a run's progress counts, and how a partial layer's name says it: the plane-wise modes finish one
+# (leading-index) plane at a time, isotropic voxels one block of Y rows of one volume at a time.
+UNIT_WORDS = {"planes": "planes", "rows": "Y rows"}
+# The two parts of an isotropic run with adaptation, as the progress bar names them.
+PHASES = ("adapting to the stack", "super-resolution")
 
 
 @dataclass
@@ -44,9 +56,16 @@ class RunPlan:
     dtype: np.dtype
     model: str
     settings: dict[str, Any] = field(default_factory=dict)  # recorded in layer.metadata["diinn"]
+    unit: str = "planes"  # what finishes at a time: "planes" or (isotropic voxels) "rows"
+    units_total: int = 1
+    # isotropic voxels: spacing (dz, dy, dx), target (None = XY pixel size), z_out (the output Z step),
+    # adapt_steps, axial_sigma; None for the plane-wise modes
+    isotropic: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
+        if self.isotropic is not None:
+            return f"isotropic z{self.isotropic['z_out']:.3g}"
         ry, rx = self.ratio
         return f"x{ry:.3g}" if abs(ry - rx) < 1e-9 else f"x{ry:.3g},{rx:.3g}"
 
@@ -61,8 +80,13 @@ class DIINNWidget(Container):
         self._viewer = napari_viewer
         self._worker = None
         self._progress = None
+        self._phase = None  # what the progress bar counts (PHASES)
         self._live = None  # the output layer of the running job
         self._live_trust = None  # and its trust map
+        self._cancel: threading.Event | None = None  # stops an adaptation running in its own thread
+        self._units_done = 0  # planes (or Y rows) of the running job known to be finished
+        self._adding = False  # the output layer is being added (napari may handle other signals meanwhile)
+        self._pending: list = []  # run-end handlers that arrived while it was being added
         self._model_files: list[str] = []
         self.layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self.size_mode = ComboBox(label="size by", choices=SIZE_MODES, value="factor")
@@ -72,6 +96,16 @@ class DIINNWidget(Container):
         self.pixel_size = FloatSpinBox(label="target pixel size", value=0.5, min=1e-9, max=1e9, step=0.01)
         self.output_y = SpinBox(label="output Y", value=512, min=1, max=10**6)
         self.output_x = SpinBox(label="output X", value=512, min=1, max=10**6)
+        self.z_target = FloatSpinBox(label="target Z step (0 = XY pixel size)", value=0.0, min=0.0, max=1e9,
+                                     step=0.001, tooltip="output Z step in the layer's units; output plane k lies at "
+                                                         "the first plane's Z + k x this step")
+        self.z_consistency = SpinBox(label="Z data consistency", value=0, min=0, max=20,
+                                     tooltip="back-projection steps along Z (0 = off, the default: on axially blurred "
+                                             "stacks it puts the blur back)")
+        self.adapt = CheckBox(text="adapt to this stack first (self-supervised, on its XY planes)", value=False)
+        self.adapt_steps = SpinBox(label="adaptation steps", value=300, min=1, max=100000,
+                                   tooltip="fine-tuning steps on the stack's XY planes degraded along one axis "
+                                           "before reconstructing")
         self.model = ComboBox(label="model", choices=self._model_choices, value="auto")
         self.device = ComboBox(label="device", choices=["auto"] + available_devices(), value="auto")
         self.tile_size = SpinBox(label="tile size (0 = auto)", value=0, min=0, max=8192)
@@ -86,10 +120,12 @@ class DIINNWidget(Container):
         self.preview_button = PushButton(text="Preview (visible region)")
         self.run_button = PushButton(text="Run")
         self.extend([self.layer, self.size_mode, self.factor_y, self.factor_x, self.same_factor, self.pixel_size,
-                     self.output_y, self.output_x, self.model, self.device, self.tile_size, self.intensity,
+                     self.output_y, self.output_x, self.z_target, self.z_consistency, self.adapt, self.adapt_steps,
+                     self.model, self.device, self.tile_size, self.intensity,
                      self.out_dtype, self.consistency, self.trust_map, self.plane_only, self.info, self.preview_button, self.run_button])
         for w in (self.layer, self.size_mode, self.factor_y, self.factor_x, self.same_factor, self.pixel_size,
-                  self.output_y, self.output_x, self.device, self.out_dtype, self.plane_only):
+                  self.output_y, self.output_x, self.z_target, self.adapt, self.adapt_steps, self.device,
+                  self.out_dtype, self.plane_only):
             w.changed.connect(self._update)
         self.model.changed.connect(self._on_model)
         self.run_button.changed.connect(self._run_or_cancel)
@@ -162,6 +198,8 @@ class DIINNWidget(Container):
         shape = self._spatial_shape(layer)
         if len(shape) < 2:
             raise ValueError(f"layer {layer.name!r} has fewer than 2 spatial axes")
+        if self.size_mode.value == ISOTROPIC:
+            return self._isotropic_plan(layer, shape)
         if self.size_mode.value == "factor":
             factors = (self.factor_y.value, self.factor_y.value if self.same_factor.value else self.factor_x.value)
             out = output_size(shape, factors)
@@ -179,12 +217,59 @@ class DIINNWidget(Container):
             model = self.model.value
         colour = (data.shape[-1],) if layer.rgb else ()
         ratio = (out[0] / shape[-2], out[1] / shape[-1])
-        settings = {"source": layer.name, "model": str(model), "size_ratio": list(ratio), "intensity": self.intensity.value,
+        settings = {"source": layer.name, "size_mode": self.size_mode.value, "model": str(model),
+                    "size_ratio": list(ratio), "intensity": self.intensity.value,
                     "device": self.device.value, "tile_size": self.tile_size.value or None,
                     "output_dtype": str(dtype), "consistency": int(self.consistency.value),
                     "outlier_clamp": list(OUTLIER_CLAMP),
                     "trust_map": bool(self.trust_map.value), "plane_only": bool(self.plane_only.value)}
-        return RunPlan(layer, tuple(shape[-2:]), out, ratio, tuple(leading) + out + colour, dtype, model, settings)
+        return RunPlan(layer, tuple(shape[-2:]), out, ratio, tuple(leading) + out + colour, dtype, model, settings,
+                       units_total=int(np.prod(leading, dtype=np.int64)))
+
+    def _isotropic_plan(self, layer: Image, shape: tuple[int, ...]) -> RunPlan:
+        """Isotropic voxels: Z (third axis from the end) resampled to the XY pixel size or the target Z step."""
+        from .isotropic import default_axial_sigma, isotropic_shape, output_spacing
+
+        name = layer.name
+        if layer.rgb:
+            raise ValueError(f"layer {name!r} is RGB: isotropic voxels needs a single-channel Z stack "
+                             "(split the colour channels into separate layers first)")
+        if len(shape) < 3:
+            raise ValueError(f"layer {name!r} is 2D {tuple(shape)}: isotropic voxels needs a Z stack "
+                             "(axes ..., Z, Y, X); use the factor, pixel size or output shape modes for 2D images")
+        if shape[-3] < 2:
+            raise ValueError(f"layer {name!r} has {shape[-3]} Z plane: isotropic voxels needs at least 2")
+        dz, dy, dx = (float(s) for s in layer.scale[-3:])
+        target = float(self.z_target.value) or None
+        if target is None and dz <= min(dy, dx) * (1 + 1e-6):
+            raise ValueError(
+                f"layer {name!r} has no Z anisotropy: its Z scale {dz:g} is not larger than its Y/X scale "
+                f"{dy:g}, {dx:g}. Set the layer's scale to the stack's voxel size (dz, dy, dx), e.g. in the console "
+                f"viewer.layers[{name!r}].scale = (2.0, 0.5, 0.5) for dz=2, dy=dx=0.5, or give a target Z step "
+                f"smaller than {dz:g}")
+        spacing = (dz, dy, dx)
+        try:
+            out_shape = isotropic_shape(shape, spacing, target)
+            z_out = output_spacing(spacing, target)[0]
+        except ValueError as err:
+            raise ValueError(f"layer {name!r} (scale {dz:g}, {dy:g}, {dx:g}): {err}") from None
+        data = self._level0(layer)
+        dtype = np.dtype(data.dtype) if self.out_dtype.value == "same as input" else np.dtype(self.out_dtype.value)
+        dtype = np.dtype(np.float32) if dtype.kind == "f" else dtype
+        model = "gray" if self.model.value in ("auto", BROWSE, None) else self.model.value
+        steps = int(self.adapt_steps.value) if self.adapt.value else 0
+        sigma = default_axial_sigma(dz / min(dy, dx)) if steps else None
+        iso = {"spacing": spacing, "target": target, "z_out": z_out, "adapt_steps": steps, "axial_sigma": sigma}
+        settings = {"source": name, "size_mode": ISOTROPIC, "model": str(model), "spacing_in": list(spacing),
+                    "z_step_in": dz, "z_step_out": z_out, "target_z_step": target,
+                    "z_planes": [int(shape[-3]), int(out_shape[-3])], "fusion": "mean",
+                    "intensity": self.intensity.value, "device": self.device.value,
+                    "tile_size": self.tile_size.value or None, "output_dtype": str(dtype),
+                    "consistency": int(self.z_consistency.value), "outlier_clamp": list(OUTLIER_CLAMP),
+                    "adapt_steps": steps, "axial_sigma": sigma}
+        yx = tuple(shape[-2:])
+        return RunPlan(layer, yx, yx, (1.0, 1.0), tuple(out_shape), dtype, model, settings, unit="rows",
+                       units_total=int(np.prod(shape[:-3], dtype=np.int64)) * int(shape[-2]), isotropic=iso)
 
     def _engine_kwargs(self, plan: RunPlan) -> dict:
         s = plan.settings
@@ -194,11 +279,17 @@ class DIINNWidget(Container):
 
     def _update(self, _=None) -> None:
         mode = self.size_mode.value
+        iso = mode == ISOTROPIC
         self.factor_y.visible = mode == "factor"
         self.factor_x.visible = mode == "factor" and not self.same_factor.value
         self.same_factor.visible = mode == "factor"
         self.pixel_size.visible = mode == "pixel size"
         self.output_y.visible = self.output_x.visible = mode == "output shape"
+        # isotropic voxels has its own consistency (default 0) and works on whole volumes: no plane, trust or preview
+        self.z_target.visible = self.z_consistency.visible = self.adapt.visible = iso
+        self.adapt_steps.visible = iso and self.adapt.value
+        self.consistency.visible = self.trust_map.visible = self.plane_only.visible = not iso
+        self.preview_button.enabled = self._worker is None and not iso
         try:
             plan = self.plan()
         except ValueError as err:
@@ -210,11 +301,19 @@ class DIINNWidget(Container):
         device = pick_device(self.device.value) if self.device.value == "auto" else self.device.value
         self.info.value = (f"output {' x '.join(map(str, plan.shape))} {plan.dtype}, "
                            f"{nbytes / 2**20:,.1f} MiB, on {device}")
+        if plan.isotropic is not None:
+            z_in, z_out = plan.settings["z_planes"]
+            self.info.value += (f"; Z step {plan.isotropic['spacing'][0]:g} -> {plan.isotropic['z_out']:g} "
+                                f"({z_in} -> {z_out} planes)")
+            if plan.isotropic["adapt_steps"]:
+                self.info.value += f", after {plan.isotropic['adapt_steps']} adaptation steps"
 
     # ---- running ---------------------------------------------------------------------------------
     def _run_or_cancel(self, _=None) -> None:
         if self._worker is not None:
             self._worker.quit()  # a generator worker stops at its next yield: between tiles
+            if self._cancel is not None:
+                self._cancel.set()  # and an adaptation in its own thread at its next step
             self.info.value = "cancelling..."
             return
         plan = self._plan_or_notify()
@@ -237,12 +336,19 @@ class DIINNWidget(Container):
         from napari.qt.threading import thread_worker
 
         data = self._level0(plan.layer)
-        index = self._current_index(plan.layer) if plan.settings["plane_only"] else None
-        if index is not None:
-            data = data[tuple(slice(i, i + 1) for i in index)]
-        # connecting "errored" here keeps the worker from re-raising: errors become notifications
-        worker = thread_worker(_upscale_in_steps, start_thread=False, connect={"errored": self._on_error})(
-            data, self._engine_kwargs(plan))
+        self._cancel = None
+        if plan.isotropic is not None:
+            index = None
+            self._cancel = threading.Event()
+            # connecting "errored" here keeps the worker from re-raising: errors become notifications
+            worker = thread_worker(_isotropic_in_steps, start_thread=False, connect={"errored": self._on_error})(
+                data, plan.shape, plan.isotropic, self._isotropic_kwargs(plan), self._cancel)
+        else:
+            index = self._current_index(plan.layer) if plan.settings["plane_only"] else None
+            if index is not None:
+                data = data[tuple(slice(i, i + 1) for i in index)]
+            worker = thread_worker(_upscale_in_steps, start_thread=False, connect={"errored": self._on_error})(
+                data, self._engine_kwargs(plan))
         worker.yielded.connect(lambda value: self._on_yielded(worker, value, plan, index))
         worker.returned.connect(lambda value: self._on_done(plan, index, *value))
         worker.aborted.connect(lambda: self._on_stopped(plan, "cancelled"))
@@ -250,11 +356,18 @@ class DIINNWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._live = self._live_trust = None
+        self._units_done, self._pending = 0, []
         self.run_button.text = "Cancel"
         self.preview_button.enabled = False
         if start_thread:
             worker.start()
         return worker
+
+    @staticmethod
+    def _isotropic_kwargs(plan: RunPlan) -> dict:
+        s = plan.settings
+        return dict(model=plan.model, device=s["device"], tile_size=s["tile_size"], intensity=s["intensity"],
+                    out_dtype=plan.dtype, consistency=s["consistency"], fusion=s["fusion"])
 
     def _current_index(self, layer: Image) -> tuple[int, ...]:
         point = layer.world_to_data(self._viewer.dims.point)
@@ -269,30 +382,53 @@ class DIINNWidget(Container):
             return
         if self._live is not None and self._live.metadata["diinn"]["partial"] is False:
             return  # the result has already arrived in full
-        done, total, result, trust, planes_done = value
-        if self._progress is None:
-            self._progress = progress(total=total, desc="DIINN super-resolution")
+        done, total, result, trust, units_done = value[:5]
+        phase = value[5] if len(value) > 5 else PHASES[1]  # isotropic voxels: adaptation first, if asked for
+        if self._progress is None or phase != self._phase:
+            if self._progress is not None:
+                self._progress.close()
+            self._progress, self._phase = progress(total=total, desc=f"DIINN {phase}"), phase
         self._progress.update(done - self._progress.n)
         if result is None:
             return
+        self._units_done = max(self._units_done, units_done)  # signals may arrive out of order
         if self._live is None:  # the first plane is done: show the layer now, fill it in as planes finish
-            self._remove_preview(plan.layer)
-            self._live = self._viewer.add_image(result, **self._layer_kwargs(plan, index, result))
-            if trust is not None:
-                self._live_trust = self._viewer.add_image(trust, **self._trust_kwargs(plan, index))
+            self._show_result(plan, index, result, trust)
         else:
             self._live.refresh()
             if self._live_trust is not None:
                 self._live_trust.refresh()
+            meta = self._live.metadata["diinn"]
+            meta[f"{plan.unit}_done"] = max(meta[f"{plan.unit}_done"], self._units_done)
+
+    def _show_result(self, plan: RunPlan, index, result: np.ndarray, trust: np.ndarray | None) -> None:
+        """Add the output layer (and its trust map); signals handled while napari adds it wait until it is there.
+
+        Adding the first layer can run Qt's event loop (napari draws it), which
+        delivers the worker's next signals inside this call: a cancel or the
+        end of the run must then apply to the layer being added, not find none.
+        """
+        if self._adding:  # a signal delivered while the layer is being added: it shows this same array
+            return
+        self._adding = True
+        try:
+            self._remove_preview(plan.layer)
+            self._live = self._viewer.add_image(result, **self._layer_kwargs(plan, index, result))
+            if trust is not None:
+                self._live_trust = self._viewer.add_image(trust, **self._trust_kwargs(plan, index))
+        finally:
+            self._adding = False
         meta = self._live.metadata["diinn"]
-        meta["planes_done"] = max(meta["planes_done"], planes_done)  # signals may arrive out of order
+        meta[f"{plan.unit}_done"] = max(meta[f"{plan.unit}_done"], self._units_done)
+        pending, self._pending = self._pending, []
+        for call in pending:
+            call()
 
     def _layer_kwargs(self, plan: RunPlan, index, result: np.ndarray) -> dict:
         layer = plan.layer
         scale, translate = self._placement(plan, index)
-        n_planes = int(np.prod(result.shape[: result.ndim - (3 if layer.rgb else 2)], dtype=np.int64))
-        meta = {**plan.settings, "output_shape": list(result.shape), "planes_total": n_planes, "planes_done": 0,
-                "partial": True}
+        meta = {**plan.settings, "output_shape": list(result.shape), f"{plan.unit}_total": plan.units_total,
+                f"{plan.unit}_done": 0, "partial": True}
         return dict(name=f"{layer.name} {plan.label} DIINN", scale=scale, translate=translate,
                     metadata={**layer.metadata, "diinn": meta}, **_looks_like(layer, result))
 
@@ -306,6 +442,12 @@ class DIINNWidget(Container):
     def _placement(self, plan: RunPlan, index) -> tuple[list[float], list[float]]:
         layer = plan.layer
         n = layer.ndim
+        if plan.isotropic is not None:
+            # Z planes are point samples: output plane k at translate + k * z_out, so plane 0 stays on input
+            # plane 0 and only the Z scale changes (see diinn_napari.isotropic)
+            scale, translate = [float(s) for s in layer.scale], [float(t) for t in layer.translate]
+            scale[n - 3] = float(plan.isotropic["z_out"])
+            return scale, translate
         scale, translate = overlay_placement(layer.scale, layer.translate, (1.0,) * (n - 2) + plan.ratio)
         if index is not None:  # one plane: place it at its own Z/T position
             translate[: n - 2] = [t + i * s for t, i, s in zip(layer.translate[: n - 2], index, layer.scale[: n - 2])]
@@ -315,27 +457,31 @@ class DIINNWidget(Container):
         """The whole result is there: make sure the layer shows all of it (plane signals may lag behind)."""
         if result is None:
             return
+        if self._adding:  # delivered while the first plane's layer is being added: finish it afterwards
+            self._pending.append(lambda: self._on_done(plan, index, result, trust))
+            return
         if self._live is None:
-            self._remove_preview(plan.layer)
-            self._live = self._viewer.add_image(result, **self._layer_kwargs(plan, index, result))
-            if trust is not None:
-                self._live_trust = self._viewer.add_image(trust, **self._trust_kwargs(plan, index))
+            self._show_result(plan, index, result, trust)
         meta = self._live.metadata["diinn"]
-        meta["partial"], meta["planes_done"] = False, meta["planes_total"]
+        meta["partial"], meta[f"{plan.unit}_done"] = False, meta[f"{plan.unit}_total"]
         self._live.refresh()
         if self._live_trust is not None:
             self._live_trust.refresh()
 
     def _on_stopped(self, plan: RunPlan, why: str) -> None:
         """Cancelled or failed: keep the planes already done, in a layer that says it is partial."""
+        if self._adding:  # delivered while the first plane's layer is being added: mark it afterwards
+            self._pending.append(lambda: self._on_stopped(plan, why))
+            return
         if self._live is None:
             if why == "cancelled":
                 show_info("DIINN: cancelled")
             return
         meta = self._live.metadata["diinn"]
-        self._live.name = f"{self._live.name} (partial: {meta['planes_done']} of {meta['planes_total']} planes)"
+        done, total, words = meta[f"{plan.unit}_done"], meta[f"{plan.unit}_total"], UNIT_WORDS[plan.unit]
+        self._live.name = f"{self._live.name} (partial: {done} of {total} {words})"
         meta["stopped"] = why
-        show_info(f"DIINN: {why}; kept the {meta['planes_done']} finished planes in {self._live.name!r}")
+        show_info(f"DIINN: {why}; kept the {done} finished {words} in {self._live.name!r}")
 
     def _on_error(self, err: Exception) -> None:
         show_error(f"DIINN super-resolution failed: {err}")
@@ -343,14 +489,18 @@ class DIINNWidget(Container):
     def _on_finished(self) -> None:
         if self._progress is not None:
             self._progress.close()
-        self._progress = None
+        self._progress = self._phase = None
         self._worker = None
+        self._cancel = None
         self.run_button.text = "Run"
         self.preview_button.enabled = True
         self._update()
 
     # ---- preview of the visible region ------------------------------------------------------------
     def _preview_clicked(self, _=None) -> None:
+        if self.size_mode.value == ISOTROPIC:
+            show_error("DIINN: Preview works on one plane; isotropic voxels needs the whole stack: use Run")
+            return
         plan = self._plan_or_notify()
         if plan is not None:
             self.preview(plan)
@@ -464,6 +614,59 @@ def _upscale_in_steps(data, kwargs: dict):
         planes_done += 1
         yield step.done, step.total, result, trust, planes_done
     return result, trust
+
+
+def _isotropic_in_steps(data, shape: tuple[int, ...], iso: dict, kwargs: dict, cancel: threading.Event):
+    """Generator run by the thread worker for isotropic voxels: adapt (optional), then resample Z.
+
+    Adaptation (``iso["adapt_steps"]`` > 0) runs in a thread of its own so that
+    this generator can yield its progress every 50 ms: the worker's ``quit()``
+    is seen at the next yield, and ``cancel`` (set by the widget with it)
+    stops the adaptation at its next step. Yields ``(done, total, result,
+    None, rows_done, phase)``: ``result`` (the whole output, filled so far)
+    when a block of Y rows has just finished. Returns ``(result, None)``.
+    """
+    from .isotropic import adapt, isotropic_steps
+
+    spacing, target = iso["spacing"], iso["target"]
+    model = kwargs["model"]
+    steps = iso["adapt_steps"]
+    if steps:
+        state: dict[str, Any] = {"step": 0}
+
+        def work():
+            try:
+                state["model"] = adapt(data, spacing, target, model=model, steps=steps,
+                                       axial_sigma=iso["axial_sigma"], device=kwargs["device"],
+                                       intensity=kwargs["intensity"], cancel=cancel,
+                                       progress=lambda i, n, loss: state.update(step=i, loss=loss))
+            except BaseException as err:  # re-raised in the worker, which turns it into a notification
+                state["error"] = err
+
+        thread = threading.Thread(target=work, name="diinn-adapt", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.05)
+                yield state["step"], steps, None, None, 0, PHASES[0]
+        finally:
+            if thread.is_alive():  # the worker was stopped (or this generator closed): stop the adaptation too
+                cancel.set()
+        if "error" in state:
+            raise state["error"]
+        model = state["model"]
+    result = None
+    rows_done = 0
+    for step in isotropic_steps(data, spacing, target, **{**kwargs, "model": model}):
+        if step.block is None:
+            yield step.done, step.total, None, None, rows_done, PHASES[1]
+            continue
+        if result is None:
+            result = np.zeros(shape, step.block.dtype)
+        result[step.index + (slice(None), slice(*step.rows), slice(None))] = step.block
+        rows_done += step.rows[1] - step.rows[0]
+        yield step.done, step.total, result, None, rows_done, PHASES[1]
+    return result, None
 
 
 def _preview(plane, window, kwargs: dict):

@@ -3,6 +3,7 @@
     python -m diinn_napari.batch INPUT... (--scale S | --scale SY,SX | --pixel-size P) --out DIR
         [--model M] [--device D] [--tile-size T] [--intensity I] [--dtype T] [--overwrite]
         [--workers N] [--scheduler ADDRESS]
+    python -m diinn_napari.batch STACK.tif... --isotropic [--z-step DZ] [--target DZ_OUT] --out DIR [...]
 
 Reads one YX plane at a time and writes frame by frame. Never writes over an
 input. Each finished plane goes to a hidden partial file in the output folder
@@ -14,6 +15,10 @@ made with; a rerun skips outputs made with the same settings and refuses
 (that file fails) to replace ones made with others unless --overwrite. One bad
 file is reported and the batch goes on; the exit code is 1 when any file
 failed.
+
+--isotropic resamples the Z axis of TIFF stacks to their XY pixel size (or
+--target) with diinn_napari.isotropic, one (Z, Y, X) volume at a time; the
+output's Z spacing (ImageJ spacing, OME PhysicalSizeZ) is the new Z step.
 """
 
 from __future__ import annotations
@@ -41,13 +46,16 @@ import numpy as np
 from . import __version__
 from .intensity import INTENSITY_MODES
 from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size
-from .tiff import SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
+from .tiff import SUFFIXES, TIFF_SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
 
 OUTPUT_DTYPES = ("uint8", "uint16", "float32")
 # Keys of the settings record that decide whether an existing output or partial file is the same work.
-COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp")
+# "isotropic" (Z steps in and out, output planes) is in the record of --isotropic runs only, so plane-wise
+# records and partial-file headers stay those of earlier versions.
+COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic")
 _LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
-           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp"}
+           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
+           "isotropic": "isotropic Z resampling"}
 _MAGIC = b"DIINN-PARTIAL/1\n"
 
 
@@ -57,12 +65,17 @@ class Settings:
 
     out_dir: output folder (created when the first output is written).
     scale: (sy, sx) output/input size ratio, each >= 1; or pixel_size: the
-        target XY pixel size in each file's own unit (exactly one of the two).
+        target XY pixel size in each file's own unit; or isotropic=True: resample
+        Z instead (exactly one of the three).
+    z_step, target: with isotropic, the input Z step (default: each file's ImageJ
+        spacing / OME PhysicalSizeZ) and the output Z step (default: each
+        file's XY pixel size), in the file's unit.
     model: "default" (bundled gray or RGB model by the file's channels), a bundled name, or a weights file.
     device, tile_size: as in :func:`diinn_napari.upscale` (tile_size None = automatic).
     intensity: the engine's intensity mode ("auto", "percentile", "dtype", "none").
     dtype: output dtype ("uint8", "uint16", "float32"), or None for the input's own.
-    consistency: back-projection steps after the network (0 = off), as in :func:`diinn_napari.upscale`.
+    consistency: back-projection steps after the network (0 = off), as in :func:`diinn_napari.upscale`;
+        None: the mode's default (2 plane-wise, 0 with isotropic, see :func:`diinn_napari.isotropic.isotropic`).
     overwrite: replace existing outputs even when they were made with other settings.
     threads: torch CPU threads per process (None = torch's default).
     show_progress: a progress bar on stderr (only when stderr is a terminal).
@@ -79,12 +92,26 @@ class Settings:
     show_progress: bool = True
     intensity: str = "auto"
     dtype: str | None = None
-    consistency: int = DEFAULT_CONSISTENCY
+    consistency: int | None = None
+    isotropic: bool = False
+    z_step: float | None = None
+    target: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if (self.scale is None) == (self.pixel_size is None):
-            raise ValueError("give exactly one of scale (sy, sx) or pixel_size")
+        if (self.scale is not None) + (self.pixel_size is not None) + bool(self.isotropic) != 1:
+            raise ValueError("give exactly one of scale (sy, sx), pixel_size or isotropic=True")
+        for name in ("z_step", "target"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not self.isotropic:
+                raise ValueError(f"{name} is an option of isotropic resampling (isotropic=True, --isotropic)")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number > 0 (in the files' unit), got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.consistency is None:
+            object.__setattr__(self, "consistency", 0 if self.isotropic else DEFAULT_CONSISTENCY)
         if self.scale is not None:
             scale = tuple(float(v) for v in self.scale)
             if len(scale) != 2 or not all(math.isfinite(v) and v >= 1 for v in scale):
@@ -162,6 +189,63 @@ def scale_for(info: ImageInfo, settings: Settings) -> tuple[float, float]:
     return (info.pixel_size[0] / settings.pixel_size, info.pixel_size[1] / settings.pixel_size)
 
 
+def isotropic_plan(info: ImageInfo, settings: Settings) -> dict:
+    """How ``--isotropic`` resamples one file: its axes, Z steps and output shape; a ValueError naming the file.
+
+    Returns ``order`` (the file's axes -> (..., Z, Y, X)), ``spacing`` (dz, dy,
+    dx), ``target``, ``volumes`` (the leading shape, in file order, of the
+    (Z, Y, X) volumes), ``shape`` (the output in the file's axis order),
+    ``z_step_in``, ``z_step_out`` and ``z_planes`` ([Z in, Z out]).
+    """
+    from .isotropic import _volume_axes, isotropic_shape, output_spacing  # torch-free
+
+    name = info.path.name
+    if info.path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ValueError(f"{name}: --isotropic needs a TIFF Z stack (ImageJ, OME or multi-page TIFF); "
+                         f"a {info.kind.upper()} file holds one plane")
+    order = _volume_axes(info.axes, name)
+    dz = settings.z_step if settings.z_step is not None else info.z_spacing
+    if dz is None:
+        raise ValueError(f"{name} has no Z calibration (no ImageJ 'spacing', no OME PhysicalSizeZ); "
+                         "pass --z-step with its Z step, in the unit of its XY pixel size")
+    if not (math.isfinite(dz) and dz > 0):
+        raise ValueError(f"{name}: its Z step {dz!r} is not a number > 0; pass --z-step with the right one")
+    if info.pixel_size is not None:
+        dy, dx = info.pixel_size
+    elif settings.target is not None:
+        dy = dx = settings.target  # only target / dz matters then
+    else:
+        raise ValueError(f"{name} has no XY pixel size (resolution tags or OME PhysicalSizeX) to make Z match; "
+                         "pass --target with the output Z step")
+    spacing = (float(dz), float(dy), float(dx))
+    if settings.target is None and dz <= min(dy, dx):
+        raise ValueError(f"{name}: its Z step {dz:g} is not larger than its pixel size {min(dy, dx):g}: its voxels "
+                         "are isotropic already (or finer in Z); --target gives a smaller Z step if you want one")
+    shape_zyx = tuple(info.shape[i] for i in order)
+    try:
+        out_zyx = isotropic_shape(shape_zyx, spacing, settings.target)
+        z_out = output_spacing(spacing, settings.target)[0]
+    except ValueError as err:
+        raise ValueError(f"{name} (Z step {dz:g}, pixel size {dy:g} x {dx:g}): {err}") from None
+    if shape_zyx[-3] < 2:
+        raise ValueError(f"{name} has {shape_zyx[-3]} Z plane: isotropic resampling needs at least 2")
+    z_axis = order[-3]
+    shape = list(info.shape)
+    shape[z_axis] = out_zyx[-3]
+    return {"order": order, "spacing": spacing, "target": settings.target, "z_axis": z_axis,
+            "volumes": tuple(info.shape[i] for i in order[:-3]), "shape": tuple(shape),
+            "z_step_in": spacing[0], "z_step_out": z_out, "z_planes": [shape_zyx[-3], out_zyx[-3]], "fusion": "mean"}
+
+
+def _file_index(plan: dict, volume: tuple[int, ...], z: int) -> tuple[int, ...]:
+    """The leading index, in the file's axis order, of plane ``z`` of volume ``volume``."""
+    index = [0] * (len(plan["order"]) - 2)
+    for axis, i in zip(plan["order"][:-3], volume):
+        index[axis] = int(i)
+    index[plan["z_axis"]] = int(z)
+    return tuple(index)
+
+
 def output_dtype(info: ImageInfo, settings: Settings) -> np.dtype:
     """The output's dtype: --dtype, else the input's own (float16 and float64 included)."""
     dtype = np.dtype(settings.dtype) if settings.dtype else np.dtype(info.dtype)
@@ -188,13 +272,19 @@ def model_identity(model: str, channels: int) -> dict:
     return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
 
 
-def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dtype: np.dtype) -> dict:
+def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dtype: np.dtype,
+               isotropic: dict | None = None) -> dict:
     """The settings an output is made with, stored in the output and in its partial file.
 
     The keys in ``COMPARED`` decide whether two runs make the same file; the
     rest (how the size was asked for, the software version) is information.
+    ``isotropic``: the Z resampling of an isotropic run (:func:`isotropic_plan`).
     """
-    return {
+    if settings.isotropic:
+        request = {"isotropic": True, "z_step": settings.z_step, "target": settings.target}
+    else:
+        request = {"scale": list(settings.scale)} if settings.scale else {"pixel_size": settings.pixel_size}
+    record = {
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
                   "bytes": info.path.stat().st_size},
         "output_yx": list(out_yx),
@@ -203,10 +293,12 @@ def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dty
         "dtype": np.dtype(dtype).name,
         "consistency": settings.consistency,
         "outlier_clamp": list(OUTLIER_CLAMP),
-        "request": {**({"scale": list(settings.scale)} if settings.scale else {"pixel_size": settings.pixel_size}),
-                    "device": settings.device, "tile_size": settings.tile_size},
+        "request": {**request, "device": settings.device, "tile_size": settings.tile_size},
         "software": f"diinn-napari {__version__}",
     }
+    if isotropic is not None:
+        record["isotropic"] = {k: isotropic[k] for k in ("z_step_in", "z_step_out", "z_planes", "fusion")}
+    return record
 
 
 def settings_differences(old: dict, new: dict) -> list[str]:
@@ -310,7 +402,8 @@ def _remove_stale_partials(out: Path) -> None:
 
 
 def _header(record: dict, plane_shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    layout = {"record": {k: record[k] for k in COMPARED}, "plane_shape": list(plane_shape), "dtype": np.dtype(dtype).str}
+    layout = {"record": {k: record[k] for k in COMPARED if k in record}, "plane_shape": list(plane_shape),
+              "dtype": np.dtype(dtype).str}
     return _MAGIC + json.dumps(layout, sort_keys=True).encode() + b"\n"
 
 
@@ -395,6 +488,54 @@ def _cast(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return plane.astype(dtype)
 
 
+def _compute_isotropic(reader: PlaneReader, partial: Path, start: int, settings: Settings, plan: dict,
+                       dtype: np.dtype, progress: Callable[[int], object] | None) -> None:
+    """Resample volumes ``start..`` of ``reader`` and append each to ``partial`` as soon as it is finished.
+
+    One (Z, Y, X) input volume is read at a time (plane by plane) and its
+    (Z_out, Y, X) output is one record of the partial file.
+    """
+    from .isotropic import isotropic
+
+    n_z = plan["z_planes"][0]
+    n_volumes = math.prod(plan["volumes"])
+    with open(partial, "ab") as fh:
+        for flat in range(start, n_volumes):
+            volume = tuple(int(i) for i in np.unravel_index(flat, plan["volumes"])) if plan["volumes"] else ()
+            data = np.stack([reader[_file_index(plan, volume, z)] for z in range(n_z)])
+            out = isotropic(data, plan["spacing"], plan["target"], model=settings.model, device=settings.device,
+                            tile_size=settings.tile_size, intensity=settings.intensity,
+                            consistency=settings.consistency, fusion=plan["fusion"],
+                            out_dtype=np.float32 if dtype.kind == "f" else dtype)
+            raw = np.ascontiguousarray(_cast(out, dtype)).tobytes()
+            fh.write(raw + struct.pack("<I", zlib.crc32(raw)))
+            fh.flush()
+            os.fsync(fh.fileno())  # a finished volume survives a crash or power loss
+            if progress:
+                progress(n_z)
+
+
+def _isotropic_planes(path: Path, header: bytes, plan: dict, yx: tuple[int, int], dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The output planes in the file's order, read from a partial file of whole volumes (each CRC-checked first)."""
+    n_out = plan["z_planes"][1]
+    plane_bytes = math.prod(yx) * dtype.itemsize
+    record = n_out * plane_bytes + 4
+    n_volumes = math.prod(plan["volumes"])
+    with open(path, "rb") as fh:
+        for v in range(n_volumes):
+            fh.seek(len(header) + v * record)
+            data = fh.read(record)
+            if len(data) < record or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+                raise OSError(f"{path.name}: volume {v + 1} is damaged on disk; delete this partial file and rerun")
+        out_leading = plan["shape"][:-2]
+        zpos, lead_axes = plan["z_axis"], plan["order"][:-3]
+        for index in np.ndindex(*out_leading):
+            volume = tuple(index[a] for a in lead_axes)
+            v = int(np.ravel_multi_index(volume, plan["volumes"])) if plan["volumes"] else 0
+            fh.seek(len(header) + v * record + index[zpos] * plane_bytes)
+            yield np.frombuffer(fh.read(plane_bytes), dtype).reshape(yx)
+
+
 # ---- one file ------------------------------------------------------------------------------------
 def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: Settings, info: ImageInfo,
              out_yx: tuple[int, int], dtype: np.dtype, progress: Callable[[int], object] | None) -> None:
@@ -417,7 +558,11 @@ def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: S
 
 def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset(),
                  progress: Callable[[int], object] | None = None) -> Result:
-    """Upscale one file into ``settings.out_dir``; never raises for a bad file, returns a Result.
+    """Upscale one file (or, with ``settings.isotropic``, resample its Z axis) into ``settings.out_dir``.
+
+    Never raises for a bad file; returns a Result. Isotropic runs keep one
+    whole output volume per partial-file record, so they resume at the next
+    (Z, Y, X) volume.
 
     ``progress(n)`` is called with the number of planes finished (or skipped) since the last call.
     """
@@ -429,10 +574,15 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
         if out.resolve() == path.resolve() or out.resolve() in inputs:
             raise ValueError(f"output {out} would overwrite an input; choose another --out folder")
         info = read_info(path)
-        H, W = output_size(info.yx, scale_for(info, settings))
-        shape = info.upscaled_shape((H, W))
+        iso = isotropic_plan(info, settings) if settings.isotropic else None
+        if iso is not None:
+            H, W = info.yx
+            shape = iso["shape"]
+        else:
+            H, W = output_size(info.yx, scale_for(info, settings))
+            shape = info.upscaled_shape((H, W))
         dtype = output_dtype(info, settings)
-        record = run_record(info, settings, (H, W), dtype)
+        record = run_record(info, settings, (H, W), dtype, iso)
         if out.exists() and not settings.overwrite:
             old = read_record(out)
             if old is None:
@@ -450,24 +600,42 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
             import torch
 
             torch.set_num_threads(settings.threads)
-        plane_shape = info.upscaled_shape((H, W))[len(info.leading):]
+        if iso is not None:  # a partial-file record is a whole output volume
+            plane_shape = (iso["z_planes"][1], H, W)
+            count, unit = math.prod(iso["volumes"]), "volume"
+        else:
+            plane_shape = info.upscaled_shape((H, W))[len(info.leading):]
+            count, unit = info.n_planes, "plane"
         plane_bytes = math.prod(plane_shape) * dtype.itemsize
         header = _header(record, plane_shape, dtype)
         with PlaneReader(info) as reader:  # refuses an unreadable layout before a partial file exists
             out.parent.mkdir(parents=True, exist_ok=True)
             partial, start = claim_partial(out, header, plane_bytes)
-            note = f"resumed at plane {start + 1} of {info.n_planes}" if start else ""
+            note = f"resumed at {unit} {start + 1} of {count}" if start else ""
             if progress and start:
-                progress(start)
+                progress(start * info.n_planes // count)
             try:
-                _compute(engine, reader, partial, start, settings, info, (H, W), dtype, progress)
+                if iso is not None:
+                    _compute_isotropic(reader, partial, start, settings, iso, dtype, progress)
+                else:
+                    _compute(engine, reader, partial, start, settings, info, (H, W), dtype, progress)
             except BaseException:
                 if partial.stat().st_size <= len(header):  # nothing finished: nothing to resume
                     partial.unlink(missing_ok=True)
                 raise
         tmp = _tmp_path(out)
         try:
-            write_planes(tmp, info, (H, W), dtype, _read_partial(partial, header, plane_shape, dtype, info.n_planes), record)
+            if iso is not None:
+                # Z spacing: the new step (ImageJ 'spacing', OME PhysicalSizeZ); per-plane labels no longer match
+                imagej = {k: v for k, v in info.imagej.items() if k != "Labels"}
+                if info.kind == "imagej":
+                    imagej["spacing"] = iso["z_step_out"]
+                out_info = replace(info, shape=shape, z_spacing=iso["z_step_out"], imagej=imagej)
+                planes = _isotropic_planes(partial, header, iso, (H, W), dtype)
+                write_planes(tmp, out_info, (H, W), dtype, planes, record)
+            else:
+                write_planes(tmp, info, (H, W), dtype, _read_partial(partial, header, plane_shape, dtype, info.n_planes),
+                             record)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
@@ -608,6 +776,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output/input size ratio: S, or SY,SX for Y and X apart; each >= 1")
     size.add_argument("--pixel-size", type=_positive_float, default=None,
                       help="target XY pixel size in each file's own unit (the factor comes from its metadata)")
+    size.add_argument("--isotropic", action="store_true",
+                      help="resample Z instead: TIFF Z stacks (ZYX, ZCYX, TZCYX, ...) get Z planes at their XY pixel "
+                           "size (or --target), point-sampled from the first plane; Y and X keep their pixels")
+    p.add_argument("--z-step", type=_positive_float, default=None,
+                   help="with --isotropic: the input Z step, for files without one (ImageJ spacing, OME "
+                        "PhysicalSizeZ) or to override it; in the unit of the XY pixel size")
+    p.add_argument("--target", type=_positive_float, default=None,
+                   help="with --isotropic: the output Z step in each file's unit (None: its XY pixel size); "
+                        "at most the input Z step")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (required; created when the first output is written)")
     p.add_argument("--model", default="default",
@@ -618,9 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", choices=INTENSITY_MODES, default="auto",
                    help="intensity mapping: auto (uint8 by range, others by robust percentiles of each plane), "
                         "percentile, dtype (the integer range) or none (values already 0..1)")
-    p.add_argument("--consistency", type=_int_at_least(0), default=DEFAULT_CONSISTENCY,
+    # default None = the mode's own; "%(default).0s" prints nothing, so argparse adds no "(default: None)"
+    p.add_argument("--consistency", type=_int_at_least(0), default=None,
                    help="data consistency: back-projection steps after the network, so that the output downsampled "
-                        "with the training degradation gives back the input (0 = off)")
+                        "with the training degradation gives back the input (0 = off; default: "
+                        f"{DEFAULT_CONSISTENCY}, and 0 with --isotropic, whose planes may be axially blurred)"
+                        "%(default).0s")
     p.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
                    help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
     p.add_argument("--overwrite", action="store_true",
@@ -656,10 +836,12 @@ def main(argv: list[str] | None = None) -> int:
             raise WeightsError(f"weights file not found: {a.model} (bundled models: {sorted(BUNDLED)})")
     except WeightsError as err:
         p.error(f"argument --model: {err}")
+    if not a.isotropic and (a.z_step is not None or a.target is not None):
+        p.error("--z-step and --target go with --isotropic (Z resampling); --scale and --pixel-size size Y and X")
     try:
         settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size or None, a.overwrite,
                             intensity=a.intensity, dtype=None if a.dtype == "input" else a.dtype,
-                            consistency=a.consistency)
+                            consistency=a.consistency, isotropic=a.isotropic, z_step=a.z_step, target=a.target)
         check_output_names(paths, settings.out_dir)
     except ValueError as err:
         p.error(str(err))

@@ -28,6 +28,9 @@ SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
 # ImageJ metadata that stays valid when only X and Y are resampled
 IMAGEJ_KEEP = ("unit", "spacing", "finterval", "fps", "Labels", "Ranges", "LUTs", "mode", "Info", "Properties", "loop", "min", "max")
 _RESUNIT_NAMES = {2: "inch", 3: "cm"}
+# OME length units in metres (the ones microscopes write), to bring PhysicalSizeZ into the unit of X
+_OME_METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "µm": 1e-6, "um": 1e-6, "micron": 1e-6, "nm": 1e-9, "Å": 1e-10,
+               "pm": 1e-12}
 # Private TIFF tag (the 65000-65535 range is free for any use) and PNG text key of the settings record.
 RECORD_TAG = 65471
 RECORD_KEY = "diinn-napari"
@@ -146,7 +149,11 @@ def _read_ome(xml: str, info: ImageInfo) -> None:
         info.pixel_size = (float(a["PhysicalSizeY"]), float(a["PhysicalSizeX"]))
         info.unit = a.get("PhysicalSizeXUnit", "µm")
     if "PhysicalSizeZ" in a:
+        # in the unit of the pixel size (both default to µm in OME), so that dz / dx is a real ratio
         info.z_spacing = float(a["PhysicalSizeZ"])
+        z_unit, xy_unit = a.get("PhysicalSizeZUnit", "µm"), a.get("PhysicalSizeXUnit", "µm")
+        if z_unit != xy_unit and z_unit in _OME_METRES and xy_unit in _OME_METRES:
+            info.z_spacing *= _OME_METRES[z_unit] / _OME_METRES[xy_unit]
     if "TimeIncrement" in a:
         info.time_interval = float(a["TimeIncrement"])
     names = [c.attrib.get("Name") for c in pixels if c.tag.endswith("Channel")]
