@@ -37,14 +37,14 @@ import os, resource, sys
 import numpy as np
 import diinn_napari.engine as engine
 
-def nearest(image, scale=None, *, output_shape, **kwargs):  # --io-only: no network, nearest-neighbour x2
-    H, W = output_shape
+def nearest(self, image, **kwargs):  # --io-only: no network, nearest-neighbour x2
+    H, W = self.settings.output_shape
     for index in np.ndindex(*image.shape[:-2]):
         plane = np.asarray(image[index])
         yield index, plane[np.arange(H) * plane.shape[0] // H][:, np.arange(W) * plane.shape[1] // W]
 
 if os.environ.get("DIINN_BENCH_IO_ONLY"):
-    engine.iter_upscaled_planes = nearest
+    engine.Engine.planes = nearest
 from diinn_napari.batch import main
 code = main(sys.argv[1:])
 print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

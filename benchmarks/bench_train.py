@@ -1,25 +1,31 @@
-"""Training speed: optimisation steps and samples per second of a training recipe.
+"""Training speed: optimisation steps and samples per second of a training recipe, and where a step's time goes.
 
     python benchmarks/bench_train.py [--device cuda] [--encoder rdn] [--steps 10] [--recipe scientific]
 
-Recipe: batch 8, 32x32 LR patches, 1024 decoded pixels per patch, Adam, the
-scale distribution, augmentations and loss of ``--recipe`` (finetune's
-presets); synthetic smooth planes (no data needed), random weights. Also
-prints the time spent drawing pairs, the part that runs in Python.
+Runs :func:`diinn_napari.train.loop.train_step`, the step the trainer runs
+(``python -m diinn_napari.finetune``): batch 8, 32x32 LR patches, 1024 decoded
+pixels per patch, Adam, the scale distribution, augmentations, loss and EMA of
+``--recipe`` (finetune's presets); synthetic smooth planes (no data needed),
+random weights. After 3 warm-up steps, ``--steps`` timed steps give steps/s
+and samples/s; then ``--profile-steps`` more steps are timed per part (pair
+sampling, query drawing, encoder forward, decoder forward with the loss,
+decoder backward, encoder backward, optimizer, EMA), each part waiting for
+the device. ``--compile``: the same with the encoder under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
 import torch
 
-from diinn_napari.data import PairSampler
-from diinn_napari.data import parse_scales
-from diinn_napari.finetune import RECIPES, PointLoss
 from diinn_napari.model import DIINN
+from diinn_napari.train.config import RECIPES, parse_scales
+from diinn_napari.train.data import PairSampler
+from diinn_napari.train.loop import PointLoss, StepProfile, ema_decay, make_optimizer, train_step
 
 
 def main() -> None:
@@ -31,8 +37,11 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=32, help="LR patch edge")
     p.add_argument("--queries", type=int, default=1024, help="decoded pixels per patch")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--profile-steps", type=int, default=3, help="further steps timed part by part (0: none)")
     p.add_argument("--recipe", default="classic", choices=sorted(RECIPES), help="finetune's recipe preset")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder (fixed input shape; compiled during the warm-up, timed apart)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -46,31 +55,39 @@ def main() -> None:
                           shot_noise=r["shot_noise"], aniso=r["aniso"])
     model = DIINN(a.channels, encoder=a.encoder, skip="bicubic").to(device).train()
     net = PointLoss(model, a.queries, r["loss"], r["consistency"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    optimizer = make_optimizer(model, 5e-4)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if r["ema"] > 0 else None
     gen = torch.Generator().manual_seed(0)
+    count = [0]
 
-    sampling = [0.0]
-
-    def step():
-        t = time.perf_counter()
-        lr, hrs = sampler.sample_batch(gen, a.batch)
-        sampling[0] += time.perf_counter() - t
-        loss = net(lr.to(device), hrs, gen)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    def step(profile: StepProfile | None = None) -> None:
+        count[0] += 1
+        train_step(net, optimizer, sampler, gen, a.batch, device, ema=ema, decay=ema_decay(r["ema"], count[0]), profile=profile)
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
-    for _ in range(3):  # warm-up
+    if a.compile:
+        model.encoder = torch.compile(model.encoder)
+    start = time.perf_counter()
+    for _ in range(3):  # warm-up (and compilation)
         step()
-    start, sampling[0] = time.perf_counter(), 0.0
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
     for _ in range(a.steps):
         step()
     seconds = (time.perf_counter() - start) / a.steps
     print(f"{a.encoder}, {a.channels} channel(s), {a.recipe} recipe, batch {a.batch} x {a.patch}x{a.patch} LR, "
-          f"{a.queries} queries/patch, device {a.device} ({torch.get_num_threads()} CPU threads): {1 / seconds:.2f} steps/s "
-          f"({seconds:.2f} s/step, {a.batch / seconds:.1f} samples/s; drawing pairs {1000 * sampling[0] / a.steps:.1f} ms/step)")
+          f"{a.queries} queries/patch, device {a.device} ({torch.get_num_threads()} CPU threads): {1 / seconds:.3f} steps/s "
+          f"({seconds:.2f} s/step, {a.batch / seconds:.2f} samples/s){'; encoder compiled' if a.compile else ''}; "
+          f"warm-up {warmup:.1f} s")
+    if a.profile_steps:
+        profile = StepProfile(device)
+        for _ in range(a.profile_steps):
+            step(profile)
+        total = sum(profile.seconds.values())
+        print(f"per step, mean of {a.profile_steps} profiled steps ({1000 * total / a.profile_steps:.0f} ms):")
+        for part, t in profile.seconds.items():
+            print(f"  {part:<17} {1000 * t / a.profile_steps:8.1f} ms  {100 * t / total:5.1f} %")
 
 
 if __name__ == "__main__":

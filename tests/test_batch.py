@@ -3,8 +3,8 @@ import pytest
 import tifffile
 from skimage.io import imread, imsave
 
-from diinn_napari import batch
-from diinn_napari.tiff import read_info
+from diinn_napari import RunSettings, batch
+from diinn_napari.images import read_info
 from diinn_napari.weights import save_weights
 
 from conftest import tiny_model
@@ -94,23 +94,23 @@ def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tm
     for name in ("a.tif", "b.tif"):
         imagej_stack(folder / name, rng, (1, 3, 1, 10, 10))
     out = tmp_path / "out"
-    real_planes = engine.iter_upscaled_planes
+    real_planes = engine.Engine.planes
 
-    def ctrl_c_in_b(image, *a, **k):
-        planes = real_planes(image, *a, **k)
+    def ctrl_c_in_b(self, image, *a, **k):
+        planes = real_planes(self, image, *a, **k)
         if image.reader.info.path.name == "b.tif":
             yield next(planes)
             raise KeyboardInterrupt
         yield from planes
 
-    monkeypatch.setattr(engine, "iter_upscaled_planes", ctrl_c_in_b)
+    monkeypatch.setattr(engine.Engine, "planes", ctrl_c_in_b)
     args = [str(folder), "--scale", "2", "--out", str(out), "--model", str(weights[0])]
     assert batch.main(args) == 130
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert visible == ["a.tif"]  # no half-written b.tif
     assert len(hidden) == 1 and hidden[0].startswith(".b.tif.") and hidden[0].endswith(".partial")
-    monkeypatch.setattr(engine, "iter_upscaled_planes", real_planes)
+    monkeypatch.setattr(engine.Engine, "planes", real_planes)
     a_time = (out / "a.tif").stat().st_mtime_ns
     capsys.readouterr()
     assert batch.main(args) == 0
@@ -131,7 +131,7 @@ def test_rgb_files_use_the_rgb_model(tmp_path, rng, weights):
 def test_parallel_workers(tmp_path, rng, weights):
     for i in range(2):
         imagej_stack(tmp_path / f"s{i}.tif", rng, (1, 2, 1, 10, 10))
-    results = batch.run_batch(sorted(tmp_path.glob("*.tif")), batch.Settings(tmp_path / "out", (2.0, 2.0), model=str(weights[0])), workers=2)
+    results = batch.run_batch(sorted(tmp_path.glob("*.tif")), batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(weights[0]))), workers=2)
     assert [r.status for r in results] == ["done", "done"]
 
 

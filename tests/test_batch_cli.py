@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from diinn_napari import batch
+from diinn_napari import RunSettings, batch
 from diinn_napari.weights import save_weights
 
 from conftest import tiny_model
@@ -123,7 +123,7 @@ def test_one_progress_bar_for_the_whole_batch(tmp_path, rng, weights, monkeypatc
 
     monkeypatch.setattr(tqdm, "tqdm", Counting)
     monkeypatch.setattr(sys, "stderr", Terminal())
-    settings = batch.Settings(tmp_path / "out", (2.0, 2.0), model=str(weights))
+    settings = batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(weights)))
     results = batch.run_batch(sorted(tmp_path.glob("*.tif")), settings)
     assert [r.status for r in results] == ["done", "done"]
     assert bars == [6]  # one bar, counting the planes of both files

@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from diinn_napari import batch
-from diinn_napari.tiff import PlaneReader, read_info
+from diinn_napari.images import PlaneReader, read_info
 from diinn_napari.weights import save_weights
 
 from conftest import tiny_model

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from diinn_napari import batch
+from diinn_napari import RunSettings, batch
 from diinn_napari.isotropic import isotropic
-from diinn_napari.tiff import read_info, read_record
+from diinn_napari.images import read_info, read_record
 from diinn_napari.weights import save_weights
 
 from conftest import tiny_model
@@ -199,7 +199,7 @@ def test_an_interrupted_file_resumes_at_its_next_volume(tmp_path, weights, monke
     vol = imagej_stack(src, np.stack([blobs((3, 10, 10), seed=s) for s in range(3)]).astype(np.uint16), "TZYX",
                        spacing=1.0)
     out = tmp_path / "out"
-    settings = batch.Settings(out, isotropic=True, model=weights, device="cpu")
+    settings = batch.Settings(out, RunSettings(model=weights, device="cpu", consistency=0), isotropic=True)
     calls = []
 
     def stop_after_two(n):

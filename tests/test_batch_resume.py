@@ -46,7 +46,7 @@ def test_rerun_with_the_same_settings_skips(tmp_path, rng, weights, capsys):
 
 
 @pytest.mark.parametrize("change", [("--scale", "3"), ("--model", "other"), ("--intensity", "dtype"),
-                                    ("--consistency", "0")])
+                                    ("--consistency", "0"), ("--precision", "bf16")])
 def test_rerun_with_other_settings_fails_clearly_and_keeps_the_old_output(tmp_path, rng, weights, capsys, change):
     src = tmp_path / "a.tif"
     stack(src, rng)
@@ -95,17 +95,17 @@ def test_png_outputs_record_their_settings_too(tmp_path, rng, weights, capsys):
 STALLING_BATCH = """
 import sys, time
 import diinn_napari.engine as engine
-real = engine.iter_upscaled_planes
+real = engine.Engine.planes
 stop_after = int(sys.argv[1])
 
-def stalling(*args, **kwargs):
-    for n, item in enumerate(real(*args, **kwargs), 1):
+def stalling(self, *args, **kwargs):
+    for n, item in enumerate(real(self, *args, **kwargs), 1):
         yield item
         if n == stop_after:  # the batch has written plane n when it asks for the next one
             print("STALLED", flush=True)
             time.sleep(600)
 
-engine.iter_upscaled_planes = stalling
+engine.Engine.planes = stalling
 from diinn_napari.batch import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -125,14 +125,14 @@ def kill_mid_file(batch_args: list[str], stop_after: int) -> None:
 
 def count_computed_planes(monkeypatch) -> list:
     computed = []
-    real = engine.iter_upscaled_planes
+    real = engine.Engine.planes
 
-    def counting(*a, **k):
-        for item in real(*a, **k):
+    def counting(self, *a, **k):
+        for item in real(self, *a, **k):
             computed.append(item[0])
             yield item
 
-    monkeypatch.setattr(engine, "iter_upscaled_planes", counting)
+    monkeypatch.setattr(engine.Engine, "planes", counting)
     return computed
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from diinn_napari import Cancelled, upscale
-from diinn_napari.engine import iter_upscaled_planes, output_size
+from diinn_napari.engine import iter_upscaled_planes
+from diinn_napari.settings import output_size
 
 from conftest import tiny_model
 
@@ -65,7 +66,7 @@ def test_uint16_keeps_its_range_and_floats_their_scale(rng):
     assert out16.dtype == np.uint16 and 900 < out16.mean() < 32000 + 1100
     floats = ramp * 1e-3 - 5.0
     out = upscale(floats, 2, model=model, consistency=0)  # the model alone: exactly bicubic
-    assert out.dtype == np.float32
+    assert out.dtype == np.float64  # a float image keeps its own dtype; the engine computes in float32
     bicubic = torch.nn.functional.interpolate(torch.from_numpy(floats)[None, None], (32, 32), mode="bicubic")[0, 0]
     np.testing.assert_allclose(out, bicubic.numpy(), atol=1e-5)
 
@@ -163,7 +164,7 @@ def test_cancel_stops_between_tiles(model, kind):
         (np.zeros((8, 8), np.uint8), {"scale": 2, "consistency": 1.5}, "consistency must be a whole number"),
         (np.zeros((8, 8), np.uint8), {"scale": 2, "outlier_clamp": (0.2, 1.5)}, "must contain the normalised range"),
         (np.zeros((8, 8), np.uint8), {"scale": 2, "outlier_clamp": 3}, r"outlier_clamp must be None or a \(low, high\)"),
-        (np.zeros((8, 8), np.uint8), {"scale": 2, "precision": "fp16"}, "needs a CUDA device"),
+        (np.zeros((8, 8), np.uint8), {"scale": 2, "precision": "fp16", "device": "cpu"}, "needs a CUDA device"),
     ],
 )
 def test_bad_input_gets_a_clear_error(image, kwargs, message):
@@ -181,10 +182,53 @@ def test_unavailable_device_is_refused(model):
 
 
 def test_data_consistency_is_on_by_default(model, rng):
-    from diinn_napari.engine import DEFAULT_CONSISTENCY
+    from diinn_napari.settings import DEFAULT_CONSISTENCY
 
     image = (rng.random((20, 20)) * 1000).astype(np.uint16)
     assert DEFAULT_CONSISTENCY == 2
     default = upscale(image, 2, model=model)
     np.testing.assert_array_equal(default, upscale(image, 2, model=model, consistency=2))
     assert not np.array_equal(default, upscale(image, 2, model=model, consistency=0))
+
+
+# ---- CUDA (run on a GPU machine: python3 -m pytest -p no:cacheprovider tests/test_engine.py -k cuda) ---------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_engine_matches_the_cpu_engine():
+    from diinn_napari.model import DIINN
+
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).random((70, 60)).astype(np.float32)
+    cpu = upscale(image, 2.5, model=DIINN(1, skip="bicubic").eval(), device="cpu", intensity="none")
+    torch.manual_seed(0)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 convolutions, as on the CPU
+        gpu = upscale(image, 2.5, model=DIINN(1, skip="bicubic").eval(), device="cuda", intensity="none")
+    assert np.abs(gpu - cpu).max() < 1e-4
+
+
+@needs_cuda
+def test_cuda_tiled_output_equals_whole_image():
+    from diinn_napari.model import DIINN
+
+    torch.manual_seed(0)
+    model = DIINN(1, skip="bicubic").eval()
+    image = np.random.default_rng(1).random((90, 80)).astype(np.float32)
+    whole = upscale(image, 3, model=model, device="cuda", tile_size=500, intensity="none")
+    tiled = upscale(image, 3, model=model, device="cuda", tile_size=40, intensity="none")
+    assert np.abs(whole - tiled).max() < 1e-4
+
+
+@needs_cuda
+def test_cuda_low_precisions_agree_with_fp32(monkeypatch):
+    # an image with structure (white noise is no image: the first GPU run failed this test on noise);
+    # the fp32 reference without TF32 convolutions
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    y, x = np.mgrid[0:40, 0:48] / 6.0
+    image = (0.5 + 0.25 * np.sin(x + 0.3 * y) * np.cos(0.7 * y) + 0.2 * np.exp(-((x - 4) ** 2 + (y - 3) ** 2))).astype(np.float32)
+    exact = upscale(image, 3, model="default", device="cuda", intensity="none")
+    for precision in ("fp16", "bf16"):
+        approx = upscale(image, 3, model="default", device="cuda", intensity="none", precision=precision)
+        diff = np.abs(approx - exact)
+        assert diff.max() < 0.02 and diff.mean() < 5e-4, (precision, diff.max(), diff.mean())

@@ -113,3 +113,14 @@ def test_consistency_in_the_protocol_run(folder, tmp_path):
     off = evaluate.evaluate(files, [2], weights, consistency=0)["scales"]["x2"]["mean"]
     on = evaluate.evaluate(files, [2], weights, consistency=3)["scales"]["x2"]["mean"]
     assert on["lr_psnr"] > off["lr_psnr"] + 5  # the back-projection makes the output explain its input
+
+
+def test_bf16_precision_is_an_option_of_evaluate_and_stays_close_to_fp32(tmp_path):
+    # the approximate fast CPU path is measured with the same protocol as everything else
+    y, x = np.mgrid[0:48, 0:40] / 5.0
+    imsave(tmp_path / "a.png", ((np.sin(x) * np.cos(0.8 * y) * 0.4 + 0.5) * 255).astype(np.uint8))
+    model = tiny_model()
+    exact = evaluate.evaluate([tmp_path / "a.png"], [2.0], model=model)
+    approx = evaluate.evaluate([tmp_path / "a.png"], [2.0], model=model, precision="bf16")
+    assert approx["precision"] == "bf16"
+    assert abs(approx["scales"]["x2"]["mean"]["psnr"] - exact["scales"]["x2"]["mean"]["psnr"]) < 0.05

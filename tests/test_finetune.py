@@ -10,7 +10,7 @@ import tifffile
 import torch
 from skimage.io import imsave
 
-from diinn_napari import finetune
+from diinn_napari.train import cli, config, loop
 from diinn_napari.weights import load_weights, read_metadata, save_weights
 
 from conftest import tiny_model
@@ -44,11 +44,11 @@ def start_weights(tmp_path):
 
 
 def run(tiles, weights, out, *extra):
-    args = finetune.build_parser().parse_args(
+    args = config.build_parser().parse_args(
         ["--data", str(tiles), "--weights", str(weights), "--out", str(out), "--patch", "16", "--batch", "4",
          "--queries", "256", "--scales", "1-3", "--val-every", "5", "--lr", "2e-3", "--threads", "1", *extra]
     )
-    return finetune.train(args)
+    return loop.train(args)
 
 
 def test_a_few_steps_lower_the_loss_and_write_loadable_weights(tiles, start_weights, tmp_path):
@@ -77,7 +77,7 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
     run(tiles, start_weights, straight, "--steps", "10", "--seed", "3")
 
     resumed = tmp_path / "resumed.safetensors"
-    original = finetune.PairSampler.sample_batch
+    original = loop.PairSampler.sample_batch
     calls = {"n": 0}
 
     def interrupted(self, gen, n):
@@ -86,9 +86,9 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, gen, n)
 
-    monkeypatch.setattr(finetune.PairSampler, "sample_batch", interrupted)
+    monkeypatch.setattr(loop.PairSampler, "sample_batch", interrupted)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3")["exit_code"] == 130
-    monkeypatch.setattr(finetune.PairSampler, "sample_batch", original)
+    monkeypatch.setattr(loop.PairSampler, "sample_batch", original)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3", "--resume")["step"] == 10
 
     # the default (scientific) recipe: the weights and their moving average both resume exactly
@@ -99,11 +99,11 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
 
 
 def test_from_scratch_needs_no_weights(tiles, tmp_path):
-    args = finetune.build_parser().parse_args(
+    args = config.build_parser().parse_args(
         ["--data", str(tiles), "--weights", "none", "--channels", "3", "--out", str(tmp_path / "s.safetensors"),
          "--steps", "1", "--patch", "16", "--batch", "1", "--queries", "64", "--val-fraction", "0"]
     )
-    assert finetune.train(args)["exit_code"] == 0
+    assert loop.train(args)["exit_code"] == 0
     assert read_metadata(tmp_path / "s.safetensors")["config"]["in_channels"] == 3
 
 
@@ -120,7 +120,7 @@ def test_folder_without_usable_images_is_a_clear_error(tmp_path, start_weights):
     folder.mkdir()
     (folder / "a.tif").write_bytes(b"nonsense")
     # a library error, not SystemExit: callers (a notebook, the widget) catch it
-    with pytest.raises(finetune.TrainingError, match="no usable training image"):
+    with pytest.raises(config.TrainingError, match="no usable training image"):
         run(folder, start_weights, tmp_path / "x.safetensors", "--steps", "1")
 
 
@@ -140,24 +140,24 @@ def test_two_process_ddp_on_cpu(tiles, start_weights, tmp_path):
 
 def test_every_folder_and_every_held_out_pattern_is_validated(tmp_path):
     groups = [[tmp_path / f"a{i}.png" for i in range(10)], [tmp_path / f"b{i}.tif" for i in range(3)]]
-    train, val = finetune.split_files(groups, 0.1, seed=0, hold_out=["a7*"])
+    train, val = loop.split_files(groups, 0.1, seed=0, hold_out=["a7*"])
     assert tmp_path / "a7.png" in val
     assert any(p.name.startswith("b") for p in val) and any(p.name.startswith("b") for p in train)
     assert not set(train) & set(val) and len(train) + len(val) == 13
-    assert finetune.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic
+    assert loop.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic
 
 
 def test_main_turns_errors_into_a_message_and_exit_code_2(tmp_path, start_weights, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "a.tif").write_bytes(b"nonsense")
-    assert finetune.main(["--data", str(folder), "--weights", str(start_weights), "--steps", "1",
+    assert cli.main(["--data", str(folder), "--weights", str(start_weights), "--steps", "1",
                           "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "no usable training image" in capsys.readouterr().err
-    assert finetune.main(["--data", str(folder), "--scales", "0.5-2", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert cli.main(["--data", str(folder), "--scales", "0.5-2", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "--scales" in capsys.readouterr().err
-    with pytest.raises(finetune.TrainingError, match="--ema"):
-        finetune.resolve_recipe(finetune.build_parser().parse_args(["--data", "x", "--ema", "1.5"]))
+    with pytest.raises(config.TrainingError, match="--ema"):
+        config.resolve_recipe(config.build_parser().parse_args(["--data", "x", "--ema", "1.5"]))
 
 
 def test_scales_listed_high_to_low_validate_at_the_largest(tiles, start_weights, tmp_path):
@@ -180,7 +180,7 @@ def test_the_callers_sigterm_handler_is_restored(tiles, start_weights, tmp_path)
 
 
 def test_every_option_has_a_help_text_and_shows_its_default():
-    parser = finetune.build_parser()
+    parser = config.build_parser()
     formatter = parser._get_formatter()
     for action in parser._actions:
         if action.dest == "help":
@@ -206,21 +206,21 @@ def test_ema_weights_are_saved_and_differ_from_the_raw_weights(tiles, start_weig
 
 
 def test_learning_rate_schedules():
-    args = finetune.resolve_recipe(finetune.build_parser().parse_args(["--data", "x", "--lr", "1e-3", "--schedule", "cosine"]))
-    assert finetune.learning_rate(args, 0, 100) == pytest.approx(1e-3)
-    assert finetune.learning_rate(args, 50, 100) == pytest.approx(5e-4)
-    assert finetune.learning_rate(args, 100, 100) == pytest.approx(0, abs=1e-12)
+    args = config.resolve_recipe(config.build_parser().parse_args(["--data", "x", "--lr", "1e-3", "--schedule", "cosine"]))
+    assert config.learning_rate(args, 0, 100) == pytest.approx(1e-3)
+    assert config.learning_rate(args, 50, 100) == pytest.approx(5e-4)
+    assert config.learning_rate(args, 100, 100) == pytest.approx(0, abs=1e-12)
     args.schedule, args.warmup = "step", 10
-    assert finetune.learning_rate(args, 0, 100) == pytest.approx(1e-4)  # warm-up: 1/10 of the rate
-    assert [finetune.learning_rate(args, s, 100) for s in (20, 50, 80)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert config.learning_rate(args, 0, 100) == pytest.approx(1e-4)  # warm-up: 1/10 of the rate
+    assert [config.learning_rate(args, s, 100) for s in (20, 50, 80)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
 
 
 def test_recipe_fills_only_the_options_left_unset():
-    parse = finetune.build_parser().parse_args
-    sci = finetune.resolve_recipe(parse(["--data", "x"]))
+    parse = config.build_parser().parse_args
+    sci = config.resolve_recipe(parse(["--data", "x"]))
     assert sci.recipe == "scientific" and sci.ema > 0 and sci.dark > 0 and sci.schedule == "cosine"
     assert sci.scale_spec[0] == "mix" and max(c[1] for c in sci.scale_spec[1]) >= 8
-    classic = finetune.resolve_recipe(parse(["--data", "x", "--recipe", "classic", "--dark", "0.5"]))
+    classic = config.resolve_recipe(parse(["--data", "x", "--recipe", "classic", "--dark", "0.5"]))
     assert classic.ema == 0 and classic.dark == 0.5 and classic.scales == "1-4" and classic.loss == "l1"
 
 
@@ -230,20 +230,20 @@ def test_charbonnier_and_consistency_terms():
     torch.manual_seed(0)
     lr = torch.rand(2, 1, 8, 8)
     hrs = [torch.rand(1, 16, 16), torch.rand(1, 24, 20)]
-    l1 = finetune.PointLoss(model, 64, "l1")(lr, hrs, gen())
-    charb = finetune.PointLoss(model, 64, "charbonnier")(lr, hrs, gen())
+    l1 = loop.PointLoss(model, 64, "l1")(lr, hrs, gen())
+    charb = loop.PointLoss(model, 64, "charbonnier")(lr, hrs, gen())
     # sqrt(d^2 + eps^2) lies between |d| and |d| + eps
-    assert l1 <= charb <= l1 + finetune.PointLoss.CHARBONNIER_EPS
-    with_term = finetune.PointLoss(model, 64, "l1", consistency=1.0)(lr, hrs, gen())
+    assert l1 <= charb <= l1 + loop.PointLoss.CHARBONNIER_EPS
+    with_term = loop.PointLoss(model, 64, "l1", consistency=1.0)(lr, hrs, gen())
     assert with_term > l1
     with_term.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     # an item larger than the cap gets no consistency term (it would decode too many pixels)
     big = [torch.rand(1, 200, 200), torch.rand(1, 120, 120)]
-    capped = finetune.PointLoss(model, 64, "l1", consistency=1.0)
-    assert torch.equal(capped(lr, big, gen()), finetune.PointLoss(model, 64, "l1")(lr, big, gen()))
+    capped = loop.PointLoss(model, 64, "l1", consistency=1.0)
+    assert torch.equal(capped(lr, big, gen()), loop.PointLoss(model, 64, "l1")(lr, big, gen()))
     with pytest.raises(ValueError, match="unknown loss"):
-        finetune.PointLoss(model, 64, "l2")
+        loop.PointLoss(model, 64, "l2")
 
 
 def test_scientific_recipe_trains_and_records_its_recipe(tiles, start_weights, tmp_path):
@@ -266,9 +266,9 @@ def test_validation_numbers_are_the_ones_evaluate_prints(tmp_path, rng):
     # issue 9: the trainer's validation and `evaluate` computed "PSNR against bicubic" two ways
     import tifffile
 
-    from diinn_napari.data import load_planes
+    from diinn_napari.train.data import load_planes
     from diinn_napari.evaluate import evaluate
-    from diinn_napari.finetune import validate
+    from diinn_napari.train.loop import validate
 
     path = tmp_path / "v.tif"
     tifffile.imwrite(path, (rng.random((48, 40)) * 3000).astype(np.uint16))
@@ -297,8 +297,50 @@ def test_webp_training_images_are_found(tmp_path, rng):
     folder.mkdir()
     image = smooth_image(rng, (40, 40)).astype(np.uint8)
     imsave(folder / "a.webp", np.repeat(image[..., None], 3, 2), lossless=True)
-    from diinn_napari.data import find_images, read_image
+    from diinn_napari.images import find_images, read_image
 
     (found,) = find_images(folder)
     array, is_rgb = read_image(found)
     assert is_rgb and np.array_equal(array[..., 0], image)
+
+
+def test_the_finetune_module_keeps_its_command_line_and_names():
+    # the implementation moved to diinn_napari.train; `python -m diinn_napari.finetune` and its names stay
+    from diinn_napari import finetune
+
+    done = subprocess.run([sys.executable, "-m", "diinn_napari.finetune", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--recipe" in done.stdout and "Train or fine-tune DIINN" in done.stdout
+    assert finetune.main is cli.main and finetune.build_parser is config.build_parser and finetune.train is loop.train
+    done = subprocess.run([sys.executable, "-m", "diinn_napari.finetune", "--data", "x", "--scales", "0.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--scales" in done.stderr
+
+
+def test_train_step_is_one_reproducible_step_that_updates_weights_and_average():
+    planes = [torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    sampler = loop.PairSampler(planes, 16, config.parse_scales("1-3"))
+
+    def one_step(profile=None):
+        torch.manual_seed(0)
+        model = tiny_model().train()
+        ema = tiny_model().eval().requires_grad_(False)
+        ema.load_state_dict(model.state_dict())
+        net = loop.PointLoss(model, 64)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        loss = loop.train_step(net, optimizer, sampler, torch.Generator().manual_seed(1), 2, "cpu", lr=5e-3, ema=ema,
+                               decay=0.5, profile=profile)
+        return loss, before, model, ema, optimizer
+
+    loss, before, model, ema, optimizer = one_step()
+    assert loss.ndim == 0 and not loss.requires_grad and optimizer.param_groups[0]["lr"] == 5e-3
+    for name, p in model.named_parameters():
+        # the average sits halfway between the old and the new weights (decay 0.5)
+        assert torch.allclose(dict(ema.named_parameters())[name], (before[name] + p.detach()) / 2, atol=1e-6)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    profile = loop.StepProfile("cpu")
+    again, *_ = one_step(profile)
+    assert torch.equal(loss, again)  # the profile observes, it does not change the step
+    assert set(profile.seconds) == {"sampling", "query drawing", "encoder forward", "decoder forward", "decoder backward",
+                                    "encoder backward", "optimizer", "ema"}
+    assert all(t >= 0 for t in profile.seconds.values())

@@ -115,3 +115,37 @@ def test_unknown_names_are_refused():
         DIINN(encoder="vgg")
     with pytest.raises(ValueError, match="skip"):
         DIINN(skip="bilinear")
+
+
+# ---- CUDA (run on a GPU machine: python3 -m pytest -p no:cacheprovider tests/test_model.py -k cuda) ----------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_fast_decoder_equals_reference_and_the_cpu():
+    torch.manual_seed(1)
+    model = DIINN(3).eval()  # the paper's decoder
+    lr = torch.rand(2, 3, 12, 10)
+    shape = shape_at(3.14, 12, 10)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cpu = model(lr, shape)
+        model.cuda()
+        fast = model(lr.cuda(), shape)
+        reference = model(lr.cuda(), shape, mode="reference")
+    assert (fast - reference).abs().max() < 1e-4
+    assert (fast.cpu() - cpu).abs().max() < 1e-4
+
+
+@needs_cuda
+def test_cuda_autocast_decoder_stays_close_to_fp32():
+    torch.manual_seed(1)
+    model = DIINN(1, skip="bicubic").eval().cuda()
+    lr = torch.rand(1, 1, 24, 24, device="cuda")
+    with torch.no_grad():
+        exact = model(lr, (80, 80))
+        for dtype in (torch.float16, torch.bfloat16):
+            with torch.autocast("cuda", dtype=dtype):
+                approx = model(lr, (80, 80))
+            assert approx.dtype == torch.float32  # the low precision is inside; the output is fp32
+            diff = (approx - exact).abs()
+            assert diff.max() < 0.05 and diff.mean() < 2e-3, (dtype, diff.max().item(), diff.mean().item())

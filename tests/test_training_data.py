@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diinn_napari.data import PairSampler, downsample, jitter_intensity, parse_scales, sparse_spots
+from diinn_napari.train.data import PairSampler, downsample, jitter_intensity, parse_scales, sparse_spots
 
 
 def smooth_plane(size=(160, 200), seed=0):

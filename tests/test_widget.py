@@ -11,7 +11,7 @@ import yaml
 
 napari = pytest.importorskip("napari")
 
-from diinn_napari import _widget  # noqa: E402
+from diinn_napari import _widget, upscale  # noqa: E402
 from diinn_napari._widget import DIINNWidget  # noqa: E402
 from diinn_napari.weights import save_weights  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_rgb_layer_picks_the_rgb_model(setup, weights, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.zeros((12, 10, 3), np.uint8), rgb=True)
     widget.model.value = "auto"
-    assert widget.plan().model == "rgb"
+    assert widget.plan().run.model == "rgb"
     widget.add_model_file(weights[1])
     run(qtbot, widget)
     assert viewer.layers[-1].data.shape == (24, 20, 3) and viewer.layers[-1].rgb
@@ -357,3 +357,23 @@ def test_consistency_and_trust_map_controls(setup, qtbot):
     assert trust.data.shape == out.data.shape and trust.data.dtype == np.float32 and trust.data.max() > 0
     np.testing.assert_allclose(trust.scale, out.scale)
     np.testing.assert_allclose(trust.translate, out.translate)
+
+
+def test_bf16_precision_runs_and_is_recorded(setup, qtbot):
+    viewer, widget = setup
+    image = (np.add.outer(np.arange(20), np.arange(24)) * 100).astype(np.uint16)
+    widget.layer.value = viewer.add_image(image, name="ramp")
+    widget.precision.value = "bf16"
+    run(qtbot, widget)
+    out = viewer.layers["ramp x2 DIINN"]
+    assert out.metadata["diinn"]["precision"] == "bf16"
+    exact = upscale(image, 2, model=widget.plan().run.model)
+    assert np.abs(out.data.astype(np.float64) - exact).max() <= 0.02 * (image.max() - image.min())
+
+
+def test_float64_layers_keep_their_dtype(setup, qtbot):
+    # one dtype rule for the library, the batch tool and the widget
+    viewer, widget = setup
+    widget.layer.value = viewer.add_image(np.linspace(-2.0, 3.0, 16 * 16).reshape(16, 16), name="f")
+    run(qtbot, widget)
+    assert viewer.layers["f x2 DIINN"].data.dtype == np.float64

@@ -5,12 +5,16 @@ import torch:
 
     from diinn_napari import upscale
     out = upscale(image, 2.5)
+
+Every shell (napari widget, batch, evaluation) builds one ``RunSettings`` and
+runs it with an ``Engine``; ``upscale`` is the one-call convenience over both.
 """
 
 __version__ = "0.2.0"
 
 _LAZY = {
-    "engine": ("upscale", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
+    "engine": ("Engine", "upscale", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
+    "settings": ("RunSettings",),
     "model": ("DIINN",),
     "weights": ("load_weights", "save_weights", "WeightsError"),
 }

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import batch, evaluate
 from ._sample_data import SAMPLES
-from .tiff import read_info
+from .images import read_info
+from .settings import RunSettings
 
 
 def _scale(text: str) -> float:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     files = sorted(SAMPLES.glob("*.tif"))
     print(f"== upscaling {len(files)} bundled samples x{a.scale:g} into {a.out}/")
-    results = batch.run_batch(files, batch.Settings(a.out, (a.scale, a.scale), overwrite=True))
+    results = batch.run_batch(files, batch.Settings(a.out, RunSettings(scale=a.scale), overwrite=True))
     print(batch.summary(results))
     for channels, label in ((1, "gray model on the thermal sample"), (3, "RGB model on the satellite sample")):
         picked = [f for f in files if read_info(f).rgb == (channels == 3)]

@@ -45,17 +45,18 @@ import numpy as np
 
 from . import __version__
 from .intensity import INTENSITY_MODES
-from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size
-from .tiff import SUFFIXES, TIFF_SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
+from .settings import DEFAULT_CONSISTENCY, OUTPUT_DTYPES, PRECISIONS, RunSettings, output_size
+from .images import SUFFIXES, TIFF_SUFFIXES, ImageInfo, PlaneReader, read_info, read_record, write_planes
 
-OUTPUT_DTYPES = ("uint8", "uint16", "float32")
 # Keys of the settings record that decide whether an existing output or partial file is the same work.
 # "isotropic" (Z steps in and out, output planes) is in the record of --isotropic runs only, so plane-wise
 # records and partial-file headers stay those of earlier versions.
-COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic")
+# "precision" is recorded only when it is not the exact fp32, so records of earlier versions still match.
+COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic",
+            "precision")
 _LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
            "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
-           "isotropic": "isotropic Z resampling"}
+           "isotropic": "isotropic Z resampling", "precision": "precision"}
 _MAGIC = b"DIINN-PARTIAL/1\n"
 
 
@@ -64,42 +65,34 @@ class Settings:
     """What to do to every file (picklable: it travels to worker processes and dask workers).
 
     out_dir: output folder (created when the first output is written).
-    scale: (sy, sx) output/input size ratio, each >= 1; or pixel_size: the
-        target XY pixel size in each file's own unit; or isotropic=True: resample
-        Z instead (exactly one of the three).
-    z_step, target: with isotropic, the input Z step (default: each file's ImageJ
-        spacing / OME PhysicalSizeZ) and the output Z step (default: each
-        file's XY pixel size), in the file's unit.
-    model: "default" (bundled gray or RGB model by the file's channels), a bundled name, or a weights file.
-    device, tile_size: as in :func:`diinn_napari.upscale` (tile_size None = automatic).
-    intensity: the engine's intensity mode ("auto", "percentile", "dtype", "none").
-    dtype: output dtype ("uint8", "uint16", "float32"), or None for the input's own.
-    consistency: back-projection steps after the network (0 = off), as in :func:`diinn_napari.upscale`;
-        None: the mode's default (2 plane-wise, 0 with isotropic, see :func:`diinn_napari.isotropic.isotropic`).
+    run: the engine's :class:`~diinn_napari.settings.RunSettings` (model,
+        device, tile size, intensity, output dtype, data consistency, threads,
+        ...). Its size is ``scale`` (sy, sx) or ``pixel_size`` (the target XY
+        pixel size in each file's own unit); with ``isotropic=True`` it has no
+        size (Y and X keep their pixels).
+    isotropic: resample Z instead, to each file's XY pixel size or ``target``.
+    z_step, target: with isotropic, the input Z step (default: each file's
+        ImageJ spacing / OME PhysicalSizeZ) and the output Z step (default:
+        each file's XY pixel size), in the file's unit.
     overwrite: replace existing outputs even when they were made with other settings.
-    threads: torch CPU threads per process (None = torch's default).
     show_progress: a progress bar on stderr (only when stderr is a terminal).
     """
 
     out_dir: Path
-    scale: tuple[float, float] | None = None
-    pixel_size: float | None = None
-    model: str = "default"
-    device: str = "auto"
-    tile_size: int | None = None
-    overwrite: bool = False
-    threads: int | None = None
-    show_progress: bool = True
-    intensity: str = "auto"
-    dtype: str | None = None
-    consistency: int | None = None
+    run: RunSettings = RunSettings()
     isotropic: bool = False
     z_step: float | None = None
     target: float | None = None
+    overwrite: bool = False
+    show_progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if (self.scale is not None) + (self.pixel_size is not None) + bool(self.isotropic) != 1:
+        if not isinstance(self.run, RunSettings):
+            raise TypeError(f"run must be a diinn_napari.RunSettings, got {type(self.run).__name__}")
+        if self.run.output_shape is not None:
+            raise ValueError("a batch sizes each file by scale or pixel_size, not by one output_shape")
+        if (self.run.scale is not None) + (self.run.pixel_size is not None) + bool(self.isotropic) != 1:
             raise ValueError("give exactly one of scale (sy, sx), pixel_size or isotropic=True")
         for name in ("z_step", "target"):
             value = getattr(self, name)
@@ -110,25 +103,8 @@ class Settings:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0 (in the files' unit), got {value!r}")
             object.__setattr__(self, name, float(value))
-        if self.consistency is None:
-            object.__setattr__(self, "consistency", 0 if self.isotropic else DEFAULT_CONSISTENCY)
-        if self.scale is not None:
-            scale = tuple(float(v) for v in self.scale)
-            if len(scale) != 2 or not all(math.isfinite(v) and v >= 1 for v in scale):
-                raise ValueError(f"scale must be (sy, sx) with numbers >= 1 (DIINN only upscales), got {self.scale!r}")
-            object.__setattr__(self, "scale", scale)
-        if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
-            raise ValueError(f"pixel_size must be a number > 0, got {self.pixel_size!r}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1 (or None for automatic), got {self.tile_size!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads!r}")
-        if self.intensity not in INTENSITY_MODES:
-            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
-        if isinstance(self.consistency, bool) or not isinstance(self.consistency, int) or self.consistency < 0:
-            raise ValueError(f"consistency must be a whole number >= 0 (0 = off), got {self.consistency!r}")
-        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
-            raise ValueError(f"dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.dtype!r}")
+        if self.run.out_dtype is not None and self.run.out_dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"the output dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.run.out_dtype!r}")
 
 
 @dataclass
@@ -182,11 +158,9 @@ def check_output_names(paths: list[Path], out_dir: Path) -> None:
 
 def scale_for(info: ImageInfo, settings: Settings) -> tuple[float, float]:
     """Per-axis factor from --scale, or from --pixel-size and the file's own pixel size."""
-    if settings.scale is not None:
-        return settings.scale
-    if info.pixel_size is None:
+    if settings.run.pixel_size is not None and info.pixel_size is None:
         raise ValueError(f"{info.path.name} has no pixel size in its metadata; use --scale instead of --pixel-size")
-    return (info.pixel_size[0] / settings.pixel_size, info.pixel_size[1] / settings.pixel_size)
+    return settings.run.factors(info.pixel_size)
 
 
 def isotropic_plan(info: ImageInfo, settings: Settings) -> dict:
@@ -248,7 +222,7 @@ def _file_index(plan: dict, volume: tuple[int, ...], z: int) -> tuple[int, ...]:
 
 def output_dtype(info: ImageInfo, settings: Settings) -> np.dtype:
     """The output's dtype: --dtype, else the input's own (float16 and float64 included)."""
-    dtype = np.dtype(settings.dtype) if settings.dtype else np.dtype(info.dtype)
+    dtype = settings.run.output_dtype(info.dtype)
     if info.kind in ("png", "jpeg") and dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{info.path.name}: the output is a PNG, which holds uint8 or uint16, not {dtype}; use --dtype uint8 or uint16")
     return dtype
@@ -283,21 +257,23 @@ def run_record(info: ImageInfo, settings: Settings, out_yx: tuple[int, int], dty
     if settings.isotropic:
         request = {"isotropic": True, "z_step": settings.z_step, "target": settings.target}
     else:
-        request = {"scale": list(settings.scale)} if settings.scale else {"pixel_size": settings.pixel_size}
+        request = {"scale": list(settings.run.scale)} if settings.run.scale else {"pixel_size": list(settings.run.pixel_size)}
     record = {
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
                   "bytes": info.path.stat().st_size},
         "output_yx": list(out_yx),
-        "model": model_identity(settings.model, 3 if info.rgb else 1),
-        "intensity": settings.intensity,
+        "model": model_identity(settings.run.model, 3 if info.rgb else 1),
+        "intensity": settings.run.intensity,
         "dtype": np.dtype(dtype).name,
-        "consistency": settings.consistency,
-        "outlier_clamp": list(OUTLIER_CLAMP),
-        "request": {**request, "device": settings.device, "tile_size": settings.tile_size},
+        "consistency": settings.run.consistency,
+        "outlier_clamp": None if settings.run.outlier_clamp is None else list(settings.run.outlier_clamp),
+        "request": {**request, "device": str(settings.run.device), "tile_size": settings.run.tile_size},
         "software": f"diinn-napari {__version__}",
     }
     if isotropic is not None:
         record["isotropic"] = {k: isotropic[k] for k in ("z_step_in", "z_step_out", "z_planes", "fusion")}
+    if settings.run.precision != "fp32":
+        record["precision"] = settings.run.precision
     return record
 
 
@@ -503,10 +479,10 @@ def _compute_isotropic(reader: PlaneReader, partial: Path, start: int, settings:
         for flat in range(start, n_volumes):
             volume = tuple(int(i) for i in np.unravel_index(flat, plan["volumes"])) if plan["volumes"] else ()
             data = np.stack([reader[_file_index(plan, volume, z)] for z in range(n_z)])
-            out = isotropic(data, plan["spacing"], plan["target"], model=settings.model, device=settings.device,
-                            tile_size=settings.tile_size, intensity=settings.intensity,
-                            consistency=settings.consistency, fusion=plan["fusion"],
-                            out_dtype=np.float32 if dtype.kind == "f" else dtype)
+            run = settings.run
+            out = isotropic(data, plan["spacing"], plan["target"], model=run.model, device=run.device,
+                            tile_size=run.tile_size, intensity=run.intensity, consistency=run.consistency,
+                            fusion=plan["fusion"], out_dtype=np.float32 if dtype.kind == "f" else dtype)
             raw = np.ascontiguousarray(_cast(out, dtype)).tobytes()
             fh.write(raw + struct.pack("<I", zlib.crc32(raw)))
             fh.flush()
@@ -542,10 +518,8 @@ def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: S
     """Upscale planes ``start..`` of ``reader`` and append each to ``partial`` as soon as it is finished."""
     if start >= info.n_planes:
         return
-    planes = engine.iter_upscaled_planes(
-        _PlanesFrom(reader, start), output_shape=out_yx, model=settings.model, device=settings.device,
-        rgb=info.rgb, tile_size=settings.tile_size, intensity=settings.intensity, consistency=settings.consistency,
-        out_dtype=np.float32 if dtype.kind == "f" else dtype)  # the engine computes floats as float32
+    run = settings.run.replace(output_shape=out_yx, out_dtype=dtype.name)
+    planes = engine.Engine(run).planes(_PlanesFrom(reader, start), rgb=info.rgb)
     with open(partial, "ab") as fh:
         for _, plane in planes:
             data = np.ascontiguousarray(_cast(plane, dtype)).tobytes()
@@ -596,10 +570,6 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
             if progress:
                 progress(info.n_planes)
             return Result(path, "skipped", out, shape, time.time() - started, "output exists, same settings")
-        if settings.threads:
-            import torch
-
-            torch.set_num_threads(settings.threads)
         if iso is not None:  # a partial-file record is a whole output volume
             plane_shape = (iso["z_planes"][1], H, W)
             count, unit = math.prod(iso["volumes"]), "volume"
@@ -693,8 +663,9 @@ def _run(paths: list[Path], settings: Settings, workers: int, scheduler: str | N
     bar = tqdm(total=sum(_count_planes(p) for p in paths), unit="plane", dynamic_ncols=True) if show else None
     try:
         if workers > 1:
-            per_worker = replace(settings, show_progress=False,
-                                 threads=settings.threads or max(1, (os.cpu_count() or 1) // workers))
+            # cores / workers threads each unless told otherwise: oversubscribed torch threads thrash
+            threads = settings.run.threads or max(1, (os.cpu_count() or 1) // workers)
+            per_worker = replace(settings, show_progress=False, run=settings.run.replace(threads=threads))
             results: list[Result | None] = [None] * len(paths)
             with ProcessPoolExecutor(workers) as pool:
                 futures = {pool.submit(process_file, p, per_worker, inputs): i for i, p in enumerate(paths)}
@@ -801,11 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the training degradation gives back the input (0 = off; default: "
                         f"{DEFAULT_CONSISTENCY}, and 0 with --isotropic, whose planes may be axially blurred)"
                         "%(default).0s")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (exact); bf16: about 1.5x faster on CPUs with avx512_bf16/AMX and on CUDA, within "
+                        "0.01 dB (README), slower on CPUs without them; fp16: CUDA only")
     p.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
                    help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs, also those made with other settings (same settings are skipped otherwise)")
-    p.add_argument("--workers", type=_int_at_least(1), default=1, help="files processed in parallel on this machine")
+    p.add_argument("--workers", type=_int_at_least(1), default=1,
+                   help="files processed in parallel on this machine (each gets cores / N torch threads unless --threads)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch CPU threads per worker (default: all cores, or cores / --workers)%(default).0s")
     p.add_argument("--scheduler", default=None,
                    help="address of a dask.distributed scheduler to send the files to (e.g. tcp://10.0.0.5:8786)")
     return p
@@ -839,9 +816,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.isotropic and (a.z_step is not None or a.target is not None):
         p.error("--z-step and --target go with --isotropic (Z resampling); --scale and --pixel-size size Y and X")
     try:
-        settings = Settings(a.out, a.scale, a.pixel_size, a.model, a.device, a.tile_size or None, a.overwrite,
-                            intensity=a.intensity, dtype=None if a.dtype == "input" else a.dtype,
-                            consistency=a.consistency, isotropic=a.isotropic, z_step=a.z_step, target=a.target)
+        consistency = a.consistency if a.consistency is not None else 0 if a.isotropic else DEFAULT_CONSISTENCY
+        run = RunSettings(scale=a.scale, pixel_size=a.pixel_size, model=a.model, device=a.device,
+                          tile_size=a.tile_size or None, intensity=a.intensity, threads=a.threads, precision=a.precision,
+                          out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency)
+        settings = Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, overwrite=a.overwrite)
         check_output_names(paths, settings.out_dir)
     except ValueError as err:
         p.error(str(err))

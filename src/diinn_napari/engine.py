@@ -23,6 +23,7 @@ Fidelity, per tile and still equal to the whole-image result:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -36,11 +37,10 @@ from .devices import pick_device
 from .intensity import check_dtype, fit_intensity
 from .model import DIINN
 from .model.grid import bicubic_matrix, nearest_lr_index
-from .planning import DEFAULT_CONSISTENCY, OUTLIER_CLAMP, output_size
+from .settings import OUTLIER_CLAMP, RunSettings
 from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
-DEFAULT_MAX_OUTPUT_PIXELS = 2_000_000_000
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 ProgressCallback = Callable[[int, int], Any]
@@ -94,6 +94,34 @@ def _spatial_layout(image, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]
     return shape[:-2], shape[-2:]
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse an unknown precision, or one the device cannot run fast (fp16 needs CUDA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device; use 'fp32' (exact) or 'bf16' (approximate) on {device.type}")
+    if precision == "bf16" and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"precision='bf16' runs on CUDA or the CPU, not on {device.type}; use 'fp32'")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch CPU threads, then give back the caller's setting (None: no change).
+
+    torch's setting is process-wide; restoring it between tiles keeps a caller's
+    own setting in force while a generator such as :func:`upscale_steps` is paused.
+    """
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 # ---- models --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _cached_model(path: str, mtime: float, device: str) -> DIINN:
@@ -110,127 +138,194 @@ def get_model(model: str | os.PathLike | DIINN = "default", channels: int = 1, d
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
-def upscale_steps(
-    image,
-    scale: float | tuple[float, float] | None = None,
-    *,
-    output_shape: tuple[int, int] | None = None,
-    model: str | os.PathLike | DIINN = "default",
-    device: str | torch.device = "auto",
-    rgb: bool = False,
-    tile_size: int | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCheck | None = None,
-    intensity: str = "auto",
-    out_dtype: np.dtype | str | None = None,
-    precision: str = "fp32",
-    mode: str = "fast",
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-    consistency: int = DEFAULT_CONSISTENCY,
-    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
-    return_trust: bool = False,
-) -> Iterator[Step]:
-    """The pipeline, one tile per step: yields a :class:`Step` after every tile.
+def _settings(settings: RunSettings | None, scale, options: dict) -> RunSettings:
+    """The settings of a convenience call: ``settings`` with any keyword options (and ``scale``) on top."""
+    if scale is not None:
+        options = {**options, "scale": scale}
+    base = settings if settings is not None else RunSettings()
+    if not isinstance(base, RunSettings):
+        raise TypeError(f"settings must be a diinn_napari.RunSettings, got {type(base).__name__}")
+    return base.replace(**options) if options else base
 
-    A step that finishes a plane carries it (``step.plane``), so a GUI thread
-    worker can report progress and stop between tiles. Streams: one input
-    plane is read (``np.asarray(image[index])``) and one output plane exists at
-    a time. Arguments as in :func:`upscale`; ``max_output_pixels`` limits one
-    output plane here. With ``return_trust=True`` the step that finishes a
-    plane also carries its trust map (``step.trust``).
+
+class Engine:
+    """Runs one :class:`~diinn_napari.settings.RunSettings` on arrays; every shell goes through it.
+
+    :meth:`steps` yields after every tile (what a GUI thread worker needs),
+    :meth:`planes` yields finished planes (what a writer needs), :meth:`run`
+    returns the whole result and :meth:`window` decodes one window of the
+    output of a plane (the napari preview). Models are loaded once per
+    (weights file, device) and kept (:func:`get_model`).
     """
-    leading, (h, w) = _spatial_layout(image, rgb)
-    H, W = output_size((h, w), scale, output_shape)
-    channels = 3 if rgb else 1
-    alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
-    consistency = check_consistency(consistency)
-    clamp = check_outlier_clamp(outlier_clamp)
-    if H * W > max_output_pixels:
-        raise ValueError(
-            f"one output plane would be {H} x {W} = {H * W:,} pixels, above max_output_pixels={max_output_pixels:,}; "
-            "lower the scale, process a crop, or raise max_output_pixels"
-        )
-    dtype = np.dtype(out_dtype) if out_dtype is not None else np.dtype(image.dtype)
-    if dtype.kind == "f":
-        dtype = np.dtype(np.float32)
-    check_dtype(dtype)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    net = get_model(model, channels, device)
-    if net.in_channels != channels:
-        kind = "RGB (..., Y, X, 3) with rgb=True" if net.in_channels == 3 else "single-channel (rgb=False)"
-        raise ValueError(
-            f"the model takes {net.in_channels}-channel input but the image is "
-            f"{'RGB' if rgb else 'single-channel'}: pass a {kind} image or choose a {channels}-channel model"
-        )
-    dev = next(net.parameters()).device
-    if PRECISIONS[precision] is not None and dev.type != "cuda":
-        raise ValueError(f"precision={precision!r} needs a CUDA device; use 'fp32' on {dev.type}")
-    tile = int(tile_size or auto_tile_size(dev, max(H / h, W / w)))
-    if tile < 1:
-        raise ValueError(f"tile_size must be >= 1, got {tile_size!r}")
-    tiles = _tile_grid(h, w, H, W, tile)
-    total = len(tiles) * int(np.prod(leading, dtype=np.int64))
-    done = 0
-    for index in np.ndindex(*leading):
-        plane = np.asarray(image[index])
-        if plane.dtype.kind == "f" and not np.isfinite(plane).all():
-            where = f" in plane {index}" if index else ""
-            raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
-        mapping, lr, valid = _normalised(plane, rgb, intensity, dtype)
-        out = np.empty((channels + alpha, H, W), dtype)
-        trust = np.empty((H, W), np.float32) if return_trust else None
-        for i, (window, tile_box) in enumerate(tiles):
-            if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
-                raise Cancelled(f"cancelled after {done} of {total} tiles")
-            sr, correction = _render(net, lr, (h, w), (H, W), window, dev, mode, PRECISIONS[precision],
-                                     consistency=consistency, clamp=clamp, valid=valid, trust=return_trust)
-            y0, y1, x0, x1 = window
-            out[:channels, y0:y1, x0:x1] = mapping.denormalize(sr, dtype)
+
+    def __init__(self, settings: RunSettings):
+        if not isinstance(settings, RunSettings):
+            raise TypeError(f"Engine takes a diinn_napari.RunSettings, got {type(settings).__name__}")
+        self.settings = settings
+
+    def model(self, rgb: bool) -> DIINN:
+        """The settings' model for single-channel or RGB input, on its device, checked against the settings."""
+        s = self.settings
+        channels = 3 if rgb else 1
+        net = get_model(s.model, channels, s.device)
+        if net.in_channels != channels:
+            kind = "RGB (..., Y, X, 3) with rgb=True" if net.in_channels == 3 else "single-channel (rgb=False)"
+            raise ValueError(
+                f"the model takes {net.in_channels}-channel input but the image is "
+                f"{'RGB' if rgb else 'single-channel'}: pass a {kind} image or choose a {channels}-channel model"
+            )
+        check_precision(s.precision, next(net.parameters()).device)
+        return net
+
+    def output_yx(self, image, rgb: bool = False, input_pixel_size=None) -> tuple[int, int]:
+        """(Y, X) of each output plane of ``image`` (``input_pixel_size``: the image's own (y, x), for a pixel-size request)."""
+        return self.settings.output_yx(_spatial_layout(image, rgb)[1], input_pixel_size)
+
+    def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
+              cancel: CancelCheck | None = None, return_trust: bool = False) -> Iterator[Step]:
+        """The pipeline, one tile per step: yields a :class:`Step` after every tile.
+
+        A step that finishes a plane carries it (``step.plane``), so a GUI
+        thread worker can report progress and stop between tiles. Streams:
+        one input plane is read (``np.asarray(image[index])``) and one output
+        plane exists at a time; ``max_output_pixels`` limits one output plane
+        here. With ``return_trust=True`` the step that finishes a plane also
+        carries its trust map (``step.trust``). Arguments as in :func:`upscale`.
+        """
+        s = self.settings
+        leading, (h, w) = _spatial_layout(image, rgb)
+        H, W = s.output_yx((h, w), input_pixel_size)
+        channels = 3 if rgb else 1
+        alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
+        if H * W > s.max_output_pixels:
+            raise ValueError(
+                f"one output plane would be {H} x {W} = {H * W:,} pixels, above max_output_pixels="
+                f"{s.max_output_pixels:,}; lower the scale, process a crop, or raise max_output_pixels"
+            )
+        dtype = s.output_dtype(image.dtype)
+        compute = np.dtype(np.float32) if dtype.kind == "f" else dtype  # the model's precision; cast at the end
+        net = self.model(rgb)
+        dev = next(net.parameters()).device
+        tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
+        tiles = _tile_grid(h, w, H, W, tile)
+        total = len(tiles) * int(np.prod(leading, dtype=np.int64))
+        done = 0
+        for index in np.ndindex(*leading):
+            plane = np.asarray(image[index])
+            if plane.dtype.kind == "f" and not np.isfinite(plane).all():
+                where = f" in plane {index}" if index else ""
+                raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
+            mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
+            out = np.empty((channels + alpha, H, W), dtype)
+            trust = np.empty((H, W), np.float32) if return_trust else None
+            for i, (window, tile_box) in enumerate(tiles):
+                if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
+                    raise Cancelled(f"cancelled after {done} of {total} tiles")
+                with torch_threads(s.threads):
+                    sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, PRECISIONS[s.precision],
+                                             consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                                             trust=return_trust)
+                y0, y1, x0, x1 = window
+                out[:channels, y0:y1, x0:x1] = _in_dtype(mapping.denormalize(sr, compute), dtype)
+                if trust is not None:
+                    # in the image's own units: the map's values compare with the output's
+                    trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                finished = i == len(tiles) - 1
+                if finished and alpha:
+                    out[3] = resize_mask(plane[..., 3], (H, W), dtype)
+                yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
+                           trust if finished else None)
+
+    def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+        """Every finished output plane in turn, as ``(leading_index, plane)``; arguments as :meth:`steps`."""
+        for step in self.steps(image, **kwargs):
+            if step.plane is not None:
+                yield step.index, step.plane
+
+    def run(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
+            cancel: CancelCheck | None = None, return_trust: bool = False):
+        """The whole result (and trust map with ``return_trust``); see :func:`upscale`."""
+        leading, (h, w) = _spatial_layout(image, rgb)
+        H, W = self.settings.output_yx((h, w), input_pixel_size)
+        n_pixels = int(np.prod(leading, dtype=np.int64)) * H * W
+        if n_pixels > self.settings.max_output_pixels:
+            raise ValueError(
+                f"the output would be {leading + (H, W)} = {n_pixels:,} pixels, above max_output_pixels="
+                f"{self.settings.max_output_pixels:,}; lower the scale, process a crop or fewer planes, "
+                "or raise max_output_pixels"
+            )
+        result = trust = None
+        for step in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
+                               return_trust=return_trust):
+            if step.plane is None:
+                continue
+            if result is None:
+                result = np.empty(leading + step.plane.shape, step.plane.dtype)
+                trust = np.empty(leading + (H, W), np.float32) if return_trust else None
+            result[step.index] = step.plane
             if trust is not None:
-                # in the image's own units: the map's values compare with the output's
-                trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            finished = i == len(tiles) - 1
-            if finished and alpha:
-                out[3] = resize_mask(plane[..., 3], (H, W), dtype)
-            yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
-                       trust if finished else None)
+                trust[step.index] = step.trust
+        return (result, trust) if return_trust else result
+
+    def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None) -> np.ndarray:
+        """Output rows ``y0:y1`` and columns ``x0:x1`` of one plane: the pixels :meth:`run` gives there.
+
+        The intensity map is fitted on the whole plane and the window decoded
+        on the global output grid, at the cost of the window alone (the
+        napari preview). ``plane`` is (Y, X), or (Y, X, 3|4) with ``rgb=True``;
+        ``window`` is (y0, y1, x0, x1) inside the output grid.
+        """
+        s = self.settings
+        plane = np.asarray(plane)
+        leading, (h, w) = _spatial_layout(plane, rgb)
+        if leading:
+            raise ValueError(f"a window is cut from one plane, (Y, X){' + (3,)' if rgb else ''}; got shape {plane.shape}")
+        H, W = s.output_yx((h, w), input_pixel_size)
+        y0, y1, x0, x1 = (int(v) for v in window)
+        if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+            raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
+        dtype = s.output_dtype(plane.dtype)
+        compute = np.dtype(np.float32) if dtype.kind == "f" else dtype
+        net = self.model(rgb)
+        mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
+        with torch_threads(s.threads):
+            sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
+                            PRECISIONS[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
+        out = _in_dtype(mapping.denormalize(sr, compute), dtype)
+        if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
+            out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
+        return out.transpose(1, 2, 0) if rgb else out[0]
 
 
-def iter_upscaled_planes(image, scale=None, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
-    """Upscale every YX plane of ``image`` in turn; yields ``(leading_index, plane)``.
-
-    Arguments as in :func:`upscale`; one output plane exists at a time, so
-    callers can write planes as they come.
-    """
-    for step in upscale_steps(image, scale, **kwargs):
-        if step.plane is not None:
-            yield step.index, step.plane
+def _in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values in the output dtype; float16 (narrower than the model's float32) is clipped to stay finite."""
+    if dtype.kind == "f" and np.finfo(dtype).max < np.finfo(values.dtype).max:
+        limit = np.finfo(dtype).max
+        values = np.clip(values, -limit, limit)
+    return values.astype(dtype, copy=False)
 
 
-def upscale(
-    image,
-    scale: float | tuple[float, float] | None = None,
-    *,
-    output_shape: tuple[int, int] | None = None,
-    model: str | os.PathLike | DIINN = "default",
-    device: str | torch.device = "auto",
-    rgb: bool = False,
-    tile_size: int | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCheck | None = None,
-    intensity: str = "auto",
-    out_dtype: np.dtype | str | None = None,
-    precision: str = "fp32",
-    mode: str = "fast",
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-    consistency: int = DEFAULT_CONSISTENCY,
-    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
-    return_trust: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def upscale_steps(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
+                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+                  return_trust: bool = False, input_pixel_size=None, **options) -> Iterator[Step]:
+    """:meth:`Engine.steps` of ``settings`` with the keyword ``options`` (RunSettings fields) on top."""
+    engine = Engine(_settings(settings, scale, options))
+    return engine.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
+                        return_trust=return_trust)
+
+
+def iter_upscaled_planes(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
+                         input_pixel_size=None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Every output plane in turn as ``(leading_index, plane)`` (:meth:`Engine.planes`); one exists at a time."""
+    return Engine(_settings(settings, scale, options)).planes(image, rgb=rgb, input_pixel_size=input_pixel_size)
+
+
+def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+            return_trust: bool = False, input_pixel_size=None, **options):
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
@@ -239,31 +334,15 @@ def upscale(
         colour goes through the RGB model, the alpha channel is resized
         bilinearly (a mask: no overshoot, same pixel-centre grid).
     scale: output/input size ratio, a number >= 1 or (sy, sx); each axis
-        becomes round(n * s). Or ``output_shape=(Y, X)``.
-    model: "default" (bundled gray or RGB model), a bundled name, a weights
-        path, or a :class:`~diinn_napari.model.DIINN` instance.
-    device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda:N" or "mps".
-    tile_size: LR tile edge in pixels (default: automatic per device).
+        becomes round(n * s). Or ``output_shape=(Y, X)``, or a target
+        ``pixel_size=`` with the image's own as ``input_pixel_size=(y, x)``.
+    settings: a :class:`~diinn_napari.settings.RunSettings`; keyword
+        ``options`` are its fields (``model``, ``device``, ``tile_size``,
+        ``intensity``, ``out_dtype``, ``precision``, ``mode``, ``threads``,
+        ``consistency``, ``outlier_clamp``, ``max_output_pixels``, ...) and
+        override it. Its docstring says what each does.
     progress: called as ``progress(done_tiles, total_tiles)``.
     cancel: callable or threading.Event, checked between tiles; raises :class:`Cancelled`.
-    intensity: "auto" (uint8 by range, others by robust percentiles of each
-        whole plane), "percentile", "dtype" or "none" (already 0..1).
-    out_dtype: output dtype; default the input's (floats become float32).
-    precision: "fp32", or "fp16"/"bf16" autocast on CUDA.
-    mode: "fast" (factorised decoder) or "reference" (textbook decoder).
-    max_output_pixels: refuse outputs larger than this many pixels in all.
-    consistency: data consistency, the number of iterative back-projection
-        steps ``x <- clip(x + U(y - D(x)))`` after the network (0 = off). D is
-        the degradation the model is trained for (antialiased bicubic
-        downsampling at the real size ratio of each axis), U bicubic
-        upsampling, ``y`` the normalised input, ``clip`` the output dtype's
-        representable range. Each step makes the output agree better with the
-        input: downsampled, it gives back the input.
-    outlier_clamp: (low, high) in the normalised range (0..1 = the intensity
-        map's lo..hi): the network sees values clamped to it, and the
-        clamped-off excess (hot pixels, saturated spots, cosmic rays) is added
-        back by bicubic interpolation, so an outlier spreads no further than
-        bicubic spreads it. ``None`` feeds the values as they are.
     return_trust: also return a trust map (float32, (..., Y_out, X_out), in
         the image's intensity units): per output pixel, the magnitude of the
         correction the back-projection applied (``consistency`` > 0), or with
@@ -271,34 +350,18 @@ def upscale(
         Large where the model disagrees with the measurement. For RGB, the
         largest over the colour channels.
 
-    Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4); with
-    ``return_trust=True`` the pair ``(output, trust)``.
+    Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
+    dtype (``out_dtype``, else the input's); with ``return_trust=True`` the
+    pair ``(output, trust)``.
     """
-    leading, (h, w) = _spatial_layout(image, rgb)
-    H, W = output_size((h, w), scale, output_shape)
-    n_pixels = int(np.prod(leading, dtype=np.int64)) * H * W
-    if n_pixels > max_output_pixels:
-        raise ValueError(
-            f"the output would be {leading + (H, W)} = {n_pixels:,} pixels, above max_output_pixels={max_output_pixels:,}; "
-            "lower the scale, process a crop or fewer planes, or raise max_output_pixels"
-        )
-    result = trust = None
-    steps = upscale_steps(
-        image, output_shape=(H, W), model=model, device=device, rgb=rgb, tile_size=tile_size, progress=progress,
-        cancel=cancel, intensity=intensity, out_dtype=out_dtype, precision=precision, mode=mode,
-        max_output_pixels=max_output_pixels, consistency=consistency, outlier_clamp=outlier_clamp,
-        return_trust=return_trust,
-    )
-    for step in steps:
-        if step.plane is None:
-            continue
-        if result is None:
-            result = np.empty(leading + step.plane.shape, step.plane.dtype)
-            trust = np.empty(leading + (H, W), np.float32) if return_trust else None
-        result[step.index] = step.plane
-        if trust is not None:
-            trust[step.index] = step.trust
-    return (result, trust) if return_trust else result
+    return Engine(_settings(settings, scale, options)).run(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
+                                                           cancel=cancel, return_trust=return_trust)
+
+
+def upscale_window(plane, output_shape: tuple[int, int], window: tuple[int, int, int, int], *,
+                   settings: RunSettings | None = None, rgb: bool = False, **options) -> np.ndarray:
+    """Output rows ``y0:y1`` and columns ``x0:x1`` of ``plane`` upscaled to ``output_shape`` (:meth:`Engine.window`)."""
+    return Engine(_settings(settings, None, {**options, "output_shape": output_shape})).window(plane, window, rgb=rgb)
 
 
 # ---- tiles ---------------------------------------------------------------------------------------
@@ -510,47 +573,3 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         sr = (sr + by @ torch.from_numpy(np.ascontiguousarray(excess)).to(device) @ bx.t()).clamp(lo, hi)
     return sr.cpu().numpy(), None if correction is None else correction.cpu().numpy()
 
-
-# ---- one window of the output grid (the napari preview) --------------------------------------------
-def upscale_window(
-    plane,
-    output_shape: tuple[int, int],
-    window: tuple[int, int, int, int],
-    *,
-    model: str | os.PathLike | DIINN = "default",
-    device: str | torch.device = "auto",
-    rgb: bool = False,
-    intensity: str = "auto",
-    out_dtype: np.dtype | str | None = None,
-    consistency: int = DEFAULT_CONSISTENCY,
-    outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP,
-) -> np.ndarray:
-    """Output rows ``y0:y1`` and columns ``x0:x1`` of ``plane`` upscaled to ``output_shape``.
-
-    The same pixels :func:`upscale` gives at that place with the same options
-    (the intensity map is fitted on the whole plane, the window is decoded on
-    the global output grid), at the cost of the window alone: what the napari
-    preview shows. ``plane`` is (Y, X), or (Y, X, 3|4) with ``rgb=True``;
-    ``window`` is (y0, y1, x0, x1) with 0 <= y0 < y1 <= Y_out and 0 <= x0 < x1 <= X_out.
-    """
-    plane = np.asarray(plane)
-    leading, (h, w) = _spatial_layout(plane, rgb)
-    if leading:
-        raise ValueError(f"upscale_window takes one plane, (Y, X){' + (3,)' if rgb else ''}; got shape {plane.shape}")
-    H, W = output_size((h, w), output_shape=output_shape)
-    y0, y1, x0, x1 = (int(v) for v in window)
-    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
-        raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
-    dtype = np.dtype(out_dtype) if out_dtype is not None else np.dtype(plane.dtype)
-    dtype = np.dtype(np.float32) if dtype.kind == "f" else check_dtype(dtype)
-    alpha = rgb and plane.shape[-1] == 4
-    net = get_model(model, 3 if rgb else 1, device)
-    dev = next(net.parameters()).device
-    mapping, lr, valid = _normalised(plane, rgb, intensity, dtype)
-    sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), dev, "fast", None,
-                    consistency=check_consistency(consistency), clamp=check_outlier_clamp(outlier_clamp),
-                    valid=valid)
-    out = mapping.denormalize(sr, dtype)
-    if alpha:  # the mask resized on the whole plane, then cut: the same values as the full run
-        out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
-    return out.transpose(1, 2, 0) if rgb else out[0]

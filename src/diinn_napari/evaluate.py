@@ -40,8 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import find_images, image_planes, read_image
-from .engine import DEFAULT_CONSISTENCY, get_model, upscale
+from .images import find_images, image_planes, read_image
+from .engine import get_model, upscale
+from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance
 from .model.grid import nearest_lr_index
 from .quality import (clipped_fraction, downsample, downsample_array, dtype_limits, lr_consistency, mean_bias_percent,
@@ -122,13 +123,15 @@ def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
 
 
 def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consistency: int = DEFAULT_CONSISTENCY,
-            limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto") -> dict:
+            limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto",
+            precision: str = "fp32") -> dict:
     """Scores of one HR image (C, H, W) in [0, 1] at one scale, for the model and for bicubic.
 
     The LR is the training degradation of ``hr``; the model runs through the
     engine (so ``consistency`` applies). The one comparison behind
     ``evaluate`` and the trainer's validation, so their numbers agree.
-    ``limits`` is the file dtype's range in these normalised units (for ``clipped``).
+    ``limits`` is the file dtype's range in these normalised units (for ``clipped``);
+    ``precision`` the engine's ("bf16": the approximate fast path).
     """
     channels, H, W = hr.shape
     lr_size = _lr_size((H, W), scale)
@@ -137,7 +140,7 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
     bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
     lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
     sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
-                 consistency=consistency, device=device)
+                 consistency=consistency, device=device, precision=precision)
     sr = _channels_first(sr, channels == 3)
     ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
     value_range = robust_range(hr)
@@ -150,7 +153,8 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
 
 
 def evaluate(files: list[Path], scales: list[float], model="default", protocol: str = "diinn", device: str = "auto",
-             channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY) -> dict:
+             channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY,
+             precision: str = "fp32") -> dict:
     """Per-scale mean and per-image PSNR/SSIM (and LR-PSNR), bias and clipping of the model and of bicubic.
 
     ``consistency`` is the engine's back-projection setting (see
@@ -169,12 +173,13 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
             images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo)))
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
-    results = {"protocol": protocol, "channels": channels, "consistency": consistency,
+    results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,
                "images": [str(f) for f, _, _ in images], "scales": {}}
     for scale in scales:
         rows = []
         for path, hr, limits in images:
-            rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits))})
+            rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits),
+                                                        precision=precision)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="no ground truth: upscale each image itself, downsample back, compare with it (LR-consistency)")
     p.add_argument("--per-image", action="store_true", help="print a line per image, not only the means")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda:N' or 'mps'")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="the engine's precision: fp32 (exact), bf16 (CPU with avx512_bf16/AMX, or CUDA), fp16 (CUDA)")
     p.add_argument("--json", default=None, help="write the full results (per image and mean) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     a = p.parse_args(argv)
@@ -285,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.real:
             results = evaluate_real(files, scales, a.model, a.device, a.channels, consistency=a.consistency)
         else:
-            results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency)
+            results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency,
+                               precision=a.precision)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

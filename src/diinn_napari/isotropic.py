@@ -204,7 +204,8 @@ def isotropic_steps(
     """
     import torch
 
-    from .engine import OUTLIER_CLAMP, Cancelled, _valid_range, check_consistency, check_outlier_clamp, get_model
+    from .engine import OUTLIER_CLAMP, Cancelled, _in_dtype, _valid_range, check_consistency, check_outlier_clamp, get_model
+    from .settings import RunSettings
     from .intensity import check_dtype
     from .model.grid import AxisSamples, sample_bicubic_matrix
 
@@ -225,8 +226,8 @@ def isotropic_steps(
     consistency = check_consistency(consistency)
     clamp = check_outlier_clamp(OUTLIER_CLAMP if isinstance(outlier_clamp, str) and outlier_clamp == "default"
                                 else outlier_clamp)
-    dtype = np.dtype(out_dtype) if out_dtype is not None else np.dtype(volume.dtype)
-    dtype = np.dtype(np.float32) if dtype.kind == "f" else check_dtype(dtype)
+    dtype = RunSettings(out_dtype=out_dtype).output_dtype(volume.dtype)  # the engine's dtype rule
+    compute = np.dtype(np.float32) if dtype.kind == "f" else dtype
     net = get_model(model, 1, device)
     if net.in_channels != 1:
         raise ValueError(f"isotropic() needs a single-channel model; this one takes {net.in_channels} channels "
@@ -252,7 +253,7 @@ def isotropic_steps(
         for index in np.ndindex(*leading):
             vol = volume[index] if index else volume
             mapping = fit_volume_intensity(vol, intensity)
-            lo, hi = _valid_range(mapping, dtype)
+            lo, hi = _valid_range(mapping, compute)
             for (y0, y1), calls in plan:
                 a, b = max(0, y0 - m - 1), min(Y, y1 + m + 1)  # one more row: real neighbours for the outlier median
                 seen, excess = _replace_outliers(mapping.normalize(np.asarray(vol[:, a:b, :])), clamp)
@@ -281,7 +282,7 @@ def isotropic_steps(
                 if excess is not None:  # outliers: their excess travels the cubic path along Z, linearly
                     extra = torch.from_numpy(np.ascontiguousarray(excess[:, y0 - a : y1 - a, :])).to(dev)
                     fused = (fused + torch.einsum("kj,jyx->kyx", upsample, extra)).clamp(lo, hi)
-                yield IsoStep(done, total, index, (y0, y1), mapping.denormalize(fused.cpu().numpy(), dtype))
+                yield IsoStep(done, total, index, (y0, y1), _in_dtype(mapping.denormalize(fused.cpu().numpy(), compute), dtype))
 
 
 # LR pixels (Z x lateral x planes, halo included) per network call. Bounds the memory of one call like an
@@ -374,7 +375,7 @@ def isotropic(
     tile_size, progress(done, total), cancel (callable or Event; raises
     :class:`~diinn_napari.engine.Cancelled`), intensity (one map per volume,
     fitted on up to 16 evenly spaced Z planes), out_dtype (default the
-    input's; floats become float32), outlier_clamp ("default": the engine's
+    input's, float64 included: the network computes in float32), outlier_clamp ("default": the engine's
     ``OUTLIER_CLAMP``; outliers are replaced by their clamped 3x3x3 median for
     the network and their excess is added back by cubic interpolation along
     Z), max_output_voxels, and block_rows (Y rows per block).
@@ -639,7 +640,7 @@ def isotropic_file(
 
     import tifffile
 
-    from .tiff import read_info, write_planes
+    from .images import read_info, write_planes
 
     path = Path(stack)
     info = read_info(path)

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .images import atomic_write
 from .model import DIINN
 
 FORMAT = "diinn-napari/1"
@@ -75,20 +76,6 @@ def resolve(spec: str | os.PathLike, channels: int = 1) -> Path:
     return path
 
 
-def current_umask() -> int:
-    """The process's file-creation mask, read without changing it where the OS allows."""
-    try:
-        with open("/proc/self/status") as f:  # Linux: no race with other threads creating files
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
-    os.umask(mask)
-    return mask
-
-
 def save_weights(model: DIINN, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` (float16 safetensors) atomically; ``metadata`` values become JSON."""
     path = Path(path)
@@ -96,16 +83,9 @@ def save_weights(model: DIINN, path: str | os.PathLike, metadata: dict[str, Any]
     meta.update(format=FORMAT, config=json.dumps(model.config))
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))  # same folder: the rename is atomic
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        # the file gets the permissions a plain write would give it (0666 less the umask),
-        # not the temporary file's: a lab's other accounts must be able to read shared weights
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # atomic, with the permissions of a plain write: a lab's other accounts must be able to read shared weights
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

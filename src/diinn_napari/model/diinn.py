@@ -20,6 +20,9 @@ VARIANTS = {
 }
 SKIPS = ("none", "bicubic")
 DEFAULT_CHUNK = 2048  # queries per decoder call: small chunks stay in cache (fastest measured on CPU)
+# queries per band of output rows in decode_window: bounds the per-LR-pixel table (4 KiB per LR pixel with the
+# 4 x 256 decoder) and the query arrays to a few MiB whatever the tile size
+BAND_QUERIES = 1 << 16
 
 
 class DIINN(nn.Module):
@@ -112,25 +115,42 @@ class DIINN(nn.Module):
         if r0 < 0 or c0 < 0 or r1 > features.shape[-2] or c1 > features.shape[-1]:
             raise ValueError("the LR tile does not cover the requested output window")
         device = features.device
-        table = self.decoder.table(features, (r0, r1, c0, c1), mode)
         batch, ny, nx = lr.shape[0], y1 - y0, x1 - x0
-        local = (iy - iy[0])[:, None] * (c1 - c0) + (ix - ix[0])[None, :]
-        rows = (torch.arange(batch)[:, None] * ((r1 - r0) * (c1 - c0)) + local.reshape(1, -1)).reshape(-1)
-        p = torch.stack(
-            [
-                ry[:, None].expand(ny, nx),
-                rx[None, :].expand(ny, nx),
-                torch.full((ny, nx), cy),
-                torch.full((ny, nx), cx),
-            ],
-            -1,
-        ).reshape(1, ny * nx, 4).expand(batch, -1, -1).reshape(-1, 4)
-        rows, p = rows.to(device), p.to(device=device, dtype=features.dtype)
-        out = torch.cat([self.decoder(table, rows[i : i + chunk_size], p[i : i + chunk_size], mode)
-                         for i in range(0, rows.numel(), chunk_size)])
-        out = out.view(batch, ny, nx, -1).permute(0, 3, 1, 2)
+        cols = (ix - ix[0]).to(device)
+        # positions and the decoded values stay fp32 under autocast: the low precision is for the products
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        rx, ry = rx.to(device=device, dtype=dtype), ry.to(device=device, dtype=dtype)
+        # (y, item, x, channel) order: a band of output rows is then one contiguous block
+        out = torch.empty(ny, batch, nx, self.in_channels, dtype=dtype, device=device)
+        # Bands of output rows, each with the table of only the LR rows it needs: memory per band is
+        # bounded (BAND_QUERIES queries), whatever the window size, and the band's table stays in cache.
+        rows_per_band = max(1, BAND_QUERIES // max(1, batch * nx))
+        start = 0
+        while start < ny:
+            stop = min(ny, start + rows_per_band)
+            while stop < ny and iy[stop] == iy[stop - 1]:  # an LR row's output rows in one band: its table once
+                stop += 1
+            band_iy = iy[start:stop]
+            lo, hi = int(band_iy.min()), int(band_iy.max()) + 1
+            table = self.decoder.table(features, (lo - origin[0], hi - origin[0], c0, c1), mode)
+            n = stop - start
+            local = (band_iy - lo).to(device)[:, None, None] * (c1 - c0) + cols[None, None, :]
+            item = torch.arange(batch, device=device)[None, :, None] * ((hi - lo) * (c1 - c0))
+            rows = (item + local).reshape(-1)
+            p = torch.empty(n, batch, nx, 4, dtype=dtype, device=device)
+            p[..., 0] = ry[start:stop, None, None]
+            p[..., 1] = rx[None, None, :]
+            p[..., 2] = cy
+            p[..., 3] = cx
+            p = p.view(-1, 4)
+            band = out[start:stop].view(-1, self.in_channels)  # a view: chunks write their rows in place
+            for i in range(0, rows.numel(), chunk_size):
+                band[i : i + chunk_size] = self.decoder(table, rows[i : i + chunk_size], p[i : i + chunk_size], mode)
+            start = stop
+        out = out.permute(1, 3, 0, 2)
         if self.config["skip"] == "bicubic":
-            out = out + self.bicubic_window(lr * 2 - 1, lr_shape, output_shape, window, origin, samples)
+            with torch.autocast(device.type, enabled=False):  # the skip is exact interpolation: fp32 always
+                out = out + self.bicubic_window(lr.to(dtype) * 2 - 1, lr_shape, output_shape, window, origin, samples)
         return out * 0.5 + 0.5
 
     def decode_points(

@@ -1,21 +1,36 @@
-"""Image files for the batch tool: axes and physical metadata in, planes out one at a time.
+"""Image files: the one reader (batch, training, evaluation) and the one atomic writer.
 
-TIFF (ImageJ hyperstacks, OME-TIFF, plain multi-page) through tifffile; PNG and
-JPEG through scikit-image / imageio. Reading is plane by plane (a page, a page
-range, or a memory map, whatever the layout allows) and writing frame by frame,
-so a stack never sits whole in memory. Every output carries a *settings record*
-(JSON: input, output size, model, intensity, dtype) in a private TIFF tag or a
-PNG text chunk, so a rerun can tell a finished output from one made with other
-settings.
+TIFF (ImageJ hyperstacks, OME-TIFF, plain multi-page) through tifffile; PNG,
+JPEG, BMP and WebP through scikit-image / imageio. Two ways in, one
+interpretation of a file (:func:`sample_layout` decides RGB/RGBA versus
+other sample counts for both):
+
+* :func:`read_info` + :class:`PlaneReader` (the batch tool): axes and physical
+  metadata without the pixels, then one plane at a time (a page, a page range,
+  or a memory map, whatever the layout allows), so a stack never sits whole
+  in memory; :func:`write_planes` writes frame by frame;
+* :func:`read_image` / :func:`image_planes` (training and evaluation): a whole
+  file, as normalised float planes.
+
+Every batch output carries a *settings record* (JSON: input, output size,
+model, intensity, dtype) in a private TIFF tag or a PNG text chunk, so a rerun
+can tell a finished output from one made with other settings.
+:func:`atomic_write` is how files that must never be seen half-written
+(weights, trainer state) are written.
+
+This module does not import torch: the batch tool's main process reads with it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +39,11 @@ import tifffile
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
+# what the batch tool reads and writes back in kind (plane by plane)
 SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
+# what training and evaluation read (whole files): also BMP and WebP (lossless WebP stores natural
+# training images about a third smaller than PNG)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # ImageJ metadata that stays valid when only X and Y are resampled
 IMAGEJ_KEEP = ("unit", "spacing", "finterval", "fps", "Labels", "Ranges", "LUTs", "mode", "Info", "Properties", "loop", "min", "max")
 _RESUNIT_NAMES = {2: "inch", 3: "cm"}
@@ -59,7 +78,7 @@ class ImageInfo:
     @property
     def rgb(self) -> bool:
         """Colour pixels, RGB or RGBA (samples on the last axis)."""
-        return self.axes.endswith("S") and self.shape[-1] in (3, 4)
+        return is_colour(self.axes, self.shape)
 
     @property
     def plane_shape(self) -> tuple[int, ...]:
@@ -86,6 +105,27 @@ class ImageInfo:
         return int(np.prod(self.shape[: -3 if self.axes.endswith("S") else -2], dtype=np.int64))
 
 
+def is_colour(axes: str, shape: tuple[int, ...]) -> bool:
+    """Whether pixels with these tifffile ``axes`` are RGB or RGBA (3 or 4 samples on the last axis)."""
+    return axes.endswith("S") and shape[-1] in (3, 4)
+
+
+def sample_layout(name: str, axes: str, shape: tuple[int, ...]) -> bool:
+    """The one rule for samples per pixel: True for RGB/RGBA, False for none; other counts are refused.
+
+    Used by :func:`read_info` and :func:`read_image`, so the batch tool and
+    training/evaluation agree on what a file is.
+    """
+    if axes.endswith("S") and not is_colour(axes, shape):
+        raise ValueError(f"{name}: {shape[-1]} samples per pixel; only gray, RGB (3) and RGBA (4) are supported")
+    return is_colour(axes, shape)
+
+
+def _other_axes(array: np.ndarray) -> str:
+    """tifffile-style axes of an image read by scikit-image (PNG, JPEG, BMP, WebP)."""
+    return "YXS" if array.ndim == 3 else "YX"
+
+
 def read_info(path: str | Path) -> ImageInfo:
     """Axes, shape, dtype and physical sizes of an image file; a clear error if unreadable."""
     path = Path(path)
@@ -99,9 +139,8 @@ def read_info(path: str | Path) -> ImageInfo:
             array = imread(path)
         except Exception as err:  # imageio raises many types for a broken file
             raise ValueError(f"{path.name}: cannot read this image ({err})") from err
-        axes = "YXS" if array.ndim == 3 else "YX"
-        if array.ndim == 3 and array.shape[-1] not in (3, 4):
-            raise ValueError(f"{path.name}: {array.shape[-1]} samples per pixel; only gray, RGB and RGBA are supported")
+        axes = _other_axes(array)
+        sample_layout(path.name, axes, array.shape)
         return ImageInfo(path, "png" if suffix == ".png" else "jpeg", axes, array.shape, array.dtype)
     try:
         with tifffile.TiffFile(path) as tif:
@@ -130,8 +169,7 @@ def read_info(path: str | Path) -> ImageInfo:
                 info.time_interval = meta.get("finterval")
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as err:
         raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
-    if info.axes.endswith("S") and info.shape[-1] not in (3, 4):
-        raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel; only RGB (3) and RGBA (4) are supported")
+    sample_layout(path.name, info.axes, info.shape)
     return info
 
 
@@ -383,3 +421,103 @@ def drop_tags(path: Path, codes: Iterable[int]) -> None:
 def needs_bigtiff(shape: tuple[int, ...], dtype) -> bool:
     """Whether a plain/OME TIFF of this size must be BigTIFF (32 MiB left for the page directories)."""
     return math.prod(shape) * np.dtype(dtype).itemsize > 2**32 - 2**25
+
+
+# ---- whole files: training and evaluation ---------------------------------------------------------
+def find_images(folder: str | Path) -> list[Path]:
+    """Image files below ``folder`` (recursive, sorted); a clear error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+    return files
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
+    """Read a whole image file. Returns (array, is_rgb): (..., Y, X) or (..., Y, X, 3).
+
+    The first series of a TIFF, with the axes :func:`read_info` reports; RGBA
+    loses its alpha. Other sample counts raise ``ValueError`` (see :func:`sample_layout`).
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+    else:
+        from skimage.io import imread
+
+        array = imread(path)
+        axes = _other_axes(array)
+    is_rgb = sample_layout(path.name, axes, array.shape)
+    if is_rgb:
+        array = array[..., :3]
+    return array, is_rgb
+
+
+def image_planes(path: str | Path, channels: int) -> list[np.ndarray]:
+    """All samples of one file as normalised float32 planes: (Y, X) for 1 channel, (3, Y, X) for RGB.
+
+    Intensities go through :mod:`diinn_napari.intensity`, the code the engine
+    uses, so a model trains and is evaluated on what it will see. RGB files
+    become luminance for a 1-channel model; a 3-channel model takes RGB files only.
+    """
+    from .intensity import fit_intensity, to_luminance
+
+    array, is_rgb = read_image(path)
+    if is_rgb:
+        stack = array.reshape(-1, *array.shape[-3:])
+        if channels == 1:
+            planes = [to_luminance(rgb) for rgb in stack]
+            # luminance of uint8 keeps the uint8 range, so map it like uint8
+            return [plane / 255.0 if array.dtype == np.uint8 else fit_intensity(plane).normalize(plane) for plane in planes]
+        return [fit_intensity(rgb).normalize(rgb).transpose(2, 0, 1) for rgb in stack]
+    if channels == 3:
+        return []
+    stack = array.reshape(-1, *array.shape[-2:])
+    return [fit_intensity(plane).normalize(plane) for plane in stack]
+
+
+# ---- the atomic writer --------------------------------------------------------------------------
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status") as f:  # Linux: no race with other threads creating files
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file all at once or not at all: ``with atomic_write(p) as tmp: save(tmp)``.
+
+    The body writes to ``tmp``, a new file in ``path``'s folder (so the final
+    rename stays on one file system and is atomic); on success the data is
+    flushed to disk (fsync), the file gets the permissions a plain ``open(path,
+    "w")`` would give it (0o666 less the umask: not the temporary file's 0o600,
+    so a lab's other accounts can read shared weights) and replaces ``path``.
+    If the body raises, ``path`` is left as it was and ``tmp`` is removed.
+    The folder must exist.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "r+b") as f:  # the data on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

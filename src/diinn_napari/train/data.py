@@ -1,8 +1,8 @@
-"""Training data: read a folder of images into normalised planes and sample LR/HR pairs.
+"""Training data: normalised planes of image files, and the sampler of LR/HR pairs.
 
 Every YX plane of every file is a sample (2D images, RGB, multi-page and nD
-TIFF stacks). Intensities go through :mod:`diinn_napari.intensity`, the same
-code the engine uses, so the model trains on what it will see.
+TIFF stacks), read by :func:`diinn_napari.images.image_planes` (intensities
+normalised by the engine's own code, so the model trains on what it will see).
 """
 
 from __future__ import annotations
@@ -16,60 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .intensity import fit_intensity, to_luminance
-from .quality import downsample
+from ..images import image_planes
+from ..quality import downsample
+from .config import parse_scales
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
-
-def find_images(folder: str | Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, sorted); a clear error if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
-    return files
-
-
-def read_image(path: Path) -> tuple[np.ndarray, bool]:
-    """Read a whole image file. Returns (array, is_rgb): (..., Y, X) or (..., Y, X, 3)."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array = series.asarray()
-            is_rgb = series.axes.endswith("S") and array.shape[-1] in (3, 4)
-    else:
-        from skimage.io import imread
-
-        array = imread(path)
-        is_rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
-    if is_rgb:
-        array = array[..., :3]
-    return array, is_rgb
-
-
-def image_planes(path: Path, channels: int) -> list[np.ndarray]:
-    """All samples of one file as normalised float32 planes: (Y, X) for 1 channel, (3, Y, X) for RGB.
-
-    RGB files become luminance for a 1-channel model; a 3-channel model takes RGB files only.
-    """
-    array, is_rgb = read_image(path)
-    if is_rgb:
-        stack = array.reshape(-1, *array.shape[-3:])
-        if channels == 1:
-            planes = [to_luminance(rgb) for rgb in stack]
-            # luminance of uint8 keeps the uint8 range, so map it like uint8
-            return [plane / 255.0 if array.dtype == np.uint8 else fit_intensity(plane).normalize(plane) for plane in planes]
-        return [fit_intensity(rgb).normalize(rgb).transpose(2, 0, 1) for rgb in stack]
-    if channels == 3:
-        return []
-    stack = array.reshape(-1, *array.shape[-2:])
-    return [fit_intensity(plane).normalize(plane) for plane in stack]
+__all__ = ["PlaneSet", "load_planes", "parse_scales", "PairSampler", "jitter_intensity", "sparse_spots", "gaussian_blur",
+           "downsample"]
 
 
 @dataclass
@@ -101,41 +55,6 @@ def load_planes(files: list[Path], channels: int, min_size: int) -> PlaneSet:
     for path, why in skipped:
         log.warning("skipped %s: %s", path, why)
     return PlaneSet(planes, used, skipped)
-
-
-def parse_scales(text: str) -> tuple[str, list]:
-    """Parse a scale distribution for training.
-
-    * ``"2,3,4"`` -> ``("choice", [2, 3, 4])``: one of the listed scales;
-    * ``"1-4"`` -> ``("uniform", [1, 4])``: uniform in [1, 4];
-    * a mix of ranges and scales, each with an optional relative weight after
-      ``:``, e.g. ``"1-4:0.85,4-8:0.15"`` -> ``("mix", [[1, 4, 0.85], [4, 8, 0.15]])``:
-      a component is chosen by weight, then a scale uniformly within it.
-    """
-    text = text.strip()
-    terms = [t.strip() for t in text.split(",") if t.strip()]
-    if not terms:
-        raise ValueError(f"no scale given in {text!r}; use e.g. '2,3,4', '1-4' or '1-4:0.85,4-8:0.15'")
-    components = []
-    for term in terms:
-        body, _, weight = term.partition(":")
-        lo_text, dash, hi_text = body.partition("-")
-        try:
-            lo = float(lo_text)
-            hi = float(hi_text) if dash else lo
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ValueError(f"cannot read scale term {term!r} in {text!r}; use e.g. '2,3,4', '1-4' or '1-4:0.85,4-8:0.15'") from None
-        if not 1 <= lo <= hi or not math.isfinite(hi):
-            raise ValueError(f"scales must be finite and >= 1 with low <= high, got {term!r} in {text!r}")
-        if not (w > 0 and math.isfinite(w)):
-            raise ValueError(f"scale weights must be positive, got {term!r} in {text!r}")
-        components.append([lo, hi, w, bool(dash), bool(weight)])
-    if len(components) == 1 and components[0][3] and not components[0][4]:
-        return "uniform", components[0][:2]
-    if not any(c[3] or c[4] for c in components):
-        return "choice", [c[0] for c in components]
-    return "mix", [c[:3] for c in components]
 
 
 # Ranges of the "scientific" augmentations (normalised units: the plane's robust range is 0..1).

@@ -1,0 +1,84 @@
+"""The one image reader's whole-file path and the one atomic writer."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import tifffile
+
+from diinn_napari.images import atomic_write, image_planes, read_image, read_info
+
+
+@pytest.fixture
+def umask():
+    """A umask that differs from the common 0o022, so a wrong mode cannot pass by chance."""
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_write(tmp_path, umask):
+    plain = tmp_path / "plain.bin"
+    with open(plain, "wb") as f:
+        f.write(b"x")
+    atomic = tmp_path / "atomic.bin"
+    with atomic_write(atomic) as tmp:
+        assert tmp.parent == tmp_path and tmp != atomic  # written beside the target, then renamed
+        tmp.write_bytes(b"new")
+    assert atomic.read_bytes() == b"new"
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.bin", "plain.bin"]
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_the_trainer_state_is_written_atomically_with_plain_permissions(tmp_path, umask):
+    import torch
+
+    from diinn_napari.weights import save_weights
+
+    from conftest import tiny_model
+
+    path = save_weights(tiny_model(), tmp_path / "m.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    with atomic_write(tmp_path / "m.state.pt") as tmp:
+        torch.save({"step": 3}, tmp)
+    assert torch.load(tmp_path / "m.state.pt", weights_only=True) == {"step": 3}
+    assert stat.S_IMODE((tmp_path / "m.state.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_whole_file_and_plane_readers_agree_on_colour(tmp_path, rng):
+    rgb = (rng.random((2, 20, 30, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    array, is_rgb = read_image(tmp_path / "rgb.tif")
+    assert is_rgb and read_info(tmp_path / "rgb.tif").rgb
+    assert np.array_equal(array, rgb)
+    # RGBA: the alpha is dropped for training and evaluation
+    rgba = (rng.random((20, 30, 4)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    array, is_rgb = read_image(tmp_path / "rgba.tif")
+    assert is_rgb and np.array_equal(array, rgba[..., :3])
+    # a gray stack: one plane per page
+    gray = (rng.random((3, 20, 30)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "gray.tif", gray, photometric="minisblack")
+    array, is_rgb = read_image(tmp_path / "gray.tif")
+    assert not is_rgb and not read_info(tmp_path / "gray.tif").rgb and len(image_planes(tmp_path / "gray.tif", 1)) == 3
+
+
+def test_two_samples_per_pixel_are_refused_by_both_readers(tmp_path):
+    # regression: the whole-file reader took (Y, X, 2) for Y planes of shape (X, 2)
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.zeros((20, 30, 2), np.uint8), photometric="minisblack", planarconfig="contig")
+    for read in (read_info, read_image, lambda p: image_planes(p, 1)):
+        with pytest.raises(ValueError, match="2 samples per pixel"):
+            read(path)
