@@ -58,6 +58,17 @@ def run(qtbot, widget, timeout=60000):
     return worker
 
 
+def run_and_cancel(qtbot, widget, when=lambda value: True, timeout=60000):
+    """Start a run and press Cancel at the first progress value (the worker's yield) for which ``when`` holds."""
+    worker = widget.start(widget.plan(), start_thread=False)
+    assert widget.run_button.text == "Cancel"
+    worker.yielded.connect(lambda value: when(value) and widget._worker is worker and widget._run_or_cancel())
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        worker.start()
+    settle(qtbot, widget)
+    return worker
+
+
 def spot_image(shape, at, dtype=np.uint16):
     image = np.full(shape, 100, dtype)
     image[at] = 4000
@@ -153,12 +164,7 @@ def test_cancel_stops_between_tiles(setup, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.zeros((4, 128, 128), np.uint8))
     widget.tile_size.value = 8  # 1024 tiles: far more than run before the cancel arrives
-    worker = widget.start(widget.plan(), start_thread=False)
-    assert widget.run_button.text == "Cancel"
-    worker.yielded.connect(lambda _: widget._worker is worker and widget._run_or_cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    run_and_cancel(qtbot, widget)
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
 
@@ -264,11 +270,7 @@ def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot):
     stack = np.random.default_rng(2).integers(100, 4000, (5, 16, 16)).astype(np.uint16)
     widget.layer.value = viewer.add_image(stack, name="z")
     widget.tile_size.value = 4  # 16 tiles a plane
-    worker = widget.start(widget.plan(), start_thread=False)
-    worker.yielded.connect(lambda v: v[-1] == 2 and widget._worker is not None and widget._run_or_cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    run_and_cancel(qtbot, widget, when=lambda v: v[-1] == 2)
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["planes_done"]

@@ -12,7 +12,7 @@ from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic  # noqa
 from diinn_napari.weights import save_weights  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
-from test_widget import open_widget, run, settle  # noqa: E402
+from test_widget import open_widget, run, run_and_cancel, settle  # noqa: E402
 
 
 def blobs(shape=(9, 24, 24), seed=0, peak=3000) -> np.ndarray:
@@ -101,12 +101,7 @@ def test_cancel_keeps_the_finished_volumes_in_a_layer_marked_partial(iso, qtbot)
     stack = np.stack([blobs((4, 16, 16), seed=s) for s in range(3)])  # 3 volumes: 3 blocks of 16 rows
     widget.layer.value = viewer.add_image(stack, name="t", scale=(1.0, 2.0, 1.0, 1.0))
     widget.tile_size.value = 2  # many network calls per volume: the cancel arrives long before the end
-    worker = widget.start(widget.plan(), start_thread=False)
-    assert widget.run_button.text == "Cancel"
-    worker.yielded.connect(lambda v: v[4] >= 16 and widget._worker is worker and widget._run_or_cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    run_and_cancel(qtbot, widget, when=lambda v: v[4] >= 16)
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["rows_done"]
@@ -148,11 +143,7 @@ def test_cancel_during_adaptation_stops_it(iso, qtbot):
     widget.layer.value = viewer.add_image(blobs((6, 20, 20)), name="s", scale=(2.0, 1.0, 1.0))
     widget.adapt.value = True
     widget.adapt_steps.value = 100000  # hours: only the cancel ends it
-    worker = widget.start(widget.plan(), start_thread=False)
-    worker.yielded.connect(lambda v: v[0] >= 1 and widget._worker is worker and widget._run_or_cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    run_and_cancel(qtbot, widget, when=lambda v: v[0] >= 1)
     qtbot.waitUntil(lambda: not any(t.name == "diinn-adapt" for t in threading.enumerate()), timeout=10000)
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
