@@ -10,7 +10,7 @@ Every shell (napari widget, batch, evaluation) builds one ``RunSettings`` and
 runs it with an ``Engine``; ``upscale`` is the one-call convenience over both.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
     "engine": ("Engine", "upscale", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
