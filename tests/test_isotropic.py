@@ -141,6 +141,26 @@ def test_tiles_and_blocks_do_not_change_the_result(model):
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 
+def test_the_shells_settings_object_gives_the_keywords_result(model):
+    from diinn_napari import RunSettings
+
+    vol = (phantom((5, 9, 10)) * 3000).astype(np.uint16)
+    settings = RunSettings(model=model, device="cpu", tile_size=4, intensity="dtype", consistency=1,
+                           out_dtype="float32", outlier_clamp=None)
+    by_settings = isotropic(vol, (2.0, 1, 1), settings=settings)
+    by_keywords = isotropic(vol, (2.0, 1, 1), model=model, device="cpu", tile_size=4, intensity="dtype",
+                            consistency=1, out_dtype="float32", outlier_clamp=None)
+    assert by_settings.dtype == np.float32
+    np.testing.assert_array_equal(by_settings, by_keywords)
+    assert not np.array_equal(by_settings, isotropic(vol, (2.0, 1, 1), model=model, device="cpu"))
+
+
+def test_float64_volumes_keep_their_dtype(model):
+    # the engine's one dtype rule: the input's own, computed in float32
+    out = isotropic(phantom((4, 6, 7)).astype(np.float64), (2.0, 1, 1), model=model, device="cpu")
+    assert out.dtype == np.float64
+
+
 def test_leading_axes_are_independent_volumes(model):
     vol = np.stack([phantom((5, 9, 10), seed=s) * (1 + s) for s in range(2)])
     out = isotropic(vol, (2.0, 1, 1), model=model, device="cpu")

@@ -650,9 +650,7 @@ def _isotropic_in_steps(data, shape: tuple[int, ...], iso: dict, run: RunSetting
         model = state["model"]
     result = None
     rows_done = 0
-    for step in isotropic_steps(data, spacing, target, model=model, device=run.device, tile_size=run.tile_size,
-                                intensity=run.intensity, out_dtype=run.out_dtype, consistency=run.consistency,
-                                fusion="mean"):
+    for step in isotropic_steps(data, spacing, target, settings=run.replace(model=model), fusion="mean"):
         if step.block is None:
             yield step.done, step.total, None, None, rows_done, PHASES[1]
             continue

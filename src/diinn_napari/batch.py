@@ -479,10 +479,8 @@ def _compute_isotropic(reader: PlaneReader, partial: Path, start: int, settings:
         for flat in range(start, n_volumes):
             volume = tuple(int(i) for i in np.unravel_index(flat, plan["volumes"])) if plan["volumes"] else ()
             data = np.stack([reader[_file_index(plan, volume, z)] for z in range(n_z)])
-            run = settings.run
-            out = isotropic(data, plan["spacing"], plan["target"], model=run.model, device=run.device,
-                            tile_size=run.tile_size, intensity=run.intensity, consistency=run.consistency,
-                            fusion=plan["fusion"], out_dtype=np.float32 if dtype.kind == "f" else dtype)
+            out = isotropic(data, plan["spacing"], plan["target"], settings=settings.run.replace(out_dtype=dtype.name),
+                            fusion=plan["fusion"])
             raw = np.ascontiguousarray(_cast(out, dtype)).tobytes()
             fh.write(raw + struct.pack("<I", zlib.crc32(raw)))
             fh.flush()

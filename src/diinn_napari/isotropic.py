@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .model import DIINN
+    from .settings import RunSettings
 
 log = logging.getLogger("diinn_napari.isotropic")
 
@@ -192,8 +193,14 @@ def isotropic_steps(
     consistency: int = 0,
     outlier_clamp: tuple[float, float] | None | str = "default",
     max_output_voxels: int | None = None,
+    settings: RunSettings | None = None,
 ) -> Iterator[IsoStep]:
     """:func:`isotropic` one network call at a time; a step that finishes a block of Y rows carries it.
+
+    ``settings``: the shells' :class:`~diinn_napari.settings.RunSettings`; when
+    given, its model, device, tile_size, intensity, out_dtype, consistency and
+    outlier_clamp are used instead of those keywords (its size fields are not:
+    Z is sized by ``spacing`` and ``target``).
 
     Per leading index (the axes in front of Z) the volume is processed in
     blocks of ``block_rows`` Y rows: the block's input rows plus the model's
@@ -209,6 +216,9 @@ def isotropic_steps(
     from .intensity import check_dtype
     from .model.grid import AxisSamples, sample_bicubic_matrix
 
+    if settings is not None:
+        model, device, tile_size, intensity = settings.model, settings.device, settings.tile_size, settings.intensity
+        out_dtype, consistency, outlier_clamp = settings.out_dtype, settings.consistency, settings.outlier_clamp
     leading, (Z, Y, X) = _layout(volume)
     check_dtype(volume.dtype)
     if fusion not in FUSIONS:
