@@ -454,16 +454,6 @@ class _PlanesFrom:
         return self.reader[tuple(int(i) for i in np.unravel_index(flat, self.leading))] if self.leading else self.reader[()]
 
 
-def _cast(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The engine's plane in the output dtype (its floats are float32; float16 is clipped to stay finite)."""
-    if plane.dtype == dtype:
-        return plane
-    if dtype.kind == "f":
-        limit = np.finfo(dtype).max
-        return np.clip(plane, -limit, limit).astype(dtype)
-    return plane.astype(dtype)
-
-
 def _compute_isotropic(reader: PlaneReader, partial: Path, start: int, settings: Settings, plan: dict,
                        dtype: np.dtype, progress: Callable[[int], object] | None) -> None:
     """Resample volumes ``start..`` of ``reader`` and append each to ``partial`` as soon as it is finished.
@@ -481,7 +471,7 @@ def _compute_isotropic(reader: PlaneReader, partial: Path, start: int, settings:
             data = np.stack([reader[_file_index(plan, volume, z)] for z in range(n_z)])
             out = isotropic(data, plan["spacing"], plan["target"], settings=settings.run.replace(out_dtype=dtype.name),
                             fusion=plan["fusion"])
-            raw = np.ascontiguousarray(_cast(out, dtype)).tobytes()
+            raw = np.ascontiguousarray(out).tobytes()  # the engine's rule gave it the output dtype
             fh.write(raw + struct.pack("<I", zlib.crc32(raw)))
             fh.flush()
             os.fsync(fh.fileno())  # a finished volume survives a crash or power loss
@@ -520,7 +510,7 @@ def _compute(engine, reader: PlaneReader, partial: Path, start: int, settings: S
     planes = engine.Engine(run).planes(_PlanesFrom(reader, start), rgb=info.rgb)
     with open(partial, "ab") as fh:
         for _, plane in planes:
-            data = np.ascontiguousarray(_cast(plane, dtype)).tobytes()
+            data = np.ascontiguousarray(plane).tobytes()
             fh.write(data + struct.pack("<I", zlib.crc32(data)))
             fh.flush()
             os.fsync(fh.fileno())  # a finished plane survives a crash or power loss

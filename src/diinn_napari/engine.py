@@ -41,7 +41,8 @@ from .settings import OUTLIER_CLAMP, RunSettings
 from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the autocast dtype of each precision RunSettings accepts (fp32: no autocast)
+AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 ProgressCallback = Callable[[int, int], Any]
 CancelCheck = Callable[[], bool] | threading.Event
@@ -95,9 +96,7 @@ def _spatial_layout(image, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse an unknown precision, or one the device cannot run fast (fp16 needs CUDA)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    """Refuse a precision the device cannot run fast (fp16 needs CUDA); RunSettings checked the name."""
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision='fp16' needs a CUDA device; use 'fp32' (exact) or 'bf16' (approximate) on {device.type}")
     if precision == "bf16" and device.type not in ("cuda", "cpu"):
@@ -177,10 +176,6 @@ class Engine:
         check_precision(s.precision, next(net.parameters()).device)
         return net
 
-    def output_yx(self, image, rgb: bool = False, input_pixel_size=None) -> tuple[int, int]:
-        """(Y, X) of each output plane of ``image`` (``input_pixel_size``: the image's own (y, x), for a pixel-size request)."""
-        return self.settings.output_yx(_spatial_layout(image, rgb)[1], input_pixel_size)
-
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
               cancel: CancelCheck | None = None, return_trust: bool = False) -> Iterator[Step]:
         """The pipeline, one tile per step: yields a :class:`Step` after every tile.
@@ -203,7 +198,7 @@ class Engine:
                 f"{s.max_output_pixels:,}; lower the scale, process a crop, or raise max_output_pixels"
             )
         dtype = s.output_dtype(image.dtype)
-        compute = np.dtype(np.float32) if dtype.kind == "f" else dtype  # the model's precision; cast at the end
+        compute = compute_dtype(dtype)
         net = self.model(rgb)
         dev = next(net.parameters()).device
         tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -222,7 +217,7 @@ class Engine:
                 if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
                     raise Cancelled(f"cancelled after {done} of {total} tiles")
                 with torch_threads(s.threads):
-                    sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, PRECISIONS[s.precision],
+                    sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
                                              consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                              trust=return_trust)
                 y0, y1, x0, x1 = window
@@ -288,16 +283,21 @@ class Engine:
         if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
         dtype = s.output_dtype(plane.dtype)
-        compute = np.dtype(np.float32) if dtype.kind == "f" else dtype
+        compute = compute_dtype(dtype)
         net = self.model(rgb)
         mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
         with torch_threads(s.threads):
             sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
-                            PRECISIONS[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
+                            AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
         out = _in_dtype(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         return out.transpose(1, 2, 0) if rgb else out[0]
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the values are denormalised in: float32 (the model's) for float outputs, else the output's."""
+    return np.dtype(np.float32) if dtype.kind == "f" else dtype
 
 
 def _in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -394,28 +394,6 @@ def _run_tile(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, core, dev
     :func:`_render` (``consistency``, ``clamp``, ``valid``).
     """
     return _render(net, lr, lr_shape, out_shape, window, device, mode, autocast_dtype, **options)[0]
-
-
-def check_consistency(consistency) -> int:
-    """The number of back-projection steps, validated: an int >= 0."""
-    if isinstance(consistency, bool) or not isinstance(consistency, (int, np.integer)) or consistency < 0:
-        raise ValueError(f"consistency must be a whole number of back-projection steps >= 0 (0 = off), got {consistency!r}")
-    return int(consistency)
-
-
-def check_outlier_clamp(clamp) -> tuple[float, float] | None:
-    """``None`` or a finite (low, high) pair with low <= 0 and high >= 1 (normalised units), validated."""
-    if clamp is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clamp)
-    except (TypeError, ValueError):
-        raise ValueError(f"outlier_clamp must be None or a (low, high) pair of numbers, got {clamp!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0 and hi >= 1):
-        raise ValueError(
-            f"outlier_clamp must contain the normalised range 0..1 (low <= 0, high >= 1, finite), got {clamp!r}"
-        )
-    return lo, hi
 
 
 def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype):

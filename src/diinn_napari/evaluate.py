@@ -45,7 +45,7 @@ from .engine import get_model, upscale
 from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance
 from .model.grid import nearest_lr_index
-from .quality import (clipped_fraction, downsample, downsample_array, dtype_limits, lr_consistency, mean_bias_percent,
+from .quality import (clipped_fraction, downsample, dtype_limits, lr_consistency, mean_bias_percent,
                       psnr, robust_range, ssim)
 
 Y_WEIGHTS = np.array([65.738, 129.057, 25.064], dtype=np.float64) / 256

@@ -211,14 +211,16 @@ def isotropic_steps(
     """
     import torch
 
-    from .engine import OUTLIER_CLAMP, Cancelled, _in_dtype, _valid_range, check_consistency, check_outlier_clamp, get_model
-    from .settings import RunSettings
+    from .engine import Cancelled, _in_dtype, _valid_range, compute_dtype, get_model
+    from .settings import OUTLIER_CLAMP, RunSettings
     from .intensity import check_dtype
     from .model.grid import AxisSamples, sample_bicubic_matrix
 
-    if settings is not None:
-        model, device, tile_size, intensity = settings.model, settings.device, settings.tile_size, settings.intensity
-        out_dtype, consistency, outlier_clamp = settings.out_dtype, settings.consistency, settings.outlier_clamp
+    if settings is None:  # the keywords, validated the way the shells' settings object is
+        default_clamp = isinstance(outlier_clamp, str) and outlier_clamp == "default"
+        settings = RunSettings(model=model, device=device, tile_size=tile_size or None, intensity=intensity,
+                               out_dtype=out_dtype, consistency=consistency,
+                               outlier_clamp=OUTLIER_CLAMP if default_clamp else outlier_clamp)
     leading, (Z, Y, X) = _layout(volume)
     check_dtype(volume.dtype)
     if fusion not in FUSIONS:
@@ -233,20 +235,16 @@ def isotropic_steps(
             f"the output would be {leading + (Zo, Y, X)} = {n_out:,} voxels, above max_output_voxels={max_output_voxels:,}; "
             "process a crop, use a coarser target Z step, or raise the limit"
         )
-    consistency = check_consistency(consistency)
-    clamp = check_outlier_clamp(OUTLIER_CLAMP if isinstance(outlier_clamp, str) and outlier_clamp == "default"
-                                else outlier_clamp)
-    dtype = RunSettings(out_dtype=out_dtype).output_dtype(volume.dtype)  # the engine's dtype rule
-    compute = np.dtype(np.float32) if dtype.kind == "f" else dtype
-    net = get_model(model, 1, device)
+    consistency, clamp, intensity = settings.consistency, settings.outlier_clamp, settings.intensity
+    dtype = settings.output_dtype(volume.dtype)  # the engine's dtype rule
+    compute = compute_dtype(dtype)
+    net = get_model(settings.model, 1, settings.device)
     if net.in_channels != 1:
         raise ValueError(f"isotropic() needs a single-channel model; this one takes {net.in_channels} channels "
                          "(colour volumes: process each channel as a leading axis)")
     dev = next(net.parameters()).device
     m = net.receptive_radius
-    tile = int(tile_size or (256 if dev.type == "cuda" else 128))
-    if tile < 1:
-        raise ValueError(f"tile_size must be >= 1, got {tile_size!r}")
+    tile = int(settings.tile_size or (256 if dev.type == "cuda" else 128))
     rows_per_block = int(block_rows or max(8, min(Y, (1 << 22) // max(1, Zo * X))))
     if rows_per_block < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows!r}")
