@@ -52,7 +52,7 @@ def main() -> None:
     planes = [torch.from_numpy(np.float32(0.5 + 0.25 * np.sin(x + i) * np.cos(y * 0.7 - i))).expand(a.channels, -1, -1).contiguous()
               for i in range(8)]
     sampler = PairSampler(planes, a.patch, parse_scales(r["scales"]), dark=r["dark"], sparse=r["sparse"], jitter=r["jitter"],
-                          shot_noise=r["shot_noise"], aniso=r["aniso"])
+                          shot_noise=r["shot_noise"], aniso=r["aniso"], axial=r["axial"])
     model = DIINN(a.channels, encoder=a.encoder, skip="bicubic").to(device).train()
     net = PointLoss(model, a.queries, r["loss"], r["consistency"])
     optimizer = make_optimizer(model, 5e-4)

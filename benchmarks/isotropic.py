@@ -112,10 +112,11 @@ def run(args) -> list[dict]:
                     report(rows[-1])
                     if figure:
                         shown[kind] = out
-                models = [("zero-shot", "default", 0.0)]
+                models = [(label, path, 0.0) for label, path in args.model]
                 if args.adapt_steps and n in args.adapt_factors:
                     t0 = time.time()
-                    adapted = adapt(kept, spacing, dz, steps=args.adapt_steps, axial_sigma=sigma_xy, device="cpu",
+                    adapted = adapt(kept, spacing, dz, model=args.model[0][1], steps=args.adapt_steps,
+                                    axial_sigma=sigma_xy, device="cpu",
                                     seed=0, learning_rate=args.adapt_lr, lr_rows=args.adapt_rows,
                                     patch=args.adapt_patch, batch=args.adapt_batch)
                     models.append((f"adapted-{args.adapt_steps}", adapted, time.time() - t0))
@@ -195,6 +196,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def model_arg(text: str) -> tuple[str, str]:
+    """``LABEL=WEIGHTS`` (a bundled name or a path) -> (label, weights)."""
+    label, sep, weights = text.partition("=")
+    if not sep or not label or not weights:
+        raise argparse.ArgumentTypeError(f"expected LABEL=WEIGHTS, e.g. zero-shot=default, got {text!r}")
+    return label, weights
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/domains/microscopy", help="folder with the two stacks")
@@ -209,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intensity", default="auto")
     p.add_argument("--consistency", type=int, default=1, help="also report mean fusion + this many back-projection "
                    "steps along Z (0: skip)")
+    p.add_argument("--model", action="append", type=model_arg, default=None, metavar="LABEL=WEIGHTS",
+                   help="a model applied zero-shot (repeatable; the first is also the one adapted); "
+                        "default: zero-shot=default (the bundled gray model)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write all rows here (after every configuration)")
     p.add_argument("--stacks", nargs="+", default=None, help="only stacks whose name contains one of these")
     p.add_argument("--figure", default=None, help="save XZ planes of the first blurred configuration (PNG)")
     args = p.parse_args(argv)
+    args.model = args.model or [("zero-shot", "default")]
     rows = run(args)
     print(table(rows))
     return 0

@@ -12,9 +12,9 @@ from conftest import tiny_model
 
 import diinn_napari.isotropic as iso_module
 from diinn_napari.engine import Cancelled
+from diinn_napari.quality import degrade_axis
 from diinn_napari.isotropic import (
     adapt,
-    degrade_axis,
     isotropic,
     isotropic_shape,
     isotropic_steps,

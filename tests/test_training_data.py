@@ -89,6 +89,21 @@ def test_anisotropic_items_have_independent_axis_scales(planes):
     assert all(hr.shape[-2] == hr.shape[-1] for hr in iso)
 
 
+def test_axial_items_are_point_samples_of_the_rows_at_the_lr_pixel_centres():
+    """Z of a stack: rows only, LR row j = the (blurred) HR row (j + 1/2) * 3 - 1/2, columns untouched."""
+    noise = [torch.rand(1, 160, 200, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    lr, hrs = draw(PairSampler(noise, 16, parse_scales("3"), axial=1.0), n=48)
+    assert lr.shape == (48, 1, 16, 16) and all(hr.shape == (1, 48, 16) for hr in hrs)
+    exact = [torch.equal(lr[i], hr[:, 1::3]) for i, hr in enumerate(hrs)]
+    assert 6 <= sum(exact) <= 30  # a third without axial blur: pure point samples
+    # the others are blurred down the rows (sigma up to the isotropic default): smoother than the samples
+    smoothing = [float(lr[i].diff(dim=-2).abs().mean() / hr[:, 1::3].diff(dim=-2).abs().mean())
+                 for i, hr in enumerate(hrs) if not exact[i]]
+    assert max(smoothing) < 1 and sorted(smoothing)[len(smoothing) // 2] < 0.6
+    again, _ = draw(PairSampler(noise, 16, parse_scales("3"), axial=1.0), n=48)
+    torch.testing.assert_close(lr, again)
+
+
 def test_dark_crops_are_background_dominated():
     # a plane that is bright on the left half and dark on the right
     plane = torch.zeros(1, 128, 256)
@@ -144,7 +159,7 @@ def test_shot_noise_grows_with_the_signal():
     assert all(torch.equal(hr, torch.full_like(hr, float(hr.flatten()[0]))) for hr in hrs)
 
 
-@pytest.mark.parametrize("option", ["dark", "sparse", "jitter", "shot_noise", "aniso"])
+@pytest.mark.parametrize("option", ["dark", "sparse", "jitter", "shot_noise", "aniso", "axial"])
 def test_fractions_outside_0_1_are_refused(planes, option):
     with pytest.raises(ValueError, match=option):
         PairSampler(planes, 16, parse_scales("2"), **{option: 1.5})

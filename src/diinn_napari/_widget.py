@@ -352,7 +352,7 @@ class DIINNWidget(Container):
         worker.returned.connect(lambda value: self._on_done(plan, index, *value))
         worker.aborted.connect(lambda: self._on_stopped(plan, "cancelled"))
         worker.errored.connect(lambda _: self._on_stopped(plan, "failed"))
-        worker.finished.connect(self._on_finished)
+        worker.finished.connect(lambda: self._on_finished(plan))
         self._worker = worker
         self._live = self._live_trust = None
         self._units_done, self._pending = 0, []
@@ -472,14 +472,32 @@ class DIINNWidget(Container):
             return
         meta = self._live.metadata["diinn"]
         done, total, words = meta[f"{plan.unit}_done"], meta[f"{plan.unit}_total"], UNIT_WORDS[plan.unit]
+        if done >= total:  # every unit had arrived before the stop: the result is whole
+            meta["partial"] = False
+            self._live.refresh()
+            return
         self._live.name = f"{self._live.name} (partial: {done} of {total} {words})"
         meta["stopped"] = why
         show_info(f"DIINN: {why}; kept the {done} finished {words} in {self._live.name!r}")
 
+    def _mark_unended(self, plan: RunPlan) -> None:
+        """A run that ended with neither its result nor a stop: mark its layer complete or cancelled.
+
+        A Cancel pressed during the last step lets the generator end, and superqt then emits
+        neither ``returned`` nor ``aborted``; the layer holds what the yields delivered.
+        """
+        if self._adding:  # delivered while the first layer is being added: check once it is there
+            self._pending.append(lambda: self._mark_unended(plan))
+            return
+        meta = self._live.metadata["diinn"] if self._live is not None else {}
+        if meta.get("partial") and "stopped" not in meta:
+            self._on_stopped(plan, "cancelled")
+
     def _on_error(self, err: Exception) -> None:
         show_error(f"DIINN super-resolution failed: {err}")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, plan: RunPlan) -> None:
+        self._mark_unended(plan)
         if self._progress is not None:
             self._progress.close()
         self._progress = self._phase = None

@@ -431,33 +431,6 @@ def iter_isotropic_volumes(volume, spacing, target: float | None = None, **optio
 
 
 # ---- self-supervised adaptation ------------------------------------------------------------------
-def degrade_axis(hr: torch.Tensor, ratio: float, sigma: float, n_lr: int, offset: int = 0) -> torch.Tensor:
-    """Axial degradation of (B, C, H, W) planes along H: Gaussian blur (``sigma`` pixels), then point samples.
-
-    LR row ``j`` is the blurred HR at row ``offset + j * ratio`` (linear
-    interpolation between rows for a non-integer ratio), ``j = 0 .. n_lr - 1``;
-    W is kept. The blur reflects at the crop's border, so keep ``offset`` (and
-    the rows past the last sample) at least ``3 * sigma`` from it.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if sigma >= 0.1:
-        radius = max(1, math.ceil(3 * sigma))
-        t = torch.arange(-radius, radius + 1, dtype=hr.dtype, device=hr.device)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = (k / k.sum()).view(1, 1, -1, 1).expand(hr.shape[1], 1, -1, 1)
-        hr = F.conv2d(F.pad(hr, (0, 0, radius, radius), mode="reflect"), k, groups=hr.shape[1])
-    pos = offset + torch.arange(n_lr, dtype=torch.float64) * ratio
-    if float(pos[-1]) > hr.shape[-2] - 1 + 1e-9:
-        raise ValueError(f"{n_lr} samples every {ratio:g} rows from row {offset} need {float(pos[-1]) + 1:g} rows; "
-                         f"the crop has {hr.shape[-2]}")
-    lo = pos.floor().long().clamp(max=hr.shape[-2] - 1)
-    hi = (lo + 1).clamp(max=hr.shape[-2] - 1)
-    frac = (pos - lo.double()).to(device=hr.device, dtype=hr.dtype).view(1, 1, -1, 1)
-    return hr[:, :, lo] * (1 - frac) + hr[:, :, hi] * frac
-
-
 def _training_planes(volume, intensity: str) -> list[np.ndarray]:
     """Every XY plane of every (Z, Y, X) volume, normalised with its volume's intensity map."""
     leading, _ = _layout(volume)
@@ -506,6 +479,7 @@ def adapt(
 
     from .engine import Cancelled, get_model
     from .model.grid import AxisSamples
+    from .quality import degrade_axis
 
     _layout(volume)
     dz, dy, dx = _check_spacing(spacing)

@@ -6,6 +6,8 @@
   integer). :func:`antialias_matrix` writes the same operator as a matrix over
   any window of the global grid, which is what lets the engine's data
   consistency run tile by tile and still equal the whole-image result.
+  :func:`degrade_axis` is the other one: Z of a stack, a Gaussian blur along one
+  axis then point samples (no antialiasing), for isotropic reconstruction.
 * metrics on arrays in their own units: :func:`psnr` and :func:`ssim` (from
   ``skimage.metrics``), :func:`mean_bias_percent` (mean difference in % of the
   reference's robust range p99.9 - p0.1), :func:`clipped_fraction` (output
@@ -14,6 +16,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -37,6 +41,33 @@ def downsample_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(array.reshape(-1, *array.shape[-2:])))[None]
     out = downsample(tensor, size)[0].numpy()
     return out.reshape(*array.shape[:-2], *out.shape[-2:])
+
+
+def degrade_axis(hr: torch.Tensor, ratio: float, sigma: float, n_lr: int, offset: float = 0) -> torch.Tensor:
+    """Axial degradation of (B, C, H, W) planes along H: Gaussian blur (``sigma`` pixels), then point samples.
+
+    LR row ``j`` is the blurred HR at row ``offset + j * ratio`` (linear
+    interpolation between rows for a non-integer ratio), ``j = 0 .. n_lr - 1``;
+    W is kept. The blur reflects at the crop's border, so keep ``offset`` (and
+    the rows past the last sample) at least ``3 * sigma`` from it. This is how
+    a microscope samples Z (axial PSF, then one plane every ``ratio`` pixels):
+    the degradation of :func:`diinn_napari.isotropic.adapt` and of the
+    trainer's axial items.
+    """
+    if sigma >= 0.1:
+        radius = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-radius, radius + 1, dtype=hr.dtype, device=hr.device)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = (k / k.sum()).view(1, 1, -1, 1).expand(hr.shape[1], 1, -1, 1)
+        hr = F.conv2d(F.pad(hr, (0, 0, radius, radius), mode="reflect"), k, groups=hr.shape[1])
+    pos = offset + torch.arange(n_lr, dtype=torch.float64) * ratio
+    if float(pos[-1]) > hr.shape[-2] - 1 + 1e-9:
+        raise ValueError(f"{n_lr} samples every {ratio:g} rows from row {offset} need {float(pos[-1]) + 1:g} rows; "
+                         f"the crop has {hr.shape[-2]}")
+    lo = pos.floor().long().clamp(max=hr.shape[-2] - 1)
+    hi = (lo + 1).clamp(max=hr.shape[-2] - 1)
+    frac = (pos - lo.double()).to(device=hr.device, dtype=hr.dtype).view(1, 1, -1, 1)
+    return hr[:, :, lo] * (1 - frac) + hr[:, :, hi] * frac
 
 
 def _aa_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:

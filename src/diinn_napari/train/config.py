@@ -59,13 +59,14 @@ class TrainingError(ValueError):
 # Presets of the training recipe. Options left unset on the command line take
 # their value from the chosen preset. "classic" is the recipe of the first bundled
 # weights; "scientific" adds the statistics of scientific images (dark, sparse,
-# offset/contrast/gamma, shot noise, anisotropic and large scales) and the cheap
+# offset/contrast/gamma, shot noise, anisotropic and large scales, point-sampled
+# Z as isotropic reconstruction meets it) and the cheap
 # gains of the SR literature (EMA of the weights, cosine schedule, Charbonnier).
 RECIPES: dict[str, dict] = {
     "classic": dict(scales="1-4", schedule="step", ema=0.0, loss="l1", dark=0.0, sparse=0.0, jitter=0.0,
-                    shot_noise=0.0, aniso=0.0, consistency=0.0),
+                    shot_noise=0.0, aniso=0.0, axial=0.0, consistency=0.0),
     "scientific": dict(scales="1-4:0.85,4-8:0.15", schedule="cosine", ema=0.999, loss="charbonnier", dark=0.25,
-                       sparse=0.1, jitter=0.3, shot_noise=0.2, aniso=0.2, consistency=0.0),
+                       sparse=0.1, jitter=0.3, shot_noise=0.2, aniso=0.2, axial=0.15, consistency=0.0),
 }
 
 
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'1-4:0.85,4-8:0.15'; " + _preset_help("scales"))
     p.add_argument("--aniso", type=float, default=None,
                    help="fraction of items with independent per-axis scales (half of them (s, 1)); " + _preset_help("aniso"))
+    p.add_argument("--axial", type=float, default=None,
+                   help="fraction of items degraded as the Z axis of a stack: scale (s, 1), axial blur (none to the "
+                        "isotropic default) then point samples instead of antialiasing; " + _preset_help("axial"))
     p.add_argument("--patch", type=int, default=32, help="LR patch edge in pixels")
     p.add_argument("--batch", type=int, default=8, help="patches per step (per process)")
     p.add_argument("--queries", type=int, default=1024, help="HR pixels decoded per patch; 0 = the whole patch")
@@ -154,7 +158,7 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "val_fraction"):
+    for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "val_fraction"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
             raise TrainingError(f"--{name.replace('_', '-')} is a fraction and must be between 0 and 1, got {value}")

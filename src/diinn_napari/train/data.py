@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..images import image_planes
-from ..quality import downsample
+from ..isotropic import default_axial_sigma
+from ..quality import degrade_axis, downsample
 from .config import parse_scales
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,13 @@ class PairSampler:
       included), sometimes clipped at exactly 0;
     * ``shot_noise``: Poisson-Gaussian noise on the LR input at a sampled photon gain and
       read noise (the HR target stays clean, so noise is not sharpened);
-    * ``aniso``: independent per-axis scales (half of them (s, 1), the XZ case).
+    * ``aniso``: independent per-axis scales (half of them (s, 1), the XZ case);
+    * ``axial``: Z of a stack, as :func:`diinn_napari.isotropic.isotropic` meets it:
+      rows only, scale (s, 1), the LR made by :func:`~diinn_napari.quality.degrade_axis`
+      (a Gaussian blur along the rows, none for a third of the items and otherwise up
+      to :func:`~diinn_napari.isotropic.default_axial_sigma` of s, then point samples
+      on the LR pixel centres) instead of antialiased downsampling. An aliased Z
+      (planes further apart than the optics resolve) is only learnt from these.
 
     The same generator state always gives the same pairs.
     """
@@ -111,9 +118,10 @@ class PairSampler:
     jitter: float = 0.0
     shot_noise: float = 0.0
     aniso: float = 0.0
+    axial: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("dark", "sparse", "jitter", "shot_noise", "aniso"):
+        for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} is a fraction of the items and must be in [0, 1], got {value}")
@@ -153,16 +161,30 @@ class PairSampler:
         jit = torch.rand(n, 4, generator=gen, dtype=torch.float64)
         spots = torch.rand(n, MAX_SPOTS + 4, 4, generator=gen, dtype=torch.float64)
         shot_levels = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+        axial = torch.zeros(n, dtype=torch.bool)
+        if self.axial > 0:  # drawn only when used: the random stream of the other recipes is unchanged
+            axial_u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+            axial = axial_u[:, 0] < self.axial
 
         lrs, hrs = [], []
         for i in range(n):
             plane = self.planes[int(index[i])]
             _, ph, pw = plane.shape
-            if aniso[i]:  # each axis capped by the plane on its own
+            margin = 0
+            if axial[i]:  # rows of (h + 2 margin) HR pixels (the blur reads the margin), columns p; after a
+                # transpose the rows come from the plane's X, so the crop is taken in that orientation
+                rows = pw if flips[i, 2] else ph
+                ratio = min(float(sy[i]), rows / p)
+                sigma = 0.0 if axial_u[i, 1] < 1 / 3 else float(axial_u[i, 2]) * default_axial_sigma(ratio)
+                h = max(p, min(rows, round(p * ratio)))
+                margin = min(math.ceil(3 * sigma) if sigma >= 0.1 else 0, (rows - h) // 2)
+                h, w = (h + 2 * margin, p) if not flips[i, 2] else (p, h + 2 * margin)
+            elif aniso[i]:  # each axis capped by the plane on its own
                 fy, fx = min(float(sy[i]), ph / p), min(float(sx[i]), pw / p)
+                h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
             else:  # one scale, capped by the smaller fit, so the item stays isotropic
                 fy = fx = min(float(sy[i]), ph / p, pw / p)
-            h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
+                h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
             ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h)
             xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w)
             k = 0
@@ -183,7 +205,13 @@ class PairSampler:
             source = hr[None]
             if blur_sigma[i] > 0:  # optical blur before sampling, for real-data degradations
                 source = gaussian_blur(source, float(blur_sigma[i]))
-            lrs.append(downsample(source, (p, p))[0])
+            if axial[i]:  # LR row j = the blurred HR at the centre of LR pixel j, (j + 1/2) * ratio - 1/2
+                n_hr = hr.shape[-2] - 2 * margin
+                ratio = n_hr / p
+                lrs.append(degrade_axis(source, ratio, sigma, p, offset=margin + (ratio - 1) / 2)[0])
+                hr = hr[:, margin : margin + n_hr]
+            else:
+                lrs.append(downsample(source, (p, p))[0])
             hrs.append(hr)
         lr = torch.stack(lrs)
         # noise on the LR input only, for the whole batch at once; the HR target stays clean

@@ -309,7 +309,7 @@ def train(args: argparse.Namespace) -> dict:
                  len(train.planes), len(train.files), len(val.planes), len(val.files), skipped)
     val_planes = val.planes[:8]
     sampler = PairSampler(train.planes, args.patch, scales, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
-                          jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso)
+                          jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial)
     val_scales = [s for s in (2.0, 3.0, 4.0) if s <= sampler.max_scale()] or [sampler.max_scale()]
     steps = args.steps if args.epochs is None else max(1, math.ceil(args.epochs * len(train.planes) / args.batch))
 
@@ -343,7 +343,7 @@ def train(args: argparse.Namespace) -> dict:
         "train_planes": len(train.planes),
         "val_files": [str(f) for f in val_files],
         "device": device.type,
-        "recipe": {k: getattr(args, k) for k in ("recipe", "scales", "aniso", "patch", "batch", "queries", "lr", "schedule", "decay",
+        "recipe": {k: getattr(args, k) for k in ("recipe", "scales", "aniso", "axial", "patch", "batch", "queries", "lr", "schedule", "decay",
                                                  "warmup", "ema", "loss", "consistency", "dark", "sparse", "jitter", "shot_noise",
                                                  "noise", "blur", "seed")},
     }
