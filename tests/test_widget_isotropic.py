@@ -12,7 +12,7 @@ from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic  # noqa
 from diinn_napari.weights import save_weights  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
-from test_widget import open_widget, run, run_and_cancel, settle  # noqa: E402
+from test_widget import cancel_when, open_widget, run, run_and_cancel, settle  # noqa: E402
 
 
 def blobs(shape=(9, 24, 24), seed=0, peak=3000) -> np.ndarray:
@@ -96,40 +96,12 @@ def test_target_z_step_and_leading_axes(iso, qtbot):
     assert out.data_to_world((0, 10, 0, 0))[1] <= layer.data_to_world((0, 4, 0, 0))[1]
 
 
-def cancel_at(monkeypatch, widget, qtbot, rows):
-    """Press Cancel when the worker reports ``rows`` Y rows done, the worker held at that point meanwhile.
-
-    The worker runs on while the main thread handles its signals, so on a busy machine a
-    plain Cancel can arrive after the run has ended; here it waits for the press.
-    """
-    import diinn_napari.isotropic as iso_module
-
-    original, pressed = iso_module.isotropic_steps, threading.Event()
-
-    def held_steps(*args, **kwargs):
-        done = 0
-        for step in original(*args, **kwargs):
-            yield step
-            done += step.rows[1] - step.rows[0] if step.rows else 0
-            if done >= rows and not pressed.wait(30):
-                raise TimeoutError("the test never pressed Cancel")
-
-    def press(value):
-        if value[4] >= rows and not pressed.is_set():
-            widget._run_or_cancel()
-            pressed.set()
-        return False
-
-    monkeypatch.setattr(iso_module, "isotropic_steps", held_steps)
-    run_and_cancel(qtbot, widget, when=press)
-
-
 def test_cancel_keeps_the_finished_volumes_in_a_layer_marked_partial(iso, qtbot, monkeypatch):
     viewer, widget = iso
     stack = np.stack([blobs((4, 16, 16), seed=s) for s in range(3)])  # 3 volumes: 3 blocks of 16 rows
     widget.layer.value = viewer.add_image(stack, name="t", scale=(1.0, 2.0, 1.0, 1.0))
     widget.tile_size.value = 2  # many network calls per volume
-    cancel_at(monkeypatch, widget, qtbot, rows=16)  # when the first volume is done
+    cancel_when(monkeypatch, qtbot, widget, when=lambda v: v[4] >= 16)  # when the first volume is done
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["rows_done"]
@@ -145,7 +117,7 @@ def test_a_cancel_after_the_last_block_keeps_the_whole_result(iso, qtbot, monkey
     viewer, widget = iso
     stack = np.stack([blobs((4, 16, 16), seed=s) for s in range(2)])
     widget.layer.value = viewer.add_image(stack, name="t", scale=(1.0, 2.0, 1.0, 1.0))
-    cancel_at(monkeypatch, widget, qtbot, rows=32)  # when the last block has arrived
+    cancel_when(monkeypatch, qtbot, widget, when=lambda v: v[4] >= 32)  # when the last block has arrived
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     assert meta["partial"] is False and "stopped" not in meta and meta["rows_done"] == 32

@@ -369,30 +369,37 @@ class DIINNWidget(Container):
         return tuple(int(np.clip(round(point[i]), 0, shape[i] - 1)) for i in range(n_leading))
 
     def _on_yielded(self, worker, value, plan: RunPlan, index) -> None:
-        from napari.utils import progress
-
+        # Drawing a layer or a progress bar can run Qt's event loop, which then handles the worker's later
+        # signals (even the end of the run) inside this call: the result is recorded before anything is
+        # drawn, and the progress bar last.
         if worker is not self._worker:  # a late signal of a run that has already ended
             return
         if self._live is not None and self._live.metadata["diinn"]["partial"] is False:
             return  # the result has already arrived in full
         done, total, result, trust, units_done = value[:5]
         phase = value[5] if len(value) > 5 else PHASES[1]  # isotropic voxels: adaptation first, if asked for
+        if result is not None:
+            self._units_done = max(self._units_done, units_done)  # signals may arrive out of order
+            if self._live is None:  # the first plane is done: show the layer now, fill it in as planes finish
+                self._show_result(plan, index, result, trust)
+            else:
+                meta = self._live.metadata["diinn"]
+                meta[f"{plan.unit}_done"] = max(meta[f"{plan.unit}_done"], self._units_done)
+                self._live.refresh()
+                if self._live_trust is not None:
+                    self._live_trust.refresh()
+        self._show_progress(worker, done, total, phase)
+
+    def _show_progress(self, worker, done: int, total: int, phase: str) -> None:
+        from napari.utils import progress
+
+        if worker is not self._worker:  # the run ended while the result was drawn: no new bar
+            return
         if self._progress is None or phase != self._phase:
             if self._progress is not None:
                 self._progress.close()
             self._progress, self._phase = progress(total=total, desc=f"DIINN {phase}"), phase
         self._progress.update(done - self._progress.n)
-        if result is None:
-            return
-        self._units_done = max(self._units_done, units_done)  # signals may arrive out of order
-        if self._live is None:  # the first plane is done: show the layer now, fill it in as planes finish
-            self._show_result(plan, index, result, trust)
-        else:
-            self._live.refresh()
-            if self._live_trust is not None:
-                self._live_trust.refresh()
-            meta = self._live.metadata["diinn"]
-            meta[f"{plan.unit}_done"] = max(meta[f"{plan.unit}_done"], self._units_done)
 
     def _show_result(self, plan: RunPlan, index, result: np.ndarray, trust: np.ndarray | None) -> None:
         """Add the output layer (and its trust map); signals handled while napari adds it wait until it is there.
@@ -416,6 +423,8 @@ class DIINNWidget(Container):
         pending, self._pending = self._pending, []
         for call in pending:
             call()
+        if self._worker is None:  # the run ended (handled in a nested event loop) before this layer existed
+            self._mark_unended(plan)
 
     def _layer_kwargs(self, plan: RunPlan, index, result: np.ndarray) -> dict:
         layer = plan.layer
