@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=None, help="central XY crop (pixels) to save time")
     p.add_argument("--adapt-steps", type=int, default=150, help="self-supervised steps (0: skip adaptation)")
     p.add_argument("--adapt-factors", type=int, nargs="+", default=[4, 3, 2], help="factors to adapt a model for")
-    p.add_argument("--adapt-lr", type=float, default=2e-4, help="adaptation learning rate")
+    p.add_argument("--adapt-lr", type=float, default=5e-5, help="adaptation learning rate")
     p.add_argument("--adapt-rows", type=int, default=8, help="LR rows (Z planes) per adaptation crop")
     p.add_argument("--adapt-patch", type=int, default=32, help="lateral pixels per adaptation crop")
     p.add_argument("--adapt-batch", type=int, default=4, help="crops per adaptation step")

@@ -453,7 +453,7 @@ def adapt(
     lr_rows: int = 8,
     patch: int = 32,
     batch: int = 4,
-    learning_rate: float = 2e-4,
+    learning_rate: float = 5e-5,
     seed: int = 0,
     device: str | torch.device = "auto",
     intensity: str = "auto",
