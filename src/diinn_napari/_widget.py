@@ -493,11 +493,9 @@ class DIINNWidget(Container):
         """A run that ended with neither its result nor a stop: mark its layer complete or cancelled.
 
         A Cancel pressed during the last step lets the generator end, and superqt then emits
-        neither ``returned`` nor ``aborted``; the layer holds what the yields delivered.
+        neither ``returned`` nor ``aborted``; the layer holds what the yields delivered. While
+        the first layer is being added this finds none, and :meth:`_show_result` calls it again.
         """
-        if self._adding:  # delivered while the first layer is being added: check once it is there
-            self._pending.append(lambda: self._mark_unended(plan))
-            return
         meta = self._live.metadata["diinn"] if self._live is not None else {}
         if meta.get("partial") and "stopped" not in meta:
             self._on_stopped(plan, "cancelled")

@@ -170,21 +170,19 @@ class PairSampler:
         for i in range(n):
             plane = self.planes[int(index[i])]
             _, ph, pw = plane.shape
-            margin = 0
-            if axial[i]:  # rows of (h + 2 margin) HR pixels (the blur reads the margin), columns p; after a
-                # transpose the rows come from the plane's X, so the crop is taken in that orientation
-                rows = pw if flips[i, 2] else ph
-                ratio = min(float(sy[i]), rows / p)
-                sigma = 0.0 if axial_u[i, 1] < 1 / 3 else float(axial_u[i, 2]) * default_axial_sigma(ratio)
-                h = max(p, min(rows, round(p * ratio)))
-                margin = min(math.ceil(3 * sigma) if sigma >= 0.1 else 0, (rows - h) // 2)
-                h, w = (h + 2 * margin, p) if not flips[i, 2] else (p, h + 2 * margin)
-            elif aniso[i]:  # each axis capped by the plane on its own
+            if aniso[i]:  # each axis capped by the plane on its own
                 fy, fx = min(float(sy[i]), ph / p), min(float(sx[i]), pw / p)
-                h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
             else:  # one scale, capped by the smaller fit, so the item stays isotropic
                 fy = fx = min(float(sy[i]), ph / p, pw / p)
-                h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
+            h, w = max(p, min(ph, round(p * fy))), max(p, min(pw, round(p * fx)))
+            if axial[i]:  # instead: n_hr rows plus a margin on each side (the blur reads it), p columns; after a
+                # transpose the rows come from the plane's X, so the crop is taken in that orientation
+                rows = pw if flips[i, 2] else ph
+                n_hr = max(p, min(rows, round(p * min(float(sy[i]), rows / p))))
+                ratio = n_hr / p
+                z_blur = 0.0 if axial_u[i, 1] < 1 / 3 else float(axial_u[i, 2]) * default_axial_sigma(ratio)
+                margin = min(math.ceil(3 * z_blur) if z_blur >= 0.1 else 0, (rows - n_hr) // 2)
+                h, w = (n_hr + 2 * margin, p) if not flips[i, 2] else (p, n_hr + 2 * margin)
             ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h)
             xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w)
             k = 0
@@ -206,9 +204,7 @@ class PairSampler:
             if blur_sigma[i] > 0:  # optical blur before sampling, for real-data degradations
                 source = gaussian_blur(source, float(blur_sigma[i]))
             if axial[i]:  # LR row j = the blurred HR at the centre of LR pixel j, (j + 1/2) * ratio - 1/2
-                n_hr = hr.shape[-2] - 2 * margin
-                ratio = n_hr / p
-                lrs.append(degrade_axis(source, ratio, sigma, p, offset=margin + (ratio - 1) / 2)[0])
+                lrs.append(degrade_axis(source, ratio, z_blur, p, offset=margin + (ratio - 1) / 2)[0])
                 hr = hr[:, margin : margin + n_hr]
             else:
                 lrs.append(downsample(source, (p, p))[0])
