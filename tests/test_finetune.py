@@ -252,7 +252,20 @@ def test_scientific_recipe_trains_and_records_its_recipe(tiles, start_weights, t
     assert result["exit_code"] == 0 and all(np.isfinite(result["losses"]))
     meta = read_metadata(out)
     assert meta["recipe"]["recipe"] == "scientific" and meta["recipe"]["consistency"] == 0.5
+    assert meta["recipe"]["axial"] == config.RECIPES["scientific"]["axial"]
     assert "bias_percent" in meta["metrics"]["x2"]
+
+
+def test_axial_items_train_from_the_command_line(tiles, start_weights, tmp_path):
+    """`python -m diinn_napari.finetune --axial 1`: every item is Z of a stack; the run finishes and records it."""
+    out = tmp_path / "axial.safetensors"
+    cmd = [sys.executable, "-m", "diinn_napari.finetune", "--data", str(tiles), "--weights", str(start_weights),
+           "--out", str(out), "--axial", "1", "--steps", "3", "--patch", "16", "--batch", "4", "--queries", "128",
+           "--scales", "2-4", "--val-every", "3", "--device", "cpu", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = read_metadata(out)
+    assert meta["recipe"]["axial"] == 1.0 and meta["steps"] == 3
 
 
 def test_output_folder_is_created(tiles, start_weights, tmp_path):
