@@ -19,3 +19,24 @@ def model():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def gray_weights(tmp_path_factory) -> str:
+    """A weights file of a tiny random gray model (seed 0), shared by the whole session."""
+    from diinn_napari.weights import save_weights
+    return str(save_weights(tiny_model(), tmp_path_factory.mktemp("weights") / "gray.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def rgb_weights(tmp_path_factory) -> str:
+    """A weights file of a tiny random RGB model (seed 0)."""
+    from diinn_napari.weights import save_weights
+    return str(save_weights(tiny_model(3), tmp_path_factory.mktemp("weights") / "rgb.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def other_gray_weights(tmp_path_factory) -> str:
+    """A second tiny gray model (seed 1): different weights, same architecture."""
+    from diinn_napari.weights import save_weights
+    return str(save_weights(tiny_model(seed=1), tmp_path_factory.mktemp("weights") / "other.safetensors"))
