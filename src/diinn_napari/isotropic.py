@@ -56,8 +56,6 @@ log = logging.getLogger("diinn_napari.isotropic")
 FUSIONS = ("mean", "max", "min", "xz", "yz")
 # Intensity map of a volume: fitted on at most this many evenly spaced Z planes.
 INTENSITY_PLANES = 16
-# FWHM / sigma of a Gaussian.
-FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 
 
 class IsoStep(NamedTuple):
@@ -75,73 +73,17 @@ class IsoStep(NamedTuple):
     block: np.ndarray | None
 
 
-# ---- geometry (no torch) -------------------------------------------------------------------------
-def _check_spacing(spacing) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing must be (dz, dy, dx), three numbers, got {spacing!r}") from None
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing must be (dz, dy, dx), three finite numbers > 0 in one unit, got {spacing!r}")
-    return values
-
-
-def z_step(spacing, target: float | None = None) -> float:
-    """The output Z step in input-plane units: ``target / dz`` (``target`` defaults to the XY pixel size).
-
-    Refuses a target larger than ``dz`` (that would drop planes, not super-resolve them).
-    """
-    dz, dy, dx = _check_spacing(spacing)
-    if target is None:
-        if not math.isclose(dy, dx, rel_tol=1e-3):
-            log.info("pixels are not square (dy=%g, dx=%g): Z goes to min(dy, dx)", dy, dx)
-        target = min(dy, dx)
-    target = float(target)
-    if not (math.isfinite(target) and target > 0):
-        raise ValueError(f"target Z step must be a finite number > 0, got {target!r}")
-    if target > dz * (1 + 1e-9):
-        raise ValueError(
-            f"target Z step {target:g} is larger than the input Z step {dz:g}: isotropic() only adds planes; "
-            "give a target <= dz (default: the XY pixel size)"
-        )
-    return target / dz
-
-
-def isotropic_shape(shape: tuple[int, ...], spacing, target: float | None = None) -> tuple[int, ...]:
-    """Output shape of :func:`isotropic` for a (..., Z, Y, X) input: Z becomes ``floor((Z - 1) * dz / target) + 1``."""
-    shape = tuple(int(n) for n in shape)
-    if len(shape) < 3:
-        raise ValueError(f"a volume needs (..., Z, Y, X) axes, got shape {shape}")
-    step = z_step(spacing, target)
-    return shape[:-3] + (len(_positions(shape[-3], step)),) + shape[-2:]
-
-
-def _positions(n_in: int, step: float) -> np.ndarray:
-    """Point sampling: output plane positions ``k * step`` in input-plane units, ``k = 0 .. floor((n_in - 1) / step)``.
-
-    Positions within 1e-9 of an integer are snapped to it, so float rounding
-    cannot move an output plane off the input plane it should coincide with.
-    """
-    n_out = int(np.floor((n_in - 1) / step + 1e-9)) + 1
-    p = np.arange(n_out, dtype=np.float64) * step
-    snapped = np.rint(p)
-    return np.minimum(np.where(np.abs(p - snapped) < 1e-9, snapped, p), n_in - 1)
-
-
-def output_spacing(spacing, target: float | None = None) -> tuple[float, float, float]:
-    """(dz, dy, dx) of the output: the real Z step ``dz * step`` (= ``target``)."""
-    dz, dy, dx = _check_spacing(spacing)
-    return dz * z_step(spacing, target), dy, dx
-
-
-def default_axial_sigma(ratio: float) -> float:
-    """Default extra axial blur, in XY pixels, for a Z step ``ratio`` times the XY pixel size.
-
-    Assumes both axes are sampled at Nyquist of their optics (PSF FWHM = 2
-    samples: 2 dz axially, 2 dx laterally); the axial blur an XY plane lacks
-    is then a Gaussian of sigma ``2 / 2.355 * sqrt(ratio^2 - 1)`` XY pixels.
-    """
-    return 2 / FWHM_PER_SIGMA * math.sqrt(max(ratio * ratio - 1.0, 0.0))
+# ---- geometry: the planner (no torch) -----------------------------------------------------------
+from .isotropic_plan import (  # noqa: E402  (public here too: the library's geometry)
+    FWHM_PER_SIGMA,
+    check_spacing as _check_spacing,
+    default_axial_sigma,
+    isotropic_shape,
+    output_spacing,
+    volume_axes as _volume_axes,
+    z_positions as _positions,
+    z_step,
+)
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
@@ -547,21 +489,6 @@ def adapt(
 
 
 # ---- command line --------------------------------------------------------------------------------
-def _volume_axes(axes: str, name: str) -> list[int]:
-    """Permutation that puts a file's axes in (..., Z, Y, X) order; a clear error for files it cannot take."""
-    if not axes.endswith("YX"):
-        raise ValueError(f"{name}: axes {axes!r}: need gray planes (Y, X last); colour (S) stacks are not supported")
-    if len(axes) == 3 and axes[0] in "QI":  # a plain multi-page TIFF: its pages are the Z planes
-        axes = "ZYX"
-    if "Z" not in axes:
-        raise ValueError(f"{name}: axes {axes!r} have no Z axis; isotropic resampling needs a Z stack")
-    unknown = set(axes) - set("TCZYX")
-    if unknown:
-        raise ValueError(f"{name}: axes {axes!r} include {''.join(sorted(unknown))}; only T, C, Z, Y, X are supported")
-    lead = [i for i, a in enumerate(axes[:-2]) if a != "Z"]
-    return lead + [axes.index("Z"), len(axes) - 2, len(axes) - 1]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``python -m diinn_napari.isotropic``."""
     p = argparse.ArgumentParser(
