@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from diinn_napari.images import atomic_write, image_planes, read_image, read_info
+from diinn_napari.io import atomic_write, image_planes, read_image, read_info
 
 
 @pytest.fixture

@@ -1,0 +1,202 @@
+"""What every image format offers: the :class:`ImageInfo` of a file, a plane reader, a writer, a registry.
+
+A format is one module of this package holding one object that satisfies
+:class:`ImageFormat`, registered with :func:`register`. The batch tool,
+training and evaluation ask :func:`format_for` which format reads a path and
+never branch on formats themselves. A format:
+
+* recognises its files (:meth:`ImageFormat.detect`: a suffix, a folder
+  layout, a tag in the header);
+* describes a file without reading its pixels (:meth:`ImageFormat.read_info`);
+* opens a :class:`PlaneSource`: ``source[index]`` is one (Y, X) or
+  (Y, X, samples) plane, read with I/O bounded by about one plane;
+* writes planes, in order, to a path it is given (the caller makes that path
+  a temporary one and renames it into place, :mod:`.atomic`), with the output
+  :class:`ImageInfo` (shape, dtype and physical sizes already updated) and the
+  settings record (:mod:`.record`);
+* reads back the settings record of a file it wrote.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class ImageInfo:
+    """What a file holds, read without reading its pixels.
+
+    kind: the flavour of its format ("imagej", "ome", "tiff", "png", "jpeg");
+        the format that wrote or read it is :func:`format_of`.
+    axes: tifffile letters, e.g. "TZCYX", "YXS" (S: samples of a colour pixel).
+    pixel_size: (y, x) in ``unit``; z_spacing in the same unit.
+    metadata: what only its format reads and writes back (ImageJ keys, TIFF
+        tags), carried unchanged from an input to its output.
+    """
+
+    path: Path
+    kind: str
+    axes: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pixel_size: tuple[float, float] | None = None
+    unit: str | None = None
+    z_spacing: float | None = None
+    time_interval: float | None = None
+    channel_names: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rgb(self) -> bool:
+        """Colour pixels, RGB or RGBA (samples on the last axis)."""
+        return is_colour(self.axes, self.shape)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        """Shape of one plane: (Y, X) or (Y, X, samples)."""
+        return self.shape[-3:] if self.axes.endswith("S") else self.shape[-2:]
+
+    @property
+    def leading(self) -> tuple[int, ...]:
+        """The axes in front of the plane (Z, T, C, ...)."""
+        return self.shape[: len(self.shape) - len(self.plane_shape)]
+
+    @property
+    def yx(self) -> tuple[int, int]:
+        return self.shape[-3:-1] if self.axes.endswith("S") else self.shape[-2:]
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.leading, dtype=np.int64))
+
+    def upscaled_shape(self, out_yx: tuple[int, int]) -> tuple[int, ...]:
+        """This file's shape with its Y and X axes replaced by ``out_yx``."""
+        if self.axes.endswith("S"):
+            return self.shape[:-3] + tuple(out_yx) + self.shape[-1:]
+        return self.shape[:-2] + tuple(out_yx)
+
+    def output(self, path: Path, shape: tuple[int, ...], dtype, *, z_spacing: float | None = None) -> ImageInfo:
+        """The info of an output made from this file: same axes and metadata, new shape and dtype.
+
+        The pixel size is divided by the real Y and X size ratio; ``z_spacing``
+        replaces the Z step (isotropic resampling).
+        """
+        new_yx = shape[-3:-1] if self.axes.endswith("S") else shape[-2:]
+        size = None
+        if self.pixel_size is not None:
+            size = (self.pixel_size[0] * self.yx[0] / new_yx[0], self.pixel_size[1] * self.yx[1] / new_yx[1])
+        return dataclasses.replace(self, path=Path(path), shape=tuple(int(n) for n in shape), dtype=np.dtype(dtype),
+                                   pixel_size=size, z_spacing=self.z_spacing if z_spacing is None else z_spacing)
+
+
+def is_colour(axes: str, shape: tuple[int, ...]) -> bool:
+    """Whether pixels with these tifffile ``axes`` are RGB or RGBA (3 or 4 samples on the last axis)."""
+    return axes.endswith("S") and shape[-1] in (3, 4)
+
+
+def sample_layout(name: str, axes: str, shape: tuple[int, ...]) -> bool:
+    """The one rule for samples per pixel: True for RGB/RGBA, False for none; other counts are refused.
+
+    Every format's reader applies it, so the batch tool and training/evaluation
+    agree on what a file is.
+    """
+    if axes.endswith("S") and not is_colour(axes, shape):
+        raise ValueError(f"{name}: {shape[-1]} samples per pixel; only gray, RGB (3) and RGBA (4) are supported")
+    return is_colour(axes, shape)
+
+
+@runtime_checkable
+class PlaneSource(Protocol):
+    """An open file, array-like over its planes: ``source[index]`` reads one plane (index: the leading axes)."""
+
+    info: ImageInfo
+
+    def __getitem__(self, index: tuple[int, ...]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> PlaneSource: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class ImageFormat(Protocol):
+    """One file format, as the batch tool, training and evaluation use it (see the module docstring)."""
+
+    name: str
+    suffixes: tuple[str, ...]  # lower case, with the dot: what folders are searched for
+    kinds: tuple[str, ...]  # the ImageInfo.kind values it reads and writes
+    holds_stacks: bool  # whether a file can hold planes in front of Y, X (Z, T, C); PNG holds one plane
+
+    def detect(self, path: Path) -> bool:
+        """Whether this format reads ``path`` (cheap: a suffix, a name, at most a header)."""
+
+    def read_info(self, path: Path) -> ImageInfo:
+        """Axes, shape, dtype, physical sizes and metadata; ValueError naming the file if unreadable."""
+
+    def open_planes(self, info: ImageInfo) -> PlaneSource:
+        """A reader of ``info``'s planes with bounded memory per plane."""
+
+    def read_array(self, path: Path) -> tuple[np.ndarray, str]:
+        """The whole image (first series) and its axes (training and evaluation)."""
+
+    def output_name(self, path: Path) -> str:
+        """The name of the output made from input ``path`` (e.g. JPEG inputs give PNG outputs)."""
+
+    def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
+        """Write ``planes`` (leading axes in C order) as the image ``info`` describes, with the settings record."""
+
+    def read_record(self, path: Path) -> dict | None:
+        """The settings record stored by :meth:`write`, or None."""
+
+
+_FORMATS: list[ImageFormat] = []
+
+
+def register(fmt: ImageFormat, *, first: bool = False) -> ImageFormat:
+    """Add a format. ``first``: ask it before the others (a specialisation, e.g. GeoTIFF before TIFF)."""
+    if first:
+        _FORMATS.insert(0, fmt)
+    else:
+        _FORMATS.append(fmt)
+    return fmt
+
+
+def formats() -> tuple[ImageFormat, ...]:
+    """The registered formats, in the order they are asked."""
+    return tuple(_FORMATS)
+
+
+def format_for(path: str | Path) -> ImageFormat:
+    """The format that reads ``path``; a ValueError listing the supported suffixes if none does."""
+    path = Path(path)
+    for fmt in _FORMATS:
+        if fmt.detect(path):
+            return fmt
+    raise ValueError(f"{path.name}: not a supported image file (use {', '.join(suffixes())})")
+
+
+def is_image(path: str | Path) -> bool:
+    """Whether some format reads ``path``."""
+    return any(fmt.detect(Path(path)) for fmt in _FORMATS)
+
+
+def format_of(info: ImageInfo) -> ImageFormat:
+    """The format that reads and writes images of ``info.kind``."""
+    for fmt in _FORMATS:
+        if info.kind in fmt.kinds:
+            return fmt
+    raise ValueError(f"no format writes {info.kind!r} images")
+
+
+def suffixes() -> tuple[str, ...]:
+    """Every registered suffix, in registration order."""
+    return tuple(s for fmt in _FORMATS for s in fmt.suffixes)
