@@ -4,16 +4,7 @@ import tifffile
 from skimage.io import imread, imsave
 
 from diinn_napari import RunSettings, batch
-from diinn_napari.images import read_info
-from diinn_napari.weights import save_weights
-
-from conftest import tiny_model
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    return save_weights(tiny_model(), folder / "gray.safetensors"), save_weights(tiny_model(3), folder / "rgb.safetensors")
+from diinn_napari.io import read_info
 
 
 def imagej_stack(path, rng, shape=(2, 3, 2, 16, 20)):
@@ -24,11 +15,11 @@ def imagej_stack(path, rng, shape=(2, 3, 2, 16, 20)):
     return data
 
 
-def test_imagej_hyperstack_round_trip_keeps_metadata(tmp_path, rng, weights):
+def test_imagej_hyperstack_round_trip_keeps_metadata(tmp_path, rng, gray_weights):
     src = tmp_path / "in" / "stack.tif"
     src.parent.mkdir()
     imagej_stack(src, rng)
-    assert batch.main([str(src), "--scale", "2.5", "--out", str(tmp_path / "out"), "--model", str(weights[0])]) == 0
+    assert batch.main([str(src), "--scale", "2.5", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 0
     with tifffile.TiffFile(tmp_path / "out" / "stack.tif") as tif:
         assert tif.is_imagej
         series = tif.series[0]
@@ -42,13 +33,13 @@ def test_imagej_hyperstack_round_trip_keeps_metadata(tmp_path, rng, weights):
     assert info.pixel_size == pytest.approx((0.08, 0.08), rel=1e-5)
 
 
-def test_ome_tiff_pixel_sizes_are_divided_by_the_size_ratio(tmp_path, rng, weights):
+def test_ome_tiff_pixel_sizes_are_divided_by_the_size_ratio(tmp_path, rng, gray_weights):
     src = tmp_path / "cells.ome.tif"
     data = (rng.random((2, 3, 12, 10)) * 255).astype(np.uint8)
     tifffile.imwrite(src, data, ome=True, metadata={
         "axes": "CZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 1.5,
         "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "Channel": {"Name": ["DAPI", "GFP"]}})
-    assert batch.main([str(src), "--scale", "2,3", "--out", str(tmp_path / "out"), "--model", str(weights[0])]) == 0
+    assert batch.main([str(src), "--scale", "2,3", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 0
     out = tmp_path / "out" / "cells.ome.tif"
     info = read_info(out)
     assert info.kind == "ome" and info.axes == "CZYX" and info.shape == (2, 3, 24, 30)
@@ -56,21 +47,21 @@ def test_ome_tiff_pixel_sizes_are_divided_by_the_size_ratio(tmp_path, rng, weigh
     assert info.z_spacing == pytest.approx(1.5) and info.channel_names == ["DAPI", "GFP"]
 
 
-def test_pixel_size_option_computes_the_factor(tmp_path, rng, weights):
+def test_pixel_size_option_computes_the_factor(tmp_path, rng, gray_weights):
     src = tmp_path / "s.tif"
     imagej_stack(src, rng, (1, 1, 1, 10, 10))
-    assert batch.main([str(src), "--pixel-size", "0.05", "--out", str(tmp_path / "out"), "--model", str(weights[0])]) == 0
+    assert batch.main([str(src), "--pixel-size", "0.05", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 0
     assert tifffile.TiffFile(tmp_path / "out" / "s.tif").series[0].shape[-2:] == (40, 40)
 
 
-def test_a_bad_file_is_reported_and_the_batch_goes_on(tmp_path, rng, weights, capsys):
+def test_a_bad_file_is_reported_and_the_batch_goes_on(tmp_path, rng, gray_weights, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     imagej_stack(folder / "a.tif", rng, (1, 2, 1, 10, 10))
     imsave(folder / "b.png", (rng.random((10, 12)) * 255).astype(np.uint8), check_contrast=False)
     (folder / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
     (folder / "readme.txt").write_text("notes")
-    code = batch.main([str(folder), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(weights[0])])
+    code = batch.main([str(folder), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(gray_weights)])
     text = capsys.readouterr().out
     assert code == 1
     assert "broken.tif" in text and "failed" in text and "2 done, 0 skipped, 1 failed" in text
@@ -78,15 +69,15 @@ def test_a_bad_file_is_reported_and_the_batch_goes_on(tmp_path, rng, weights, ca
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.png"]
 
 
-def test_an_output_never_overwrites_an_input(tmp_path, rng, weights, capsys):
+def test_an_output_never_overwrites_an_input(tmp_path, rng, gray_weights, capsys):
     src = tmp_path / "a.tif"
     original = imagej_stack(src, rng, (1, 1, 1, 8, 8))
-    code = batch.main([str(src), "--scale", "2", "--out", str(tmp_path), "--model", str(weights[0]), "--overwrite"])
+    code = batch.main([str(src), "--scale", "2", "--out", str(tmp_path), "--model", str(gray_weights), "--overwrite"])
     assert code == 1 and "would overwrite an input" in capsys.readouterr().out
     np.testing.assert_array_equal(tifffile.imread(src), original.reshape(8, 8))
 
 
-def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tmp_path, rng, weights, monkeypatch, capsys):
+def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tmp_path, rng, gray_weights, monkeypatch, capsys):
     from diinn_napari import engine
 
     folder = tmp_path / "in"
@@ -104,7 +95,7 @@ def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tm
         yield from planes
 
     monkeypatch.setattr(engine.Engine, "planes", ctrl_c_in_b)
-    args = [str(folder), "--scale", "2", "--out", str(out), "--model", str(weights[0])]
+    args = [str(folder), "--scale", "2", "--out", str(out), "--model", str(gray_weights)]
     assert batch.main(args) == 130
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -121,27 +112,27 @@ def test_an_interrupted_run_leaves_no_half_written_output_and_a_rerun_resumes(tm
     assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]
 
 
-def test_rgb_files_use_the_rgb_model(tmp_path, rng, weights):
+def test_rgb_files_use_the_rgb_model(tmp_path, rng, rgb_weights):
     src = tmp_path / "photo.jpg"
     imsave(src, (rng.random((10, 14, 3)) * 255).astype(np.uint8), check_contrast=False)
-    assert batch.main([str(src), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(weights[1])]) == 0
+    assert batch.main([str(src), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(rgb_weights)]) == 0
     assert imread(tmp_path / "out" / "photo.png").shape == (20, 28, 3)
 
 
-def test_parallel_workers(tmp_path, rng, weights):
+def test_parallel_workers(tmp_path, rng, gray_weights):
     for i in range(2):
         imagej_stack(tmp_path / f"s{i}.tif", rng, (1, 2, 1, 10, 10))
-    results = batch.run_batch(sorted(tmp_path.glob("*.tif")), batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(weights[0]))), workers=2)
+    results = batch.run_batch(sorted(tmp_path.glob("*.tif")), batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(gray_weights))), workers=2)
     assert [r.status for r in results] == ["done", "done"]
 
 
-def test_dask_local_cluster(tmp_path, rng, weights):
+def test_dask_local_cluster(tmp_path, rng, gray_weights):
     distributed = pytest.importorskip("distributed")
     for i in range(3):
         imagej_stack(tmp_path / f"s{i}.tif", rng, (1, 2, 1, 10, 10))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         code = batch.main([str(tmp_path / "*.tif"), "--scale", "2", "--out", str(tmp_path / "out"),
-                           "--model", str(weights[0]), "--scheduler", cluster.scheduler_address])
+                           "--model", str(gray_weights), "--scheduler", cluster.scheduler_address])
     assert code == 0
     assert all(tifffile.imread(tmp_path / "out" / f"s{i}.tif").shape == (2, 20, 20) for i in range(3))
 

@@ -10,14 +10,6 @@ import pytest
 import tifffile
 
 from diinn_napari import RunSettings, batch
-from diinn_napari.weights import save_weights
-
-from conftest import tiny_model
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return save_weights(tiny_model(), tmp_path_factory.mktemp("weights") / "gray.safetensors")
 
 
 def cli(*argv, module="diinn_napari.batch"):
@@ -32,9 +24,9 @@ def image(tmp_path, rng):
 
 
 @pytest.mark.parametrize("scale", ["0.5", "0", "1,0.5", "-2", "nan", "2,3,4", "x"])
-def test_a_scale_below_one_is_rejected_up_front_and_creates_nothing(tmp_path, image, weights, scale):
+def test_a_scale_below_one_is_rejected_up_front_and_creates_nothing(tmp_path, image, gray_weights, scale):
     out = tmp_path / "out"
-    done = cli(str(image), f"--scale={scale}", "--out", str(out), "--model", str(weights))
+    done = cli(str(image), f"--scale={scale}", "--out", str(out), "--model", str(gray_weights))
     assert done.returncode == 2
     assert "--scale" in done.stderr and ">= 1" in done.stderr
     assert not out.exists()
@@ -42,10 +34,10 @@ def test_a_scale_below_one_is_rejected_up_front_and_creates_nothing(tmp_path, im
 
 @pytest.mark.parametrize("bad", [["--model", "missing.safetensors"], ["--pixel-size", "0"], ["--tile-size", "-3"],
                                  ["--workers", "0"], ["--device", "tpu"]])
-def test_a_run_that_cannot_start_is_refused_before_creating_anything(tmp_path, image, weights, bad):
+def test_a_run_that_cannot_start_is_refused_before_creating_anything(tmp_path, image, gray_weights, bad):
     out = tmp_path / "out"
     argv = [str(image), "--scale", "2", "--out", str(out)]
-    argv += bad if bad[0] == "--model" else [*bad, "--model", str(weights)]
+    argv += bad if bad[0] == "--model" else [*bad, "--model", str(gray_weights)]
     if bad[0] == "--pixel-size":
         argv.remove("--scale"), argv.remove("2")
     done = cli(*argv)
@@ -54,10 +46,10 @@ def test_a_run_that_cannot_start_is_refused_before_creating_anything(tmp_path, i
     assert not out.exists()
 
 
-def test_a_run_where_every_file_fails_leaves_no_output_folder(tmp_path, weights, capsys):
+def test_a_run_where_every_file_fails_leaves_no_output_folder(tmp_path, gray_weights, capsys):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 not really a tiff")
-    assert batch.main([str(broken), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(weights)]) == 1
+    assert batch.main([str(broken), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 1
     assert "cannot read this TIFF" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
 
@@ -97,14 +89,14 @@ def test_every_option_has_a_help_text_that_shows_its_default(module):
         assert "default" in text.lower(), f"{flag} does not show its default: {text!r}"
 
 
-def test_a_redirected_log_has_no_progress_bar_escape_codes(tmp_path, image, weights):
-    done = cli(str(image), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(weights))
+def test_a_redirected_log_has_no_progress_bar_escape_codes(tmp_path, image, gray_weights):
+    done = cli(str(image), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(gray_weights))
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "\x1b[" not in done.stderr
     assert "\r" not in done.stdout and "\x1b[" not in done.stdout
 
 
-def test_one_progress_bar_for_the_whole_batch(tmp_path, rng, weights, monkeypatch):
+def test_one_progress_bar_for_the_whole_batch(tmp_path, rng, gray_weights, monkeypatch):
     import tqdm
 
     for name in ("a", "b"):
@@ -123,17 +115,17 @@ def test_one_progress_bar_for_the_whole_batch(tmp_path, rng, weights, monkeypatc
 
     monkeypatch.setattr(tqdm, "tqdm", Counting)
     monkeypatch.setattr(sys, "stderr", Terminal())
-    settings = batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(weights)))
+    settings = batch.Settings(tmp_path / "out", RunSettings(scale=2, model=str(gray_weights)))
     results = batch.run_batch(sorted(tmp_path.glob("*.tif")), settings)
     assert [r.status for r in results] == ["done", "done"]
     assert bars == [6]  # one bar, counting the planes of both files
     assert "6/6" in sys.stderr.getvalue()
 
 
-def test_a_run_where_the_model_fails_every_file_leaves_no_output_folder(tmp_path, rng, weights, capsys):
+def test_a_run_where_the_model_fails_every_file_leaves_no_output_folder(tmp_path, rng, gray_weights, capsys):
     src = tmp_path / "rgb.tif"
     tifffile.imwrite(src, (rng.random((10, 12, 3)) * 255).astype(np.uint8), photometric="rgb")
     # a 1-channel model for an RGB file: the engine refuses it at the first plane
-    assert batch.main([str(src), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(weights)]) == 1
+    assert batch.main([str(src), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 1
     assert "1-channel" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import batch, evaluate
 from ._sample_data import SAMPLES
-from .images import read_info
+from .io import read_info
 from .settings import RunSettings
 
 

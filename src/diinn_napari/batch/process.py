@@ -1,0 +1,202 @@
+"""One file, start to finish: plan -> skip or claim a partial file -> compute units -> write the output -> clean up.
+
+The steps are the same for every file; what a *unit* is differs, in one
+place: :class:`PlaneWork` upscales Y and X plane by plane with the engine,
+:class:`VolumeWork` (``--isotropic``) resamples Z one whole (Z, Y, X) volume
+at a time, after adapting the model to the stack if asked. Each finished
+unit is flushed to the partial file, so a killed run resumes at the next
+unit; the output is written from the partial file to a temporary file and
+published atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from . import stale
+from .job import Result, Settings
+from .partial import PartialFile
+from .plan import FilePlan, VolumePlan, plan_file
+from .record import differences
+
+Progress = Callable[[int], object]
+
+
+def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset(),
+                 progress: Progress | None = None) -> Result:
+    """Upscale one file (or, with ``settings.isotropic``, resample its Z axis) into ``settings.out_dir``.
+
+    Never raises for a bad file; returns a Result. ``inputs``: every input of
+    the batch (no output may replace one). ``progress(n)`` is called with the
+    number of input planes finished (or skipped) since the last call.
+    """
+    started = time.time()
+    try:
+        plan = plan_file(path, settings, inputs)
+        out = plan.output.path
+        if out.exists() and not settings.overwrite:
+            check_same_work(plan)
+            stale.remove_stale(out)  # e.g. killed between the final rename and removing its partial file
+            if progress:
+                progress(plan.info.n_planes)
+            return Result(path, "skipped", out, plan.output.shape, time.time() - started, "output exists, same settings")
+        work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
+        per_unit = plan.info.n_planes // plan.count
+        with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = PartialFile.claim(out, plan.header_record, plan.unit_shape, plan.output.dtype, plan.count, plan.unit)
+            if progress and partial.start:
+                progress(partial.start * per_unit)
+            try:
+                for unit in work.units(reader, partial):
+                    partial.append(unit)
+                    if progress:
+                        progress(per_unit)
+                work.finish(partial)
+            except BaseException:
+                partial.discard_if_empty()
+                raise
+        with io.atomic_write(out, stale.tmp_path(out)) as tmp:
+            io.format_of(plan.output).write(tmp, plan.output, work.output_planes(partial), plan.record)
+        partial.delete()
+        note = f"resumed at {plan.unit} {partial.start + 1} of {plan.count}" if partial.start else ""
+        return Result(path, "done", out, plan.output.shape, time.time() - started, note)
+    except Exception as err:  # one bad file must not stop the batch
+        return Result(path, "failed", None, None, time.time() - started, f"{type(err).__name__}: {err}")
+
+
+def check_same_work(plan: FilePlan) -> None:
+    """Refuse (ValueError) to take an existing output as done unless its record matches this plan's."""
+    out = plan.output.path
+    old = io.read_record(out)
+    if old is None:
+        raise ValueError(f"{out} exists but has no record of the settings it was made with; "
+                         "use --overwrite to replace it, or another --out")
+    found = differences(old, plan.record)
+    if found:
+        raise ValueError(f"{out} exists, made with other settings ({'; '.join(found)}); "
+                         "use --overwrite to replace it, or another --out")
+
+
+class PlaneWork:
+    """Units are output planes: the input's planes upscaled in Y and X by the engine, in file order."""
+
+    def __init__(self, plan: FilePlan, settings: Settings):
+        self.plan, self.settings = plan, settings
+
+    def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
+        """The output planes from ``partial.start`` on."""
+        from .. import engine  # torch loads here, in the worker
+
+        info, output = self.plan.info, self.plan.output
+        if partial.start >= info.n_planes:
+            return
+        run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
+        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
+            yield plane
+
+    def finish(self, partial: PartialFile) -> None:
+        pass
+
+    def output_planes(self, partial: PartialFile) -> Iterator[np.ndarray]:
+        for i in range(self.plan.count):
+            yield partial.read(i)
+
+
+class VolumeWork:
+    """Units are output volumes (Z_out, Y, X): each input volume's Z resampled, optionally by an adapted model.
+
+    The adapted weights are a companion of the partial file, so a resumed
+    file goes on with the same model; ``--save-model`` gets a copy.
+    """
+
+    def __init__(self, plan: FilePlan, settings: Settings):
+        self.plan, self.settings = plan, settings
+        self.volumes: VolumePlan = plan.volumes
+
+    def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
+        """The output volumes from ``partial.start`` on, one input volume in memory at a time."""
+        from ..isotropic import isotropic
+
+        volumes, z = self.volumes, self.volumes.z
+        if partial.start >= volumes.count:
+            return
+        run = self.settings.run.replace(out_dtype=self.plan.output.dtype.name, model=self._model(reader, partial))
+        for flat in range(partial.start, volumes.count):
+            index = volumes.volume_index(flat)
+            data = np.stack([reader[volumes.file_index(index, k)] for k in range(z.shape[-3])])
+            yield isotropic(data, z.spacing, z.target, settings=run, fusion=volumes.fusion)
+
+    def _model(self, reader: io.PlaneSource, partial: PartialFile):
+        """The run's model, or one adapted to this stack (made once, kept beside the partial file)."""
+        adapt = self.volumes.adapt
+        if adapt is None:
+            return self.settings.run.model
+        from ..weights import load_weights, save_weights
+
+        weights = partial.companion("safetensors")
+        if not weights.exists():
+            from ..isotropic import adapt as adapt_model
+
+            z = self.volumes.z
+            net = adapt_model(StackVolumes(reader, self.volumes), z.spacing, z.target, model=self.settings.run.model,
+                              steps=adapt["steps"], axial_sigma=adapt["axial_sigma"], seed=adapt["seed"],
+                              device=self.settings.run.device, intensity=self.settings.run.intensity)
+            save_weights(net, weights, {"adapted_on": self.plan.info.path.name, "spacing": list(z.spacing),
+                                        "target": z.target, **adapt})
+        # the stored weights (float16), also right after adapting: every volume, resumed or not, and the
+        # --save-model copy then agree to the bit
+        return load_weights(weights)
+
+    def finish(self, partial: PartialFile) -> None:
+        """Copy the adapted weights to ``--save-model`` (before the output appears, so a skip later misses nothing)."""
+        weights = partial.companion("safetensors")
+        if self.plan.save_model is None or not weights.exists():
+            return
+        self.plan.save_model.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_write(self.plan.save_model) as tmp:
+            shutil.copyfile(weights, tmp)
+
+    def output_planes(self, partial: PartialFile) -> Iterator[np.ndarray]:
+        """The output's planes in the file's axis order, sliced out of the volumes (all CRC-checked first)."""
+        partial.check()
+        for volume, k in self.volumes.output_order(self.plan.output.leading):
+            yield partial.read_slice(volume, k)
+
+
+class _PlanesFrom:
+    """The planes of ``reader`` from flat number ``start`` on, as a (n, *plane) array-like for the engine."""
+
+    def __init__(self, reader: io.PlaneSource, start: int):
+        info = reader.info
+        self.reader, self.start, self.leading = reader, start, info.leading
+        self.shape = (info.n_planes - start, *info.plane_shape)
+        self.dtype = info.dtype
+
+    def __getitem__(self, index):
+        flat = self.start + int(index[0] if isinstance(index, tuple) else index)
+        return self.reader[tuple(int(i) for i in np.unravel_index(flat, self.leading))] if self.leading else self.reader[()]
+
+
+class StackVolumes:
+    """A file's (Z, Y, X) volumes as a (..., Z, Y, X) array-like that reads one plane per ``[volume][z]``.
+
+    What adaptation needs (it reads every XY plane once) without holding the stack twice.
+    """
+
+    def __init__(self, reader: io.PlaneSource, volumes: VolumePlan, index: tuple[int, ...] | None = None):
+        self.reader, self.volumes, self.index = reader, volumes, index
+        self.shape = volumes.z.shape if index is None else volumes.z.shape[-3:]
+        self.dtype = reader.info.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if self.index is None and self.volumes.volumes:  # a leading index: one volume
+            return StackVolumes(self.reader, self.volumes, tuple(int(i) for i in np.atleast_1d(key)))
+        return self.reader[self.volumes.file_index(self.index or (), int(key))]

@@ -1,0 +1,57 @@
+"""The settings record of one output: what it holds and how two records compare.
+
+An output and its partial file carry the record (stored by the output's
+format, :mod:`diinn_napari.io.record`); a rerun compares the keys in
+:data:`COMPARED` and skips, resumes or refuses accordingly, naming each
+difference.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+# Keys that decide whether an existing output or partial file is the same work. "isotropic" (Z steps in and out,
+# output planes, fusion, adaptation) is in the record of --isotropic runs only, and "precision" only when it is not
+# the exact fp32, so the records of earlier versions still match.
+COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic",
+            "precision")
+LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
+          "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
+          "isotropic": "isotropic Z resampling", "precision": "precision"}
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_identity(path: Path) -> dict:
+    """A file by name and content hash (hashed once per size and modification time in a process)."""
+    path = path.resolve()
+    stat = path.stat()
+    return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
+
+
+def compared(record: dict) -> dict:
+    """The part of a record that decides whether two runs make the same file."""
+    return {k: record[k] for k in COMPARED if k in record}
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """Human-readable differences between two records in the compared keys (empty: the same work)."""
+    def show(key, value):
+        if key == "model" and isinstance(value, dict):
+            return f"{value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
+        if key == "output_yx" and isinstance(value, list):
+            return " x ".join(map(str, value))
+        return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+    return [f"{LABELS[k]}: {show(k, old.get(k))} there, {show(k, new.get(k))} now"
+            for k in COMPARED if old.get(k) != new.get(k)]

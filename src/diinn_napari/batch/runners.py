@@ -1,0 +1,90 @@
+"""Many files: in this process, in a process pool, or on a dask.distributed cluster; one progress bar."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+from .. import io
+from .inputs import check_output_names
+from .job import Result, Settings
+from .process import process_file
+from .stale import remove_stale_files
+
+
+def run_batch(paths: list[Path], settings: Settings, workers: int = 1, scheduler: str | None = None) -> list[Result]:
+    """Process every file: in this process, in ``workers`` processes, or on a dask.distributed cluster.
+
+    Results come in the order of ``paths``. The output folder is created when
+    a file starts writing, and removed again if the run left nothing in it.
+    One progress bar (planes of all files) is shown on stderr when
+    ``settings.show_progress`` and stderr is a terminal. Raises ValueError
+    when two inputs would share an output, ImportError when ``scheduler`` is
+    given without dask.distributed installed.
+    """
+    check_output_names(paths, settings.out_dir)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    remove_stale_files(settings.out_dir)
+    created = not settings.out_dir.exists()
+    try:
+        if scheduler:
+            return run_on_cluster(paths, settings, scheduler)
+        return run_here(paths, settings, workers)
+    finally:
+        if created and settings.out_dir.is_dir() and not any(settings.out_dir.iterdir()):
+            settings.out_dir.rmdir()  # every file failed before writing: leave nothing behind
+
+
+def run_on_cluster(paths: list[Path], settings: Settings, scheduler: str) -> list[Result]:
+    """One task per file on the dask.distributed scheduler at ``scheduler`` (no progress bar)."""
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise ImportError("--scheduler needs dask.distributed: pip install 'diinn-napari[distributed]'") from err
+    remote = replace(settings, show_progress=False)
+    with Client(scheduler) as client:
+        futures = client.map(process_file, paths, settings=remote, inputs=frozenset(paths), pure=False)
+        return client.gather(futures)
+
+
+def run_here(paths: list[Path], settings: Settings, workers: int) -> list[Result]:
+    """The files in this process (``workers`` 1) or a pool of ``workers`` processes, with one progress bar."""
+    from tqdm import tqdm
+
+    inputs = frozenset(paths)
+    show = settings.show_progress and sys.stderr.isatty()  # no bar, and no escape codes, in a redirected log
+    bar = tqdm(total=sum(_count_planes(p) for p in paths), unit="plane", dynamic_ncols=True) if show else None
+    try:
+        if workers > 1:
+            # cores / workers threads each unless told otherwise: oversubscribed torch threads thrash
+            threads = settings.run.threads or max(1, (os.cpu_count() or 1) // workers)
+            per_worker = replace(settings, show_progress=False, run=settings.run.replace(threads=threads))
+            results: list[Result | None] = [None] * len(paths)
+            with ProcessPoolExecutor(workers) as pool:
+                futures = {pool.submit(process_file, p, per_worker, inputs): i for i, p in enumerate(paths)}
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
+                    if bar is not None:
+                        bar.update(_count_planes(paths[i]))
+            return results
+        results = []
+        for path in paths:
+            if bar is not None:
+                bar.set_description(path.name)
+            results.append(process_file(path, settings, inputs, bar.update if bar is not None else None))
+        return results
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _count_planes(path: Path) -> int:
+    try:
+        return io.read_info(path).n_planes
+    except Exception:  # an unreadable file fails later, with its message
+        return 0
