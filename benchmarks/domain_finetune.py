@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from diinn_napari.images import find_images
+from diinn_napari.io import find_images
 from diinn_napari.evaluate import evaluate
 from diinn_napari.weights import read_metadata, resolve
 

@@ -29,7 +29,7 @@ import torch
 
 
 def _images(folder: Path, limit: int | None) -> list[Path]:
-    from diinn_napari.images import find_images
+    from diinn_napari.io import find_images
 
     return (find_images(folder) if folder.is_dir() else [folder])[:limit]
 

@@ -38,7 +38,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic
 from diinn_napari.quality import mean_bias_percent
-from diinn_napari.images import read_info
+from diinn_napari.io import read_info
 
 STACKS = {  # file -> channel used (ZCYX files)
     "xyz_calibrated_16bit__golgi_bfa.tif": None,

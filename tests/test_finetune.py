@@ -310,7 +310,7 @@ def test_webp_training_images_are_found(tmp_path, rng):
     folder.mkdir()
     image = smooth_image(rng, (40, 40)).astype(np.uint8)
     imsave(folder / "a.webp", np.repeat(image[..., None], 3, 2), lossless=True)
-    from diinn_napari.images import find_images, read_image
+    from diinn_napari.io import find_images, read_image
 
     (found,) = find_images(folder)
     array, is_rgb = read_image(found)

@@ -336,7 +336,7 @@ def test_import_does_not_load_torch():
 
 
 def test_cli_ome_physical_size_z(tmp_path, weights):
-    from diinn_napari.images import read_info
+    from diinn_napari.io import read_info
 
     vol = (phantom((4, 10, 12)) * 1000).astype(np.uint16)
     src = tmp_path / "stack.ome.tif"

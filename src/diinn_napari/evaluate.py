@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import find_images, image_planes, read_image
+from .io import find_images, image_planes, read_image
 from .engine import get_model, upscale
 from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance

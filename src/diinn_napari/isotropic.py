@@ -549,7 +549,7 @@ def isotropic_file(
 
     import tifffile
 
-    from .images import read_info, write_planes
+    from .io import read_info, write_planes
 
     path = Path(stack)
     info = read_info(path)

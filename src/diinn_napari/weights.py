@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .images import atomic_write
+from .io import atomic_write
 from .model import DIINN
 
 FORMAT = "diinn-napari/1"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import image_planes
+from ..io import image_planes
 from ..isotropic import default_axial_sigma
 from ..quality import degrade_axis, downsample
 from .config import parse_scales

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import pick_device
-from ..images import atomic_write, find_images
+from ..io import atomic_write, find_images
 from ..model import DIINN
 from ..quality import downsample
 from ..weights import load_weights, resolve, save_weights
