@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from diinn_napari.engine import get_model, upscale
-from diinn_napari.evaluate import _cast, load_native, real_scores
+from diinn_napari.core import cast
+from diinn_napari.evaluate import load_native, real_scores
 from diinn_napari.quality import (clipped_fraction, downsample_array, mean_bias_percent, psnr, robust_range,
                                   sparse_fluorescence)
 from diinn_napari.weights import read_metadata, resolve
@@ -57,11 +58,11 @@ def centre_crop(plane: np.ndarray, size: int) -> np.ndarray:
 def ground_truth_scores(hr: np.ndarray, scale: float, net, consistency: int) -> dict:
     """Degrade ``hr`` (Y, X) in its dtype, upscale back with the model and bicubic, compare with ``hr``."""
     H, W = hr.shape
-    lr = _cast(downsample_array(hr, (max(1, round(H / scale)), max(1, round(W / scale)))), hr.dtype)
+    lr = cast(downsample_array(hr, (max(1, round(H / scale)), max(1, round(W / scale)))), hr.dtype)
     sr = upscale(lr, output_shape=(H, W), model=net, consistency=consistency)
     bic = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], (H, W), mode="bicubic",
                         align_corners=False)[0, 0].numpy()
-    bic = _cast(bic, hr.dtype)
+    bic = cast(bic, hr.dtype)
     value_range = robust_range(hr)
     return {
         "psnr": psnr(sr, hr, value_range), "bicubic_psnr": psnr(bic, hr, value_range),

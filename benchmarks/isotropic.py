@@ -7,7 +7,7 @@ For each stack and each factor n (keep planes 0, n, 2n, ...; optionally after
 an axial Gaussian blur of the original along Z), the kept planes are
 reconstructed to the original Z step by: linear and cubic-spline
 interpolation along Z, the bundled gray model zero-shot, and the model
-adapted on the degraded stack itself (:func:`diinn_napari.isotropic.adapt`).
+adapted on the degraded stack itself (:func:`diinn_napari.adapt.adapt`).
 Metrics against the original (unblurred) stack over the Z range the kept
 planes span: PSNR (skimage, data range = the reference's max - min) on the
 planes that were dropped, SSIM averaged over every XZ and YZ plane, and the
@@ -36,7 +36,9 @@ from scipy.interpolate import make_interp_spline
 from scipy.ndimage import gaussian_filter1d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic
+from diinn_napari.adapt import adapt
+from diinn_napari.isotropic import isotropic
+from diinn_napari.isotropic_plan import default_axial_sigma
 from diinn_napari.quality import mean_bias_percent
 from diinn_napari.io import read_info
 

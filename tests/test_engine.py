@@ -232,3 +232,55 @@ def test_cuda_low_precisions_agree_with_fp32(monkeypatch):
         approx = upscale(image, 3, model="default", device="cuda", intensity="none", precision=precision)
         diff = np.abs(approx - exact)
         assert diff.max() < 0.02 and diff.mean() < 5e-4, (precision, diff.max(), diff.mean())
+
+
+# ---- the caller's model is left alone ----------------------------------------------------------------
+def test_a_callers_model_keeps_its_training_mode_and_is_used_without_a_copy(rng, monkeypatch):
+    import copy
+
+    from diinn_napari import engine
+
+    net = tiny_model().train()
+    net.encoder.eval()  # a mixed state comes back as it was, module by module
+    modes = {name: m.training for name, m in net.named_modules()}
+    copies = []
+    real_deepcopy = copy.deepcopy
+    monkeypatch.setattr(engine.copy, "deepcopy", lambda obj, *a: copies.append(obj) or real_deepcopy(obj, *a))
+    image = rng.random((12, 10)).astype(np.float32)
+    out = upscale(image, 2, model=net, device="cpu")
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert copies == []  # on its device already: switched to eval for the run, not copied
+    np.testing.assert_array_equal(out, upscale(image, 2, model=tiny_model(), device="cpu"))
+
+
+def test_a_callers_eval_model_on_its_device_is_the_model_itself(model):
+    from diinn_napari.engine import get_model, inference_model
+
+    assert get_model(model, 1, "cpu") is model
+    with inference_model(model, 1, "cpu") as net:
+        assert net is model and not net.training
+
+
+def test_a_model_elsewhere_is_copied_not_moved(model, monkeypatch, rng):
+    # as if the model sat on another device: the engine copies it to the run's device and leaves it where it was
+    from diinn_napari import engine
+
+    monkeypatch.setattr(engine, "_is_on", lambda m, device: m is not model)
+    net = model.train()
+    got = engine.get_model(net, 1, "cpu")
+    assert got is not net and not got.training and net.training
+    for a, b in zip(got.parameters(), net.parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    upscale(rng.random((8, 8)).astype(np.float32), 2, model=net, device="cpu")
+    assert net.training
+
+
+def test_a_paused_run_restores_the_mode_when_it_is_closed(model, rng):
+    from diinn_napari import upscale_steps
+
+    net = model.train()
+    steps = upscale_steps(rng.random((40, 40)).astype(np.float32), 2, model=net, device="cpu", tile_size=8)
+    next(steps)
+    assert not net.training  # in eval for the run
+    steps.close()
+    assert net.training

@@ -124,3 +124,17 @@ def test_bf16_precision_is_an_option_of_evaluate_and_stays_close_to_fp32(tmp_pat
     approx = evaluate.evaluate([tmp_path / "a.png"], [2.0], model=model, precision="bf16")
     assert approx["precision"] == "bf16"
     assert abs(approx["scales"]["x2"]["mean"]["psnr"] - exact["scales"]["x2"]["mean"]["psnr"]) < 0.05
+
+
+@pytest.mark.parametrize("mode", [[], ["--real"]])
+def test_cli_device_reaches_every_engine_call(folder, tmp_path, monkeypatch, mode):
+    # every device the engine resolves (model loading, each comparison's upscale) is the one asked for, never 'auto'
+    from diinn_napari import engine
+
+    asked = []
+    real_pick = engine.pick_device
+    monkeypatch.setattr(engine, "pick_device", lambda name="auto": asked.append(str(name)) or real_pick(name))
+    weights = save_weights(tiny_model(), tmp_path / "tiny.safetensors")
+    assert evaluate.main(["--data", str(folder), "--scales", "2", "--model", str(weights), "--consistency", "0",
+                          "--device", "cpu", *mode]) == 0
+    assert len(asked) > 2 and set(asked) == {"cpu"}, asked

@@ -1,4 +1,8 @@
-"""Isotropic Z super-resolution: geometry, the explicit-position decoder, the pipeline, adaptation and the CLI."""
+"""Isotropic Z super-resolution: geometry, the explicit-position decoder, the pipeline and adaptation.
+
+The planner has its own tests (test_isotropic_plan.py); the file command is
+``batch --isotropic`` (test_batch_isotropic.py).
+"""
 
 import subprocess
 import sys
@@ -6,20 +10,17 @@ import threading
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from conftest import tiny_model
 
-import diinn_napari.isotropic as iso_module
-from diinn_napari.engine import Cancelled
+from diinn_napari.adapt import adapt, adaptation_lr
+from diinn_napari.core import Cancelled
 from diinn_napari.quality import degrade_axis
 from diinn_napari.isotropic import (
-    adapt,
     isotropic,
     isotropic_shape,
     isotropic_steps,
     iter_isotropic_volumes,
-    main,
     output_spacing,
     z_step,
 )
@@ -194,13 +195,40 @@ def test_outlier_default_is_the_engines(model):
     assert not np.allclose(default, other)
 
 
-def test_callable_module_and_out_array(model):
+def test_out_array_is_filled(model):
     vol = phantom((4, 6, 7))
     out = np.zeros((7, 6, 7), np.float32)
-    result = iso_module(vol, (2.0, 1, 1), model=model, device="cpu", out=out)
+    result = isotropic(vol, (2.0, 1, 1), model=model, device="cpu", out=out)
     assert result is out and out.any()
     with pytest.raises(ValueError, match="out has shape"):
         isotropic(vol, (2.0, 1, 1), model=model, device="cpu", out=np.zeros((6, 6, 7), np.float32))
+
+
+def test_a_volume_isotropic_already_needs_a_target(model):
+    vol = phantom((4, 6, 7))
+    with pytest.raises(ValueError, match="isotropic already"):
+        isotropic(vol, (1.0, 1.0, 1.0), model=model, device="cpu")
+    assert isotropic(vol, (1.0, 1.0, 1.0), 0.5, model=model, device="cpu").shape == (7, 6, 7)
+
+
+def test_nan_in_a_volume_is_refused(model):
+    vol = phantom((4, 6, 7))
+    vol[2, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        isotropic(vol, (2.0, 1, 1), model=model, device="cpu")
+
+
+def test_the_callers_model_and_grad_mode_are_left_alone(rng):
+    net = tiny_model().train()
+    vol = phantom((4, 10, 7))
+    steps = isotropic_steps(vol, (2.0, 1, 1), model=net, device="cpu", block_rows=4)
+    next(steps)
+    assert torch.is_grad_enabled()  # no gradient-free mode held over the caller's code between steps
+    for _ in steps:
+        pass
+    assert net.training
+    np.testing.assert_array_equal(isotropic(vol, (2.0, 1, 1), model=net, device="cpu"),
+                                  isotropic(vol, (2.0, 1, 1), model=tiny_model(), device="cpu"))
 
 
 def test_progress_blocks_and_cancel(model):
@@ -271,6 +299,23 @@ def test_adaptation_improves_xz_views_and_leaves_the_model_alone():
         assert torch.equal(v, before[k])
 
 
+def test_adaptation_schedule_is_the_trainers_cosine_down_to_a_tenth():
+    from diinn_napari.train.config import learning_rate
+    import argparse
+
+    assert adaptation_lr(1e-4, 0, 100) == pytest.approx(1e-4)
+    assert adaptation_lr(1e-4, 50, 100) == pytest.approx(0.55e-4)
+    assert adaptation_lr(1e-4, 100, 100) == pytest.approx(1e-5)
+    trainer = learning_rate(argparse.Namespace(schedule="cosine", lr=1e-4, warmup=0), 30, 100)
+    assert adaptation_lr(1e-4, 30, 100) == pytest.approx(1e-5 + 0.9 * trainer)
+
+
+def test_adaptation_leaves_a_callers_training_model_in_training_mode(model):
+    net = model.train()
+    adapted = adapt(phantom((4, 12, 12)), (2.0, 1, 1), model=net, steps=1, axial_sigma=0.0, device="cpu")
+    assert net.training and not adapted.training and adapted is not net
+
+
 def test_adaptation_options_are_checked(model):
     vol = phantom((4, 10, 10))
     with pytest.raises(ValueError, match="axial_sigma"):
@@ -283,80 +328,9 @@ def test_adaptation_options_are_checked(model):
         adapt(vol, (2.0, 1, 1), model=model, steps=3, axial_sigma=0.0, device="cpu", cancel=stop)
 
 
-# ---- command line ----------------------------------------------------------------------------------
-@pytest.fixture
-def weights(tmp_path):
-    return str(save_weights(tiny_model(), tmp_path / "tiny.safetensors"))
-
-
-def test_cli_imagej_zyx_with_adaptation(tmp_path, weights):
-    vol = (phantom((5, 24, 26)) * 3000).astype(np.uint16)
-    src = tmp_path / "stack.tif"
-    tifffile.imwrite(src, vol, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"spacing": 1.0, "unit": "micron", "axes": "ZYX"})
-    out = tmp_path / "iso.tif"
-    saved = tmp_path / "adapted.safetensors"
-    assert main([str(src), "--out", str(out), "--model", weights, "--adapt-steps", "2",
-                 "--save-model", str(saved), "--threads", "1"]) == 0
-    with tifffile.TiffFile(out) as tif:
-        data = tif.asarray()
-        assert tif.series[0].axes == "ZYX"
-        assert tif.imagej_metadata["spacing"] == pytest.approx(0.5)
-        assert tif.pages[0].tags["XResolution"].value[0] / tif.pages[0].tags["XResolution"].value[1] == pytest.approx(2)
-    assert data.shape == (9, 24, 26) and data.dtype == np.uint16
-    assert saved.is_file()
-
-
-def test_cli_zcyx_and_z_step_override(tmp_path, weights):
-    vol = (np.stack([phantom((4, 10, 11), seed=s) for s in range(2)], 1) * 200).astype(np.uint8)  # Z, C, Y, X
-    src = tmp_path / "zc.tif"
-    tifffile.imwrite(src, vol, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZCYX", "unit": "micron"})
-    out = tmp_path / "zc_iso.tif"
-    # no spacing in the file: a clear error, then --z-step
-    assert main([str(src), "--out", str(out), "--model", weights]) == 2
-    assert main([str(src), "--out", str(out), "--model", weights, "--z-step", "1"]) == 0
-    with tifffile.TiffFile(out) as tif:
-        assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (7, 2, 10, 11)
-        assert tif.imagej_metadata["spacing"] == pytest.approx(0.5)
-    single = isotropic(np.moveaxis(vol, 1, 0), (1.0, 0.5, 0.5), model=weights, device="cpu")
-    np.testing.assert_array_equal(tifffile.imread(out), np.moveaxis(single, 0, 1))
-
-
-def test_cli_message_without_z_step(tmp_path, capsys, weights):
-    src = tmp_path / "plain.tif"
-    tifffile.imwrite(src, np.zeros((6, 8, 8), np.uint16))  # plain TIFF: pages taken as Z, no Z step known
-    assert main([str(src), "--model", weights]) == 2
-    assert "--z-step" in capsys.readouterr().err
-
-
+# ---- import ---------------------------------------------------------------------------------------
 def test_import_does_not_load_torch():
-    code = "import sys, diinn_napari.isotropic as m; m.isotropic_shape((3, 4, 4), (2, 1, 1)); print('torch' in sys.modules)"
+    code = ("import sys, diinn_napari.isotropic as m, diinn_napari.adapt; m.isotropic_shape((3, 4, 4), (2, 1, 1)); "
+            "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
-
-
-def test_cli_ome_physical_size_z(tmp_path, weights):
-    from diinn_napari.io import read_info
-
-    vol = (phantom((4, 10, 12)) * 1000).astype(np.uint16)
-    src = tmp_path / "stack.ome.tif"
-    tifffile.imwrite(src, vol, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeX": 0.5,
-                                                   "PhysicalSizeY": 0.5})
-    out = tmp_path / "iso.ome.tif"
-    assert main([str(src), "--out", str(out), "--model", weights, "--target", "1.0"]) == 0
-    info = read_info(out)
-    assert info.kind == "ome" and info.shape == (7, 10, 12)
-    assert info.z_spacing == pytest.approx(1.0) and info.pixel_size == pytest.approx((0.5, 0.5))
-
-
-def test_isotropic_file_raises_and_writes(tmp_path, weights):
-    from diinn_napari.isotropic import isotropic_file
-
-    src = tmp_path / "plain.tif"
-    vol = (phantom((6, 9, 10)) * 100).astype(np.uint8)
-    tifffile.imwrite(src, vol)
-    with pytest.raises(ValueError, match="no Z step"):
-        isotropic_file(src, model=weights)
-    dest = isotropic_file(src, model=weights, z_step=2.0, pixel_size=1.0, device="cpu")
-    assert dest == tmp_path / "plain_iso.tif"
-    np.testing.assert_array_equal(tifffile.imread(dest), isotropic(vol, (2.0, 1.0, 1.0), model=weights, device="cpu"))

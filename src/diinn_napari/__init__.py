@@ -22,7 +22,7 @@ __all__ = [name for names in _LAZY.values() for name in names] + ["isotropic"]
 
 
 def __getattr__(name):
-    if name == "isotropic":  # the submodule is callable: diinn_napari.isotropic(volume, spacing, ...)
+    if name == "isotropic":  # the submodule: diinn_napari.isotropic.isotropic(volume, spacing, ...)
         from importlib import import_module
 
         return import_module(".isotropic", __name__)

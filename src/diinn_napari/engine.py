@@ -24,32 +24,31 @@ Fidelity, per tile and still equal to the whole-image result:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import itertools
 import os
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .core import (Assembly, CancelCheck, Cancelled, ProgressCallback, auto_tile_size, cast, check_array,
+                   check_cancel, check_finite, compute_dtype, replace_outliers, valid_range)
 from .devices import pick_device
-from .intensity import check_dtype, fit_intensity
+from .intensity import fit_intensity
 from .model import DIINN
 from .model.grid import bicubic_matrix, nearest_lr_index
 from .settings import OUTLIER_CLAMP, RunSettings
 from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
+__all__ = ["Engine", "Step", "Cancelled", "upscale", "upscale_steps", "iter_upscaled_planes", "upscale_window",
+           "get_model", "inference_model", "torch_threads", "resize_mask", "check_precision"]
+
 # the autocast dtype of each precision RunSettings accepts (fp32: no autocast)
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-ProgressCallback = Callable[[int, int], Any]
-CancelCheck = Callable[[], bool] | threading.Event
-
-
-class Cancelled(Exception):
-    """Raised when ``cancel`` fires; work stops between tiles."""
 
 
 class Step(NamedTuple):
@@ -65,27 +64,21 @@ class Step(NamedTuple):
     plane: np.ndarray | None
     trust: np.ndarray | None = None
 
+    @property
+    def piece(self) -> tuple[tuple[int, ...], np.ndarray] | None:
+        """``(index, plane)`` when the step finished a plane (what :class:`~diinn_napari.core.Assembly` places)."""
+        return None if self.plane is None else (self.index, self.plane)
+
 
 # ---- planning ------------------------------------------------------------------------------------
-def auto_tile_size(device: torch.device, scale: float) -> int:
-    """LR tile edge: big enough to amortise the overlap, small enough to bound memory per tile."""
-    base = 512 if device.type == "cuda" else 256
-    return int(max(32, min(base, 4096 // max(1.0, scale))))
-
-
 def _spatial_layout(image, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
     """Validate an array-like (anything with shape, dtype and indexing); return (leading shape, (Y, X))."""
-    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
-        raise TypeError(f"image must be a numpy array or an array-like (dask, zarr), got {type(image).__name__}")
-    shape = tuple(int(n) for n in image.shape)
-    check_dtype(image.dtype)
+    shape = check_array(image)
     need = 3 if rgb else 2
     if len(shape) < need:
         raise ValueError(
             f"image has shape {shape}: need at least {need} axes ({'..., Y, X, 3' if rgb else '..., Y, X'})"
         )
-    if 0 in shape:
-        raise ValueError(f"image is empty (shape {shape})")
     if rgb:
         if shape[-1] not in (3, 4):
             raise ValueError(
@@ -128,12 +121,47 @@ def _cached_model(path: str, mtime: float, device: str) -> DIINN:
 
 
 def get_model(model: str | os.PathLike | DIINN = "default", channels: int = 1, device: str | torch.device = "auto") -> DIINN:
-    """A model ready for inference: bundled name, weights path, or an instance; loaded once per (file, device)."""
+    """A model on ``device``: a bundled name or weights path (loaded once per (file, device), in eval mode), or an instance.
+
+    An instance is never changed: on ``device`` already it is returned as it
+    is (its mode too: :func:`inference_model` runs it in eval mode and gives
+    its mode back), elsewhere a copy on ``device`` in eval mode is returned.
+    """
     device = pick_device(device)
     if isinstance(model, DIINN):
-        return model.to(device).eval()
+        return model if _is_on(model, device) else copy.deepcopy(model).to(device).eval()
     path = resolve(model, channels)
     return _cached_model(str(path.resolve()), path.stat().st_mtime, str(device))
+
+
+def _is_on(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether all of ``model``'s parameters and buffers are on ``device`` ('cuda' without an index: any CUDA device)."""
+    return all(t.device.type == device.type and (device.index is None or t.device.index == device.index)
+               for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+@contextlib.contextmanager
+def inference_model(model: str | os.PathLike | DIINN = "default", channels: int = 1,
+                    device: str | torch.device = "auto") -> Iterator[DIINN]:
+    """:func:`get_model` in eval mode for the block; a caller's instance keeps its mode and device.
+
+    The cost is paid only where it must be: an instance on ``device`` in eval
+    mode is used as it is, one in training mode is switched to eval for the
+    block and back after it (the same instance run by two threads at once
+    sees eval until the last block ends), one elsewhere is copied to
+    ``device`` for each block (move it there yourself to run it many times).
+    """
+    net = get_model(model, channels, device)
+    modes = [(m, m.training) for m in net.modules()] if net is model else []
+    if not any(training for _, training in modes):
+        yield net
+        return
+    net.eval()
+    try:
+        yield net
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
@@ -162,19 +190,23 @@ class Engine:
             raise TypeError(f"Engine takes a diinn_napari.RunSettings, got {type(settings).__name__}")
         self.settings = settings
 
-    def model(self, rgb: bool) -> DIINN:
-        """The settings' model for single-channel or RGB input, on its device, checked against the settings."""
+    @contextlib.contextmanager
+    def model(self, rgb: bool) -> Iterator[DIINN]:
+        """The settings' model for single-channel or RGB input, on its device in eval mode, checked against the settings.
+
+        A context (:func:`inference_model`): a caller's model instance gets its mode back after the block.
+        """
         s = self.settings
         channels = 3 if rgb else 1
-        net = get_model(s.model, channels, s.device)
-        if net.in_channels != channels:
-            kind = "RGB (..., Y, X, 3) with rgb=True" if net.in_channels == 3 else "single-channel (rgb=False)"
-            raise ValueError(
-                f"the model takes {net.in_channels}-channel input but the image is "
-                f"{'RGB' if rgb else 'single-channel'}: pass a {kind} image or choose a {channels}-channel model"
-            )
-        check_precision(s.precision, next(net.parameters()).device)
-        return net
+        with inference_model(s.model, channels, s.device) as net:
+            if net.in_channels != channels:
+                kind = "RGB (..., Y, X, 3) with rgb=True" if net.in_channels == 3 else "single-channel (rgb=False)"
+                raise ValueError(
+                    f"the model takes {net.in_channels}-channel input but the image is "
+                    f"{'RGB' if rgb else 'single-channel'}: pass a {kind} image or choose a {channels}-channel model"
+                )
+            check_precision(s.precision, next(net.parameters()).device)
+            yield net
 
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
               cancel: CancelCheck | None = None, return_trust: bool = False) -> Iterator[Step]:
@@ -199,40 +231,37 @@ class Engine:
             )
         dtype = s.output_dtype(image.dtype)
         compute = compute_dtype(dtype)
-        net = self.model(rgb)
-        dev = next(net.parameters()).device
-        tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
-        tiles = _tile_grid(h, w, H, W, tile)
-        total = len(tiles) * int(np.prod(leading, dtype=np.int64))
-        done = 0
-        for index in np.ndindex(*leading):
-            plane = np.asarray(image[index])
-            if plane.dtype.kind == "f" and not np.isfinite(plane).all():
-                where = f" in plane {index}" if index else ""
-                raise ValueError(f"image contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
-            mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
-            out = np.empty((channels + alpha, H, W), dtype)
-            trust = np.empty((H, W), np.float32) if return_trust else None
-            for i, (window, tile_box) in enumerate(tiles):
-                if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
-                    raise Cancelled(f"cancelled after {done} of {total} tiles")
-                with torch_threads(s.threads):
-                    sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
-                                             consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                                             trust=return_trust)
-                y0, y1, x0, x1 = window
-                out[:channels, y0:y1, x0:x1] = _in_dtype(mapping.denormalize(sr, compute), dtype)
-                if trust is not None:
-                    # in the image's own units: the map's values compare with the output's
-                    trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                finished = i == len(tiles) - 1
-                if finished and alpha:
-                    out[3] = resize_mask(plane[..., 3], (H, W), dtype)
-                yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
-                           trust if finished else None)
+        with self.model(rgb) as net:
+            dev = next(net.parameters()).device
+            tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
+            tiles = _tile_grid(h, w, H, W, tile)
+            total = len(tiles) * int(np.prod(leading, dtype=np.int64))
+            done = 0
+            for index in np.ndindex(*leading):
+                plane = np.asarray(image[index])
+                check_finite(plane, where=f" in plane {index}" if index else "")
+                mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
+                out = np.empty((channels + alpha, H, W), dtype)
+                trust = np.empty((H, W), np.float32) if return_trust else None
+                for i, window in enumerate(tiles):
+                    check_cancel(cancel, done, total, "tiles")
+                    with torch_threads(s.threads):
+                        sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
+                                                 consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                                                 trust=return_trust)
+                    y0, y1, x0, x1 = window
+                    out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
+                    if trust is not None:
+                        # in the image's own units: the map's values compare with the output's
+                        trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    finished = i == len(tiles) - 1
+                    if finished and alpha:
+                        out[3] = resize_mask(plane[..., 3], (H, W), dtype)
+                    yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
+                               trust if finished else None)
 
     def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         """Every finished output plane in turn, as ``(leading_index, plane)``; arguments as :meth:`steps`."""
@@ -252,18 +281,14 @@ class Engine:
                 f"{self.settings.max_output_pixels:,}; lower the scale, process a crop or fewer planes, "
                 "or raise max_output_pixels"
             )
-        result = trust = None
+        colour = (int(image.shape[-1]),) if rgb else ()
+        result = Assembly(leading + (H, W) + colour)
+        trust = Assembly(leading + (H, W))
         for step in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
                                return_trust=return_trust):
-            if step.plane is None:
-                continue
-            if result is None:
-                result = np.empty(leading + step.plane.shape, step.plane.dtype)
-                trust = np.empty(leading + (H, W), np.float32) if return_trust else None
-            result[step.index] = step.plane
-            if trust is not None:
-                trust[step.index] = step.trust
-        return (result, trust) if return_trust else result
+            if result.add(step) and return_trust:
+                trust.place(step.index, step.trust)
+        return (result.result, trust.result) if return_trust else result.result
 
     def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None) -> np.ndarray:
         """Output rows ``y0:y1`` and columns ``x0:x1`` of one plane: the pixels :meth:`run` gives there.
@@ -284,28 +309,15 @@ class Engine:
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
         dtype = s.output_dtype(plane.dtype)
         compute = compute_dtype(dtype)
-        net = self.model(rgb)
         mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
-        with torch_threads(s.threads):
+        with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
                             AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
-        out = _in_dtype(mapping.denormalize(sr, compute), dtype)
+        out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         return out.transpose(1, 2, 0) if rgb else out[0]
 
-
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype the values are denormalised in: float32 (the model's) for float outputs, else the output's."""
-    return np.dtype(np.float32) if dtype.kind == "f" else dtype
-
-
-def _in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Values in the output dtype; float16 (narrower than the model's float32) is clipped to stay finite."""
-    if dtype.kind == "f" and np.finfo(dtype).max < np.finfo(values.dtype).max:
-        limit = np.finfo(dtype).max
-        values = np.clip(values, -limit, limit)
-    return values.astype(dtype, copy=False)
 
 
 def upscale_steps(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
@@ -340,7 +352,9 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
         ``options`` are its fields (``model``, ``device``, ``tile_size``,
         ``intensity``, ``out_dtype``, ``precision``, ``mode``, ``threads``,
         ``consistency``, ``outlier_clamp``, ``max_output_pixels``, ...) and
-        override it. Its docstring says what each does.
+        override it. Its docstring says what each does. A ``model=`` instance
+        is left as it was: its mode and device are the same after the call
+        (:func:`inference_model`).
     progress: called as ``progress(done_tiles, total_tiles)``.
     cancel: callable or threading.Event, checked between tiles; raises :class:`Cancelled`.
     return_trust: also return a trust map (float32, (..., Y_out, X_out), in
@@ -371,8 +385,8 @@ def _owned_range(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
     return int(np.searchsorted(idx, lo, "left")), int(np.searchsorted(idx, hi, "left"))
 
 
-def _tile_grid(h: int, w: int, H: int, W: int, tile: int):
-    """[(output window (y0, y1, x0, x1), LR core (r0, r1, c0, c1)), ...] covering the output once."""
+def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Output windows (y0, y1, x0, x1) covering the output once: the pixels nearest to one LR tile each."""
     rows = [(r, min(r + tile, h)) for r in range(0, h, tile)]
     cols = [(c, min(c + tile, w)) for c in range(0, w, tile)]
     grid = []
@@ -381,19 +395,8 @@ def _tile_grid(h: int, w: int, H: int, W: int, tile: int):
         for c0, c1 in cols:
             x0, x1 = _owned_range(w, W, c0, c1)
             if y1 > y0 and x1 > x0:
-                grid.append(((y0, y1, x0, x1), (r0, r1, c0, c1)))
+                grid.append((y0, y1, x0, x1))
     return grid
-
-
-def _run_tile(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, core, device, mode, autocast_dtype,
-              **options) -> np.ndarray:
-    """The output window ``window`` of the normalised plane ``lr`` (C, h, w) -> (C, y1-y0, x1-x0).
-
-    ``core`` (the LR pixels the window's output pixels are nearest to) is
-    implied by ``window`` and kept for callers; ``options`` are those of
-    :func:`_render` (``consistency``, ``clamp``, ``valid``).
-    """
-    return _render(net, lr, lr_shape, out_shape, window, device, mode, autocast_dtype, **options)[0]
 
 
 def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype):
@@ -405,17 +408,7 @@ def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype):
     mapping = fit_intensity(colour, intensity)
     lr = mapping.normalize(colour)
     lr = lr.transpose(2, 0, 1) if rgb else lr[None]
-    return mapping, lr, _valid_range(mapping, dtype)
-
-
-def _valid_range(mapping, dtype: np.dtype) -> tuple[float, float]:
-    """The output dtype's representable range in the normalised units of ``mapping``."""
-    if np.dtype(dtype).kind not in "ui":
-        return -np.inf, np.inf
-    info = np.iinfo(dtype)
-    span = mapping.hi - mapping.lo
-    lo, hi = (info.min - mapping.lo) / span, (info.max - mapping.lo) / span
-    return (min(lo, hi), max(lo, hi))
+    return mapping, lr, valid_range(mapping, dtype)
 
 
 def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -426,12 +419,7 @@ def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -
     """
     values = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
     out = torch.nn.functional.interpolate(values, size=tuple(out_shape), mode="bilinear", align_corners=False)[0, 0]
-    out = out.numpy()
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
-    return out.astype(dtype, copy=False)
+    return cast(out.numpy(), dtype)
 
 
 def _upsample_support(n_in: int, n_out: int, start: int, stop: int) -> tuple[int, int]:
@@ -458,23 +446,22 @@ def _halo_windows(n_in: int, n_out: int, start: int, stop: int, steps: int):
     return windows[::-1], lr_windows[::-1]
 
 
-def _local_median(lr: np.ndarray, box: tuple[int, int, int, int], clamp: tuple[float, float]) -> np.ndarray:
-    """Median of each pixel's 3x3 neighbourhood (edge pixels repeated at the *image* border), clamped.
+def _without_outliers(lr: np.ndarray, box: tuple[int, int, int, int], clamp: tuple[float, float] | None):
+    """The LR tile ``box`` (t0, t1, s0, s1) of the plane ``lr`` (C, h, w) as the network sees it, and the outliers' excess.
 
-    What the network sees instead of an outlier: a value its neighbours
-    suggest, so a hot pixel leaves no bright dot for the network to spread.
-    Read from the whole plane, so tiles agree.
+    :func:`~diinn_napari.core.replace_outliers` (3x3 median per channel) on
+    the tile plus one pixel of real neighbours (edge pixels repeated only
+    where the image itself ends), so tiles agree with the whole plane.
     """
-    from scipy.ndimage import median_filter
-
     t0, t1, s0, s1 = box
+    crop = lr[:, t0:t1, s0:s1]
+    if clamp is None or not ((crop < clamp[0]) | (crop > clamp[1])).any():
+        return crop, None
     h, w = lr.shape[-2:]
-    a0, a1, b0, b1 = max(0, t0 - 1), min(h, t1 + 1), max(0, s0 - 1), min(w, s1 + 1)
-    # one pixel of real neighbours around the box; edge pixels repeated only where the image itself ends
-    padded = np.pad(lr[:, a0:a1, b0:b1], ((0, 0), (1 - (t0 - a0), 1 - (a1 - t1)), (1 - (s0 - b0), 1 - (b1 - s1))),
-                    mode="edge")
-    median = median_filter(padded, size=(1, 3, 3), mode="nearest")[:, 1:-1, 1:-1]
-    return np.clip(median, clamp[0], clamp[1])
+    a0, b0 = max(0, t0 - 1), max(0, s0 - 1)
+    seen, excess = replace_outliers(lr[:, a0 : min(h, t1 + 1), b0 : min(w, s1 + 1)], clamp, size=(1, 3, 3))
+    inner = (slice(None), slice(t0 - a0, t1 - a0), slice(s0 - b0, s1 - b0))
+    return seen[inner], excess[inner]
 
 
 @torch.no_grad()
@@ -510,15 +497,7 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
     rows, cols = nearest_lr_index(h, H, ya, yb), nearest_lr_index(w, W, xa, xb)
     t0, t1 = max(0, int(rows[0]) - m), min(h, int(rows[-1]) + 1 + m)
     s0, s1 = max(0, int(cols[0]) - m), min(w, int(cols[-1]) + 1 + m)
-    crop = lr[:, t0:t1, s0:s1]
-    excess = None
-    if clamp is not None:
-        outside = (crop < clamp[0]) | (crop > clamp[1])
-        if outside.any():
-            clamped = crop.copy()
-            clamped[outside] = _local_median(lr, (t0, t1, s0, s1), clamp)[outside]
-            excess = crop - clamped
-            crop = clamped
+    crop, excess = _without_outliers(lr, (t0, t1, s0, s1), clamp)
     x = torch.from_numpy(np.ascontiguousarray(crop))[None].to(device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         features = net.encode(x)

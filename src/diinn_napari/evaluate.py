@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core import cast
 from .io import find_images, image_planes, read_image
 from .engine import get_model, upscale
 from .settings import DEFAULT_CONSISTENCY, PRECISIONS
@@ -73,18 +74,9 @@ def load_native(path: Path, channels: int) -> np.ndarray | None:
         if channels == 3:
             return plane
         luma = to_luminance(plane)
-        return _cast(luma, plane.dtype) if plane.dtype.kind in "ui" else luma
+        return cast(luma, plane.dtype) if plane.dtype.kind in "ui" else luma
     plane = array.reshape(-1, *array.shape[-2:])[0]
     return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
-
-
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float -> ``dtype`` as the engine writes it: integers rounded and clipped, floats as float32."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return np.asarray(values, np.float32)
 
 
 def _normalisation(native: np.ndarray) -> Intensity:
@@ -179,7 +171,7 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
         rows = []
         for path, hr, limits in images:
             rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits),
-                                                        precision=precision)})
+                                                        device=device, precision=precision)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -194,22 +186,23 @@ def _mean(rows: list[dict]) -> dict:
 
 
 def real_scores(image: np.ndarray, scale: float | tuple[float, float], net, rgb: bool = False,
-                consistency: int = DEFAULT_CONSISTENCY) -> dict:
+                consistency: int = DEFAULT_CONSISTENCY, device: str | torch.device = "auto",
+                precision: str = "fp32") -> dict:
     """Ground-truth-free fidelity of one plane: upscale it, downsample back, compare with it.
 
     ``image`` is (Y, X) or (Y, X, 3) in its own dtype; the engine runs with
-    its default intensity handling and output dtype (the user's path).
-    Returns LR-consistency PSNR (dB on the input's robust range) and bias
+    its default intensity handling and output dtype (the user's path), on
+    ``device`` at ``precision``. Returns LR-consistency PSNR (dB on the input's robust range) and bias
     (% of it) for the model and for bicubic, and the fraction of output
     pixels at the dtype's limits whose nearest input pixel is inside them.
     """
-    out = upscale(image, scale, model=net, rgb=rgb, consistency=consistency)
+    out = upscale(image, scale, model=net, rgb=rgb, consistency=consistency, device=device, precision=precision)
     (h, w), (H, W) = image.shape[:2], out.shape[:2]
     lr = _channels_first(np.asarray(image, np.float32), rgb)
     value_range = robust_range(lr)
     bicubic = F.interpolate(torch.from_numpy(np.ascontiguousarray(lr))[None], (H, W), mode="bicubic",
                             align_corners=False)[0].numpy()
-    bicubic = _cast(bicubic, image.dtype).astype(np.float32)
+    bicubic = cast(bicubic, image.dtype).astype(np.float32)  # as a file of the image's dtype would hold it
     ours = lr_consistency(_channels_first(out, rgb).astype(np.float32), lr, value_range)
     base = lr_consistency(bicubic, lr, value_range)
     nearest = image[nearest_lr_index(h, H)][:, nearest_lr_index(w, W)]  # the input on the output grid
@@ -218,20 +211,22 @@ def real_scores(image: np.ndarray, scale: float | tuple[float, float], net, rgb:
 
 
 def evaluate_real(files: list[Path], scales: list[float], model="default", device: str = "auto",
-                  channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY) -> dict:
-    """:func:`real_scores` for the first plane of every file at every scale: per image and mean."""
+                  channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY,
+                  precision: str = "fp32") -> dict:
+    """:func:`real_scores` for the first plane of every file at every scale, on ``device``: per image and mean."""
     net = get_model(model, channels or 1, device)
     channels = net.in_channels
     images = [(f, load_native(f, channels)) for f in files]
     images = [(f, im) for f, im in images if im is not None]
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
-    results = {"protocol": "real", "channels": channels, "consistency": consistency,
+    results = {"protocol": "real", "channels": channels, "consistency": consistency, "precision": precision,
                "images": [str(f) for f, _ in images], "scales": {}}
     for scale in scales:
         rows = []
         for path, image in images:
-            rows.append({"image": path.name, **real_scores(image, scale, net, channels == 3, consistency)})
+            rows.append({"image": path.name, **real_scores(image, scale, net, channels == 3, consistency, device,
+                                                           precision)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -290,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = [f for d in a.data for f in (find_images(d) if Path(d).is_dir() else [Path(d)])][: a.limit]
         if a.real:
-            results = evaluate_real(files, scales, a.model, a.device, a.channels, consistency=a.consistency)
+            results = evaluate_real(files, scales, a.model, a.device, a.channels, consistency=a.consistency,
+                                    precision=a.precision)
         else:
             results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency,
                                precision=a.precision)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .core import cast
+
 INTENSITY_MODES = ("auto", "percentile", "dtype", "none")
 ROBUST_PERCENTILES = (0.1, 99.9)
 _MAX_STAT_SAMPLES = 1 << 22  # percentiles of big planes from a regular subsample
@@ -41,12 +43,7 @@ class Intensity:
 
     def denormalize(self, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """Inverse of :meth:`normalize`, then cast: integers rounded and clipped to ``dtype``'s range."""
-        out = np.asarray(values, dtype=np.float32) * (self.hi - self.lo) + self.lo
-        dtype = np.dtype(dtype)
-        if dtype.kind in "ui":
-            info = np.iinfo(dtype)
-            return np.clip(np.rint(out), info.min, info.max).astype(dtype)
-        return out.astype(dtype, copy=False)
+        return cast(np.asarray(values, dtype=np.float32) * (self.hi - self.lo) + self.lo, dtype)
 
 
 def fit_intensity(plane: np.ndarray, mode: str = "auto", percentiles: tuple[float, float] = ROBUST_PERCENTILES) -> Intensity:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import image_planes
-from ..isotropic import default_axial_sigma
+from ..isotropic_plan import default_axial_sigma
 from ..quality import degrade_axis, downsample
 from .config import parse_scales
 
