@@ -82,3 +82,51 @@ def test_two_samples_per_pixel_are_refused_by_both_readers(tmp_path):
     for read in (read_info, read_image, lambda p: image_planes(p, 1)):
         with pytest.raises(ValueError, match="2 samples per pixel"):
             read(path)
+
+
+def test_atomic_write_flushes_the_file_then_the_folder_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("rename", str(b))) or real_replace(a, b))
+    target = tmp_path / "w.bin"
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"data")
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]
+    assert events[0][1] != str(target) and events[1][1] == str(target)  # the data is on disk before it is visible
+    assert events[2][1] == str(tmp_path)  # and the rename itself survives a power loss
+
+
+def test_atomic_write_of_a_folder_replaces_the_old_folder_whole(tmp_path):
+    store = tmp_path / "image.zarr"
+    store.mkdir()
+    (store / "old-chunk").write_bytes(b"old")
+    with atomic_write(store, tmp_path / ".image.zarr.tmp") as tmp:
+        tmp.mkdir()
+        (tmp / "chunk").write_bytes(b"new")
+    assert sorted(p.name for p in store.iterdir()) == ["chunk"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.zarr"]
+
+
+def test_a_new_format_plugs_in_by_registering_one_object(tmp_path, monkeypatch):
+    from diinn_napari import io
+    from diinn_napari.io import base
+
+    class Raw:
+        """A toy format: '.raw' files of 4 x 5 uint8 pixels."""
+
+        name, suffixes, kinds, holds_stacks = "raw", (".raw",), ("raw",), False
+
+        def detect(self, path):
+            return path.suffix == ".raw"
+
+        def read_info(self, path):
+            return io.ImageInfo(path, "raw", "YX", (4, 5), np.dtype(np.uint8))
+
+    monkeypatch.setattr(base, "_FORMATS", list(base._FORMATS))
+    io.register(Raw())
+    (tmp_path / "a.raw").write_bytes(bytes(20))
+    assert io.is_image(tmp_path / "a.raw") and ".raw" in io.suffixes()
+    assert io.read_info(tmp_path / "a.raw").shape == (4, 5)
+    with pytest.raises(ValueError, match=r"b\.bmpx: not a supported image file \(use .*\.raw"):
+        io.read_info(tmp_path / "b.bmpx")

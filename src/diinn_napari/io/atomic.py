@@ -7,6 +7,7 @@ crash or power loss leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,16 +49,33 @@ def fsync_folder(folder: str | os.PathLike) -> None:
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Make the finished file ``tmp`` become ``path`` durably: fsync it, give it plain permissions, rename, fsync the folder.
+    """Make the finished ``tmp`` become ``path`` durably: fsync it, give it plain permissions, rename, fsync the folder.
 
     Permissions: what a plain ``open(path, "w")`` would give (0o666 less the
     umask; not a temporary file's 0o600, so a lab's other accounts can read
-    shared weights and outputs).
+    shared weights and outputs). ``tmp`` may be a folder (a store such as
+    OME-Zarr): every file and folder in it is flushed, and a folder already at
+    ``path`` is moved aside, replaced, then deleted.
     """
+    tmp, path = Path(tmp), Path(path)
+    if tmp.is_dir():
+        for folder, _, names in os.walk(tmp, topdown=False):
+            for name in names:
+                fsync_file(Path(folder) / name)
+            fsync_folder(folder)
+        os.chmod(tmp, 0o777 & ~current_umask())
+        old = path.with_name(f".{path.name}.{os.getpid()}.replaced") if path.is_dir() else None
+        if old is not None:
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
     fsync_file(tmp)
     os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, path)
-    fsync_folder(Path(path).parent)
+    fsync_folder(path.parent)
 
 
 @contextmanager
@@ -67,7 +85,7 @@ def atomic_write(path: str | os.PathLike, tmp: str | os.PathLike | None = None) 
     The body writes to ``tmp``: by default a new file in ``path``'s folder (so
     the final rename stays on one file system and is atomic), or the path
     given (the batch tool names its temporaries after the process, so that
-    stale ones can be recognised). On success the file is published
+    stale ones can be recognised; a store format creates a folder there). On success the file is published
     (:func:`publish`: fsync, permissions, rename, fsync of the folder). If the
     body raises, ``path`` is left as it was and ``tmp`` is removed. The
     folder must exist.
@@ -82,5 +100,7 @@ def atomic_write(path: str | os.PathLike, tmp: str | os.PathLike | None = None) 
         yield tmp
         publish(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
             tmp.unlink()
