@@ -59,10 +59,12 @@ def main() -> None:
     widget.factor_y.value = args.factor
     plan = widget.plan()
     loop = QEventLoop()
-    worker = widget.start(plan, start_thread=False)
-    worker.finished.connect(loop.quit)
-    worker.start()
+    widget.controller.state_changed.connect(lambda state: state.busy or loop.quit())
+    if not widget.run():  # what pressing Run does; the reason is in the widget's notification
+        raise SystemExit(f"the widget could not run: {widget.info.value}")
     loop.exec()
+    if widget.result is None:
+        raise SystemExit(f"the run ended {widget.state.value} without a result")
     result = viewer.layers[-1]
     result.name = f"DIINN x{args.factor:g}"
     result.interpolation2d = "nearest"

@@ -1,5 +1,6 @@
 """The napari widget in a real viewer (run under Xvfb: `xvfb-run -a pytest`)."""
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -11,23 +12,18 @@ import yaml
 
 napari = pytest.importorskip("napari")
 
-from diinn_napari import _widget, upscale  # noqa: E402
+from diinn_napari import upscale  # noqa: E402
+from diinn_napari._planner import Request, Source, plan_run  # noqa: E402
+from diinn_napari._run import RunState  # noqa: E402
 from diinn_napari._widget import DIINNWidget  # noqa: E402
-from diinn_napari.weights import save_weights  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
 
 
 MANIFEST = yaml.safe_load((resources.files("diinn_napari") / "napari.yaml").read_text())
 PLUGIN = MANIFEST["name"]
 WIDGET = MANIFEST["contributions"]["widgets"][0]["display_name"]
 WIDGET_COMMAND = MANIFEST["contributions"]["widgets"][0]["command"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("w")
-    return str(save_weights(tiny_model(), folder / "gray.safetensors")), str(save_weights(tiny_model(3), folder / "rgb.safetensors"))
+# Generous: the test machine has 2 cores shared with a training job.
+TIMEOUT = 120_000
 
 
 def open_widget(viewer):
@@ -38,68 +34,87 @@ def open_widget(viewer):
 
 
 @pytest.fixture
-def setup(make_napari_viewer, weights):
+def setup(make_napari_viewer, gray_weights):
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
-    widget.add_model_file(weights[0])
+    widget.add_model_file(gray_weights)
     return viewer, widget
 
 
-def settle(qtbot, widget):
-    """Let the main thread handle the worker's queued signals (waitSignal can return before they run)."""
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=10000)
+@pytest.fixture
+def errors():
+    """The error notifications shown from now on (their messages)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    first = len(notification_manager.records)
+    return lambda: [str(n.message) for n in notification_manager.records[first:]
+                    if n.severity == NotificationSeverity.ERROR]
 
 
-def run(qtbot, widget, timeout=60000):
-    worker = widget.start(widget.plan(), start_thread=False)
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        worker.start()
-    settle(qtbot, widget)
-    return worker
+def press(button) -> None:
+    """Click a widget's button as a user does."""
+    button.native.click()
 
 
-def run_and_cancel(qtbot, widget, when=lambda value: True, timeout=60000):
-    """Start a run and press Cancel at the first progress value (the worker's yield) for which ``when`` holds."""
-    worker = widget.start(widget.plan(), start_thread=False)
-    assert widget.run_button.text == "Cancel"
-    worker.yielded.connect(lambda value: when(value) and widget._worker is worker and widget._run_or_cancel())
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        worker.start()
-    settle(qtbot, widget)
-    return worker
+def run(qtbot, widget, timeout=TIMEOUT):
+    """Press Run and wait until the run has ended (its last signal handled)."""
+    assert widget.run_button.text == "Run"
+    press(widget.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
-def cancel_when(monkeypatch, qtbot, widget, when, timeout=60000):
-    """Start a run and press Cancel at the first yield for which ``when`` holds, the worker held there until then.
+@contextlib.contextmanager
+def held_worker(widget, when, timeout=TIMEOUT):
+    """Inside: the widget's run waits after each update for which ``when`` holds, until the yielded event is set.
 
     The worker runs on while the main thread handles its signals, so on a busy machine a
-    plain Cancel can arrive after the run has ended; here the worker waits for the press.
+    Cancel can arrive after the run has ended; the controller's public worker factory lets a
+    test wrap the worker's updates and hold them until the press.
     """
-    pressed = threading.Event()
+    release = threading.Event()
+    default = widget.controller.worker_factory
 
-    def hold(steps):
-        def held(*args, **kwargs):
-            gen = steps(*args, **kwargs)
+    def held(updates):
+        def hold():
             while True:
                 try:
-                    value = next(gen)
+                    update = next(updates)
                 except StopIteration as end:
                     return end.value
-                yield value
-                if when(value) and not pressed.wait(30):
-                    raise TimeoutError("the test never pressed Cancel")
-        return held
+                yield update
+                if when(update) and not release.wait(timeout / 1000):
+                    raise TimeoutError("the test never released the worker")
+        return default(hold())
 
-    for name in ("_upscale_in_steps", "_isotropic_in_steps"):
-        monkeypatch.setattr(_widget, name, hold(getattr(_widget, name)))
+    widget.controller.worker_factory = held
+    try:
+        yield release
+    finally:
+        widget.controller.worker_factory = default
 
-    def press(value):
-        if when(value) and not pressed.is_set():
-            widget._run_or_cancel()
-            pressed.set()
-        return False
 
-    return run_and_cancel(qtbot, widget, when=press, timeout=timeout)
+def cancel_at(qtbot, widget, when=lambda update: True, timeout=TIMEOUT):
+    """Press Run, then Cancel at the first update for which ``when`` holds (the worker held there until then)."""
+    with held_worker(widget, when, timeout) as pressed:
+        def on_update(update):
+            if when(update) and not pressed.is_set() and widget.state is RunState.RUNNING:
+                assert widget.run_button.text == "Cancel"
+                press(widget.run_button)
+                pressed.set()
+
+        widget.controller.updated.connect(on_update)
+        try:
+            run(qtbot, widget, timeout=timeout)
+        finally:
+            widget.controller.updated.disconnect(on_update)
+    assert pressed.is_set()
+
+
+def wait_for_preview(qtbot, viewer, name, ratio=None):
+    def shown():
+        return name in viewer.layers and (ratio is None or viewer.layers[name].metadata["diinn"]["size_ratio"][0] == ratio)
+    qtbot.waitUntil(shown, timeout=TIMEOUT)
+    return viewer.layers[name]
 
 
 def spot_image(shape, at, dtype=np.uint16):
@@ -113,6 +128,40 @@ def test_importing_the_plugin_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+# ---- the planner: plain values in, a plan out (no viewer, no Qt) ---------------------------------------
+def test_the_planner_needs_neither_qt_nor_napari_nor_torch():
+    code = ("import sys, diinn_napari._planner; "
+            "print([m for m in ('torch', 'napari', 'qtpy', 'magicgui') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_planner_sizes_each_mode_from_the_layer_geometry():
+    source = Source("a", (3, 10, 20), np.uint8, scale=(2.0, 0.5, 0.5))
+    assert plan_run(source, Request(factor=(1.5, 3.0))).out_yx == (15, 60)
+    assert plan_run(source, Request(size_mode="pixel size", pixel_size=0.2)).out_yx == (25, 50)
+    plan = plan_run(source, Request(size_mode="output shape", output_shape=(33, 44), plane_only=True, plane=(5,)))
+    assert plan.shape == (1, 33, 44) and plan.plane == (2,) and plan.units_total == 1  # the plane index is clipped
+    assert plan.run.output_shape == (33, 44) and plan.run.model == "gray" and plan.label == "x3.3,2.2"
+    assert plan.record["size_mode"] == "output shape" and plan.record["output_dtype"] == "uint8"
+    with pytest.raises(ValueError, match="only upscales"):
+        plan_run(source, Request(size_mode="output shape", output_shape=(4, 44)))
+
+
+def test_the_isotropic_planner_asks_the_shared_rule_and_adds_the_layers_remedy():
+    from diinn_napari._planner import ISOTROPIC
+    from diinn_napari.isotropic_plan import plan_isotropic
+
+    plan = plan_run(Source("s", (2, 9, 24, 20), np.uint16, scale=(1.0, 3.0, 1.0, 1.0)),
+                    Request(size_mode=ISOTROPIC, adapt_steps=5, z_consistency=1))
+    assert plan.isotropic == plan_isotropic((2, 9, 24, 20), 3.0, (1.0, 1.0))
+    assert plan.shape == (2, 25, 24, 20) and plan.unit == "rows" and plan.units_total == 48
+    assert plan.adapt_steps == 5 and plan.axial_sigma == plan.isotropic.axial_sigma and plan.run.consistency == 1
+    assert plan.describe("cpu").endswith("Z step 3 -> 1 (9 -> 25 planes), after 5 adaptation steps")
+    with pytest.raises(ValueError, match=r"'cube'.*no Z anisotropy.*\.scale = "):
+        plan_run(Source("cube", (4, 16, 16), np.uint16), Request(size_mode=ISOTROPIC))
+
+
+# ---- the widget in a viewer -----------------------------------------------------------------------------
 def test_output_overlays_the_source_exactly(setup, qtbot):
     viewer, widget = setup
     layer = viewer.add_image(spot_image((20, 24), (7, 15)), scale=(0.5, 0.4), translate=(10.0, -3.0), name="cells",
@@ -122,6 +171,8 @@ def test_output_overlays_the_source_exactly(setup, qtbot):
     widget.factor_y.value = 2.5
     run(qtbot, widget)
     out = viewer.layers["cells x2.5 DIINN"]
+    assert widget.state is RunState.FINISHED and widget.result.name == out.name
+    assert widget.run_button.text == "Run", widget.run_button.text
     assert out.data.shape == (50, 60) and out.data.dtype == np.uint16
     np.testing.assert_allclose(out.scale, (0.2, 0.16))
     np.testing.assert_allclose(out.translate, (10 + 0.5 * (0.2 - 0.5), -3 + 0.5 * (0.16 - 0.4)))
@@ -161,12 +212,12 @@ def test_anisotropic_factor_and_pixel_size_modes(setup):
     assert "33 x 44 uint8" in widget.info.value and "MiB" in widget.info.value and "cpu" in widget.info.value
 
 
-def test_rgb_layer_picks_the_rgb_model(setup, weights, qtbot):
+def test_rgb_layer_picks_the_rgb_model(setup, rgb_weights, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.zeros((12, 10, 3), np.uint8), rgb=True)
     widget.model.value = "auto"
     assert widget.plan().run.model == "rgb"
-    widget.add_model_file(weights[1])
+    widget.add_model_file(rgb_weights)
     run(qtbot, widget)
     assert viewer.layers[-1].data.shape == (24, 20, 3) and viewer.layers[-1].rgb
 
@@ -196,23 +247,24 @@ def test_only_the_plane_on_screen(setup, qtbot):
 def test_cancel_stops_between_tiles(setup, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.zeros((4, 128, 128), np.uint8))
-    widget.tile_size.value = 8  # 1024 tiles: far more than run before the cancel arrives
-    run_and_cancel(qtbot, widget)
+    widget.tile_size.value = 8  # 1024 tiles: 256 a plane
+    cancel_at(qtbot, widget)  # at the first tile
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
+    assert widget.state is RunState.CANCELLED and widget.result is None
 
 
-def test_a_bad_choice_shows_an_error_notification(setup, weights, qtbot, monkeypatch):
+def test_a_bad_choice_shows_an_error_notification(setup, rgb_weights, qtbot, errors):
     viewer, widget = setup
-    errors = []
-    monkeypatch.setattr(_widget, "show_error", errors.append)
     widget.layer.value = viewer.add_image(np.zeros((8, 8), np.uint8))
-    widget.add_model_file(weights[1])  # an RGB model for a gray layer
+    widget.add_model_file(rgb_weights)  # an RGB model for a gray layer
     run(qtbot, widget)
-    assert len(errors) == 1 and "3-channel" in errors[0]
+    assert len(errors()) == 1 and "3-channel" in errors()[0]
+    assert widget.state is RunState.FAILED and widget.run_button.text == "Run"
     widget.size_mode.value = "output shape"
     widget.output_y.value = 4  # smaller than the input
-    widget._run_or_cancel()
-    assert "only upscales" in errors[-1]
+    assert "only upscales" in widget.info.value
+    press(widget.run_button)
+    assert "only upscales" in errors()[-1] and not widget.busy
     assert len(viewer.layers) == 1
 
 
@@ -258,11 +310,11 @@ def test_opening_on_a_viewer_with_an_image_preselects_it_and_follows_the_selecti
     assert widget.layer.value is first
 
 
-def test_samples_open_through_the_manifest_and_run(make_napari_viewer, weights, qtbot):
+def test_samples_open_through_the_manifest_and_run(make_napari_viewer, gray_weights, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "thermal")
     widget = open_widget(viewer)
-    widget.add_model_file(weights[0])
+    widget.add_model_file(gray_weights)
     layer = viewer.layers[0]
     assert widget.layer.value is layer
     widget.factor_y.value = 1.25
@@ -284,11 +336,8 @@ def test_the_layer_appears_after_the_first_plane_and_the_viewer_stays_responsive
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start(5)
-    worker = widget.start(widget.plan(), start_thread=False)
-    worker.yielded.connect(lambda v: seen.append((v[-1], "z x2 DIINN" in viewer.layers)))
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    widget.controller.updated.connect(lambda update: seen.append((update.units_done, "z x2 DIINN" in viewer.layers)))
+    run(qtbot, widget)
     timer.stop()
     assert (0, True) not in seen
     assert any(shown and planes < 4 for planes, shown in seen), seen  # shown while planes were still to come
@@ -298,12 +347,13 @@ def test_the_layer_appears_after_the_first_plane_and_the_viewer_stays_responsive
     assert np.all(out.data.reshape(4, -1).max(axis=1) > 0)
 
 
-def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot, monkeypatch):
+def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot):
     viewer, widget = setup
     stack = np.random.default_rng(2).integers(100, 4000, (5, 16, 16)).astype(np.uint16)
     widget.layer.value = viewer.add_image(stack, name="z")
     widget.tile_size.value = 4  # 16 tiles a plane
-    cancel_when(monkeypatch, qtbot, widget, when=lambda v: v[-1] == 2)
+    cancel_at(qtbot, widget, when=lambda update: update.units_done == 2)
+    assert widget.state is RunState.CANCELLED
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["planes_done"]
@@ -315,15 +365,12 @@ def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot, mo
 def test_settings_are_recorded_when_the_run_starts(setup, qtbot):
     viewer, widget = setup
     widget.layer.value = viewer.add_image(np.random.default_rng(3).integers(0, 9, (3, 12, 12)).astype(np.uint16))
-    worker = widget.start(widget.plan(), start_thread=False)
-    worker.yielded.connect(lambda _: setattr(widget.intensity, "value", "dtype"))
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
-    assert viewer.layers[-1].metadata["diinn"]["intensity"] == "auto"
+    widget.controller.updated.connect(lambda _: setattr(widget.intensity, "value", "dtype"))
+    run(qtbot, widget)
+    assert widget.intensity.value == "dtype" and viewer.layers[-1].metadata["diinn"]["intensity"] == "auto"
 
 
-def test_rgba_layers_keep_their_alpha(setup, weights, qtbot):
+def test_rgba_layers_keep_their_alpha(setup, rgb_weights, qtbot):
     viewer, widget = setup
     rgba = np.random.default_rng(4).integers(0, 255, (10, 12, 4)).astype(np.uint8)
     rgba[..., 3] = 255
@@ -331,7 +378,7 @@ def test_rgba_layers_keep_their_alpha(setup, weights, qtbot):
     layer = viewer.add_image(rgba, name="tile", rgb=True)
     assert layer.rgb
     widget.layer.value = layer
-    widget.add_model_file(weights[1])
+    widget.add_model_file(rgb_weights)
     run(qtbot, widget)
     out = viewer.layers["tile x2 DIINN"]
     assert out.rgb and out.data.shape == (20, 24, 4)
@@ -350,11 +397,9 @@ def test_preview_shows_exactly_the_run_result_of_the_visible_region(setup, qtbot
     plan = widget.plan()
     y0, y1, x0, x1 = window = widget.preview_window(plan)
     assert (y0, x0) == (25, 30) and 0 < y1 - y0 <= 100 * 1 and y1 <= 100 and x1 <= 125
-    worker = widget.preview(plan, start_thread=False)
-    with qtbot.waitSignal(worker.returned, timeout=60000):
-        worker.start()
-    qtbot.waitUntil(lambda: "cells DIINN preview" in viewer.layers, timeout=10000)
-    preview = viewer.layers["cells DIINN preview"]
+    press(widget.preview_button)
+    preview = wait_for_preview(qtbot, viewer, "cells DIINN preview")
+    assert f"{y1 - y0} x {x1 - x0} px" in widget.info.value
     assert preview.metadata["diinn"]["preview_window"] == list(window)
     run(qtbot, widget)
     assert "cells DIINN preview" not in viewer.layers  # the real result replaces it
@@ -369,11 +414,8 @@ def test_a_new_preview_replaces_the_old_one(setup, qtbot):
     widget.layer.value = viewer.add_image(np.random.default_rng(6).integers(0, 255, (20, 20)).astype(np.uint8), name="a")
     for factor in (2.0, 3.0):
         widget.factor_y.value = factor
-        worker = widget.preview(widget.plan(), start_thread=False)
-        with qtbot.waitSignal(worker.returned, timeout=60000):
-            worker.start()
-        qtbot.waitUntil(lambda: "a DIINN preview" in viewer.layers
-                        and viewer.layers["a DIINN preview"].metadata["diinn"]["size_ratio"][0] == factor, timeout=10000)
+        press(widget.preview_button)
+        wait_for_preview(qtbot, viewer, "a DIINN preview", ratio=factor)
     previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
     assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
     assert "a DIINN preview" not in [layer.name for layer in widget.layer.choices if layer is not None]

@@ -7,12 +7,11 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from diinn_napari import _widget  # noqa: E402
+from diinn_napari._planner import ISOTROPIC  # noqa: E402
+from diinn_napari._run import Phase, RunState  # noqa: E402
 from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic  # noqa: E402
-from diinn_napari.weights import save_weights  # noqa: E402
 
-from conftest import tiny_model  # noqa: E402
-from test_widget import cancel_when, open_widget, run, run_and_cancel, settle  # noqa: E402
+from test_widget import TIMEOUT, cancel_at, errors, held_worker, open_widget, press, run  # noqa: E402, F401
 
 
 def blobs(shape=(9, 24, 24), seed=0, peak=3000) -> np.ndarray:
@@ -31,17 +30,12 @@ def shown(control) -> bool:
     return not control.native.isHidden()
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return (str(save_weights(tiny_model(), tmp_path_factory.mktemp("w") / "gray.safetensors")),)
-
-
 @pytest.fixture
-def iso(make_napari_viewer, weights):
+def iso(make_napari_viewer, gray_weights):
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
-    widget.add_model_file(weights[0])
-    widget.size_mode.value = _widget.ISOTROPIC
+    widget.add_model_file(gray_weights)
+    widget.size_mode.value = ISOTROPIC
     return viewer, widget
 
 
@@ -96,12 +90,12 @@ def test_target_z_step_and_leading_axes(iso, qtbot):
     assert out.data_to_world((0, 10, 0, 0))[1] <= layer.data_to_world((0, 4, 0, 0))[1]
 
 
-def test_cancel_keeps_the_finished_volumes_in_a_layer_marked_partial(iso, qtbot, monkeypatch):
+def test_cancel_keeps_the_finished_volumes_in_a_layer_marked_partial(iso, qtbot):
     viewer, widget = iso
     stack = np.stack([blobs((4, 16, 16), seed=s) for s in range(3)])  # 3 volumes: 3 blocks of 16 rows
     widget.layer.value = viewer.add_image(stack, name="t", scale=(1.0, 2.0, 1.0, 1.0))
     widget.tile_size.value = 2  # many network calls per volume
-    cancel_when(monkeypatch, qtbot, widget, when=lambda v: v[4] >= 16)  # when the first volume is done
+    cancel_at(qtbot, widget, when=lambda update: update.units_done >= 16)  # when the first volume is done
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["rows_done"]
@@ -109,23 +103,23 @@ def test_cancel_keeps_the_finished_volumes_in_a_layer_marked_partial(iso, qtbot,
     assert out.name == f"t isotropic z1 DIINN (partial: {k} of 48 Y rows)"
     volumes = k // 16
     assert np.all(out.data[:volumes].reshape(volumes, -1).max(axis=1) > 0) and not out.data[volumes:].any()
-    assert widget.run_button.text == "Run"
+    assert widget.run_button.text == "Run" and widget.state is RunState.CANCELLED and widget.result.name == out.name
 
 
-def test_a_cancel_after_the_last_block_keeps_the_whole_result(iso, qtbot, monkeypatch):
+def test_a_cancel_after_the_last_block_keeps_the_whole_result(iso, qtbot):
     """The run may end with `aborted` or (cancel inside the last step) with neither `returned` nor `aborted`."""
     viewer, widget = iso
     stack = np.stack([blobs((4, 16, 16), seed=s) for s in range(2)])
     widget.layer.value = viewer.add_image(stack, name="t", scale=(1.0, 2.0, 1.0, 1.0))
-    cancel_when(monkeypatch, qtbot, widget, when=lambda v: v[4] >= 32)  # when the last block has arrived
+    cancel_at(qtbot, widget, when=lambda update: update.units_done >= 32)  # when the last block has arrived
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     assert meta["partial"] is False and "stopped" not in meta and meta["rows_done"] == 32
     assert out.name == "t isotropic z1 DIINN" and np.all(out.data.reshape(2, -1).max(axis=1) > 0)
-    assert widget.run_button.text == "Run"
+    assert widget.run_button.text == "Run" and widget.state is RunState.FINISHED
 
 
-def test_adapt_to_this_stack_then_reconstruct(iso, weights, qtbot):
+def test_adapt_to_this_stack_then_reconstruct(iso, gray_weights, qtbot):
     viewer, widget = iso
     vol = blobs((6, 20, 20))
     widget.layer.value = viewer.add_image(vol, name="s", scale=(2.0, 1.0, 1.0))
@@ -134,21 +128,18 @@ def test_adapt_to_this_stack_then_reconstruct(iso, weights, qtbot):
     widget.adapt_steps.value = 3
     assert "after 3 adaptation steps" in widget.info.value
     phases = []
-    worker = widget.start(widget.plan(), start_thread=False)
-    worker.yielded.connect(lambda v: phases.append(v[5]))
-    with qtbot.waitSignal(worker.finished, timeout=60000):
-        worker.start()
-    settle(qtbot, widget)
+    widget.controller.updated.connect(lambda update: phases.append(update.phase))
+    run(qtbot, widget)
     out = viewer.layers["s isotropic z1 DIINN"]
-    assert list(dict.fromkeys(phases)) == list(_widget.PHASES)  # adaptation first, then the reconstruction
+    assert list(dict.fromkeys(phases)) == [Phase.ADAPTING, Phase.UPSCALING]  # adaptation first, then the reconstruction
     meta = out.metadata["diinn"]
     assert meta["adapt_steps"] == 3 and meta["axial_sigma"] == pytest.approx(default_axial_sigma(2.0))
     assert meta["partial"] is False and out.data.shape == (11, 20, 20)
     # the adapted model made it: the same adaptation in the library gives the same voxels, zero-shot does not
-    adapted = adapt(vol, (2.0, 1.0, 1.0), model=weights[0], steps=3, device="cpu")
+    adapted = adapt(vol, (2.0, 1.0, 1.0), model=gray_weights, steps=3, device="cpu")
     expected = isotropic(vol, (2.0, 1.0, 1.0), model=adapted, device="cpu")
     assert np.abs(out.data.astype(int) - expected.astype(int)).max() <= 1
-    assert not np.array_equal(out.data, isotropic(vol, (2.0, 1.0, 1.0), model=weights[0], device="cpu"))
+    assert not np.array_equal(out.data, isotropic(vol, (2.0, 1.0, 1.0), model=gray_weights, device="cpu"))
 
 
 def test_cancel_during_adaptation_stops_it(iso, qtbot):
@@ -156,16 +147,14 @@ def test_cancel_during_adaptation_stops_it(iso, qtbot):
     widget.layer.value = viewer.add_image(blobs((6, 20, 20)), name="s", scale=(2.0, 1.0, 1.0))
     widget.adapt.value = True
     widget.adapt_steps.value = 100000  # hours: only the cancel ends it
-    run_and_cancel(qtbot, widget, when=lambda v: v[0] >= 1)
-    qtbot.waitUntil(lambda: not any(t.name == "diinn-adapt" for t in threading.enumerate()), timeout=10000)
-    assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
+    cancel_at(qtbot, widget, when=lambda update: update.done >= 1)
+    qtbot.waitUntil(lambda: not any(t.name == "diinn-adapt" for t in threading.enumerate()), timeout=TIMEOUT)
+    assert len(viewer.layers) == 1 and widget.run_button.text == "Run" and widget.state is RunState.CANCELLED
 
 
 @pytest.mark.parametrize("case", ["2d", "isotropic", "rgb", "target"])
-def test_layers_it_cannot_take_get_a_clear_notification(iso, qtbot, monkeypatch, case):
+def test_layers_it_cannot_take_get_a_clear_notification(iso, qtbot, errors, case):
     viewer, widget = iso
-    errors = []
-    monkeypatch.setattr(_widget, "show_error", errors.append)
     if case == "2d":
         layer = viewer.add_image(np.zeros((16, 16), np.uint16), name="plane")
         expected = ["'plane' is 2D", "Z stack"]
@@ -182,14 +171,14 @@ def test_layers_it_cannot_take_get_a_clear_notification(iso, qtbot, monkeypatch,
     widget.layer.value = layer
     for text in expected:
         assert text in widget.info.value, widget.info.value
-    widget._run_or_cancel()
-    assert len(errors) == 1 and all(text in errors[0] for text in expected), errors
-    assert widget._worker is None and len(viewer.layers) == 1
-    widget._preview_clicked()  # the preview is plane-wise: refused with a message, not a crash
-    assert "use Run" in errors[-1]
+    press(widget.run_button)
+    assert len(errors()) == 1 and all(text in errors()[0] for text in expected), errors()
+    assert widget.state is RunState.IDLE and len(viewer.layers) == 1
+    assert not widget.preview_button.enabled  # the preview is plane-wise: its button is off, and a call says why
+    assert widget.preview() is False and "use Run" in errors()[-1]
 
 
-@pytest.mark.parametrize("mode", ["factor", _widget.ISOTROPIC])
+@pytest.mark.parametrize("mode", ["factor", ISOTROPIC])
 def test_a_cancel_handled_while_the_first_layer_is_added_still_marks_it_partial(iso, qtbot, monkeypatch, mode):
     # napari may run Qt's event loop while it adds a layer; the worker's last signals (aborted, finished)
     # are then handled inside add_image, before the widget holds the new layer
@@ -203,16 +192,19 @@ def test_a_cancel_handled_while_the_first_layer_is_added_still_marks_it_partial(
 
     def add_image(self, *args, **kwargs):
         if not calls:  # the first output: the user cancels now, and Qt delivers the end of the run meanwhile
-            widget._run_or_cancel()
-            qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+            press(widget.run_button)  # Cancel
+            pressed.set()
+            qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
         calls.append(1)
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(type(viewer), "add_image", add_image)
-    run(qtbot, widget)
+    with held_worker(widget, when=lambda update: update.result is not None) as pressed:  # no end before the press
+        run(qtbot, widget)
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
-    unit = "rows" if mode == _widget.ISOTROPIC else "planes"
+    unit = "rows" if mode == ISOTROPIC else "planes"
     assert meta["partial"] is True and meta["stopped"] == "cancelled", meta
     assert f"(partial: {meta[f'{unit}_done']} of " in out.name and meta[f"{unit}_done"] >= 1
-    assert len(calls) == 1  # one output layer, not one per signal
+    assert len(calls) == 1 and widget.result.name == out.name  # one output layer, not one per signal
+    assert widget.state is RunState.CANCELLED

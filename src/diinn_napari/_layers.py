@@ -1,0 +1,165 @@
+"""How results sit in the viewer: over their source, displayed like it; shared by the run and the preview.
+
+A result's pixel centres lie on its source's continuous grid
+(:func:`~diinn_napari.settings.overlay_placement`), a single plane at its own
+Z/T position, an isotropic volume with only its Z scale changed (output plane
+k at the first plane's Z + k x the output Z step). Colours, contrast, units
+and axis labels are copied from the source, so a result looks like it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_info
+
+from ._planner import UNIT_WORDS, RunPlan
+from .settings import overlay_placement
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+PREVIEW_SUFFIX = "DIINN preview"
+TRUST_NOTE = ("magnitude of the back-projection correction (image units): large where the model disagreed with "
+              "the measured input")
+
+
+def level0(layer: Image):
+    """The full-resolution data of a layer (level 0 of a multiscale one)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def is_preview(layer) -> bool:
+    return layer.name.endswith(PREVIEW_SUFFIX)
+
+
+def current_plane(layer: Image, world_point) -> tuple[int, ...]:
+    """The layer's plane at the viewer's point: its index on each leading (non-YX) axis."""
+    point = layer.world_to_data(world_point)
+    return tuple(int(round(point[i])) for i in range(layer.ndim - 2))
+
+
+def visible_corners(layer: Image) -> np.ndarray:
+    """((y0, x0), (y1, x1)) of the layer's visible pixels in level-0 coordinates (napari's corner_pixels)."""
+    corners = np.asarray(layer.corner_pixels, dtype=np.float64)[:, -2:]
+    if layer.multiscale:  # corner pixels are in the displayed level's coordinates
+        corners = corners * np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+    return corners
+
+
+def placement(plan: RunPlan, index: tuple[int, ...] | None = None) -> tuple[list[float], list[float]]:
+    """napari scale and translate of a result of ``plan`` (``index``: the one plane it holds, if only one)."""
+    scale_in, translate_in = list(plan.source.scale), list(plan.source.translate)
+    n = len(scale_in)
+    if plan.isotropic is not None:
+        # Z planes are point samples: output plane k at translate + k * target, so plane 0 stays on input plane 0
+        scale_in[n - 3] = float(plan.isotropic.target)
+        return scale_in, translate_in
+    scale, translate = overlay_placement(scale_in, translate_in, (1.0,) * (n - 2) + plan.ratio)
+    if index is not None:  # one plane: place it at its own Z/T position
+        translate[: n - 2] = [t + i * s for t, i, s in zip(translate_in[: n - 2], index, scale_in[: n - 2])]
+    return scale, translate
+
+
+def looks_like(source: Image, data: np.ndarray) -> dict:
+    """Display settings that make a result look like its source: units, axis labels, colours, contrast."""
+    kwargs = dict(rgb=source.rgb, blending=source.blending)
+    for attr in ("units", "axis_labels"):
+        if hasattr(source, attr):
+            kwargs[attr] = getattr(source, attr)
+    if not source.rgb:
+        kwargs.update(colormap=source.colormap, gamma=source.gamma)
+        # another dtype means other numbers: take the contrast from the data (all of it, not one plane)
+        kwargs["contrast_limits"] = (source.contrast_limits if data.dtype == np.dtype(source.dtype)
+                                     else value_range(data))
+    return kwargs
+
+
+def value_range(data: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.min(data)), float(np.max(data))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def remove_preview(viewer: napari.Viewer, source: Image) -> None:
+    name = f"{source.name} {PREVIEW_SUFFIX}"
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+
+
+def show_preview(viewer: napari.Viewer, source: Image, plan: RunPlan, window: tuple[int, int, int, int],
+                 image: np.ndarray, seconds: float) -> Image:
+    """Show a decoded window of the plan's current plane as the source's one preview layer."""
+    import time
+
+    remove_preview(viewer, source)
+    scale, translate = placement(plan, plan.plane)
+    translate[-2] += window[0] * scale[-2]
+    translate[-1] += window[2] * scale[-1]
+    data = image.reshape((1,) * (source.ndim - 2) + image.shape)
+    meta = {**plan.record, "preview_window": list(window), "seconds": seconds, "made": time.time()}
+    return viewer.add_image(data, name=f"{source.name} {PREVIEW_SUFFIX}", scale=scale, translate=translate,
+                            metadata={"diinn": meta}, **looks_like(source, image))
+
+
+class ResultLayers:
+    """The output layer of one run (and its trust map): added when the first unit is done, filled in, then ended.
+
+    The arrays are the worker's own, filled in place; the layers show them
+    by reference and are refreshed as planes (or Y rows) finish.
+    """
+
+    def __init__(self, viewer: napari.Viewer, source: Image, plan: RunPlan, index: tuple[int, ...] | None):
+        self.viewer, self.source, self.plan, self.index = viewer, source, plan, index
+        self.image: Image | None = None
+        self.trust: Image | None = None
+
+    @property
+    def _done_key(self) -> str:
+        return f"{self.plan.unit}_done"
+
+    def show(self, result: np.ndarray, trust: np.ndarray | None, units_done: int) -> None:
+        """Add the layers on the first call (napari may run Qt's event loop meanwhile), refresh them later."""
+        plan = self.plan
+        if self.image is None:
+            remove_preview(self.viewer, self.source)
+            scale, translate = placement(plan, self.index)
+            meta = {**plan.record, "output_shape": list(result.shape), f"{plan.unit}_total": plan.units_total,
+                    self._done_key: 0, "partial": True}
+            self.image = self.viewer.add_image(
+                result, name=f"{self.source.name} {plan.label} DIINN", scale=scale, translate=translate,
+                metadata={**self.source.metadata, "diinn": meta}, **looks_like(self.source, result))
+            if trust is not None:
+                self.trust = self.viewer.add_image(
+                    trust, name=f"{self.source.name} {plan.label} DIINN trust", scale=scale, translate=translate,
+                    colormap="magma", blending="additive", opacity=0.6, visible=True,
+                    metadata={"diinn": {**plan.record, "trust_map": TRUST_NOTE}})
+        meta = self.image.metadata["diinn"]
+        if meta["partial"]:
+            meta[self._done_key] = max(meta[self._done_key], units_done)
+        self.refresh()
+
+    def refresh(self) -> None:
+        for layer in (self.image, self.trust):
+            if layer is not None:
+                layer.refresh()
+
+    def end(self, stopped: str | None) -> None:
+        """The run is over: ``stopped`` None (the result is whole), "cancelled" or "failed" (keep what is done)."""
+        if self.image is None:
+            if stopped == "cancelled":
+                show_info("DIINN: cancelled")
+            return
+        meta = self.image.metadata["diinn"]
+        total, words = meta[f"{self.plan.unit}_total"], UNIT_WORDS[self.plan.unit]
+        if stopped is None:
+            meta["partial"], meta[self._done_key] = False, total
+        elif meta[self._done_key] >= total:  # every unit had arrived before the stop: the result is whole
+            meta["partial"] = False
+        else:
+            done = meta[self._done_key]
+            self.image.name = f"{self.image.name} (partial: {done} of {total} {words})"
+            meta["stopped"] = stopped
+            show_info(f"DIINN: {stopped}; kept the {done} finished {words} in {self.image.name!r}")
+        self.refresh()

@@ -1,0 +1,334 @@
+"""The widget's run controller: one run at a time in a thread worker, with a typed update and a state.
+
+The worker is a generator of :class:`RunUpdate` (one per tile, network call,
+or 50 ms of adaptation); a finished plane (or block of Y rows) rides on its
+update as the whole output array filled so far. The controller shows it
+through :class:`~diinn_napari._layers.ResultLayers` and moves through
+:class:`RunState`::
+
+    IDLE -> RUNNING -> FINISHED | FAILED | CANCELLED
+              \\-> CANCELLING (Cancel pressed) -> CANCELLED | FINISHED (every unit had arrived)
+
+Drawing a layer or a progress bar can run Qt's event loop, which then
+delivers the worker's later signals, the end of the run included, inside the
+call. So the signal handlers only record what happened; one re-entrancy-safe
+``_sync`` brings the layers and the progress bar up to date with it, and
+runs again when a nested signal arrived meanwhile.
+
+torch is imported inside the worker (by the engine), not when napari starts.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error
+from psygnal import Signal
+
+from ._layers import ResultLayers, level0
+from ._planner import RunPlan
+from .settings import RunSettings
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+    from superqt.utils import GeneratorWorker
+
+
+class RunState(enum.Enum):
+    """Where the widget's last run stands."""
+
+    IDLE = "idle"  # nothing run yet
+    RUNNING = "running"
+    CANCELLING = "cancelling"  # Cancel pressed: the worker stops at its next update
+    FINISHED = "finished"  # the whole result is there
+    CANCELLED = "cancelled"  # stopped early; the finished units are kept in a layer marked partial
+    FAILED = "failed"  # an error (shown as a notification); finished units are kept as for a cancel
+
+    @property
+    def busy(self) -> bool:
+        return self in (RunState.RUNNING, RunState.CANCELLING)
+
+
+class Phase(enum.Enum):
+    """The parts of a run, as the progress bar names them."""
+
+    ADAPTING = "adapting to the stack"  # isotropic voxels with adaptation
+    UPSCALING = "super-resolution"
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """One progress report of the worker.
+
+    done, total: steps of the current phase (tiles, network calls or adaptation steps);
+    units_done: planes (or, isotropic voxels, Y rows) finished so far;
+    result: the whole output array, filled so far, when a unit has just finished (else None);
+    trust: its trust map, when asked for.
+    """
+
+    phase: Phase
+    done: int
+    total: int
+    units_done: int = 0
+    result: np.ndarray | None = None
+    trust: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished worker returns: the output and its trust map (or None)."""
+
+    image: np.ndarray | None
+    trust: np.ndarray | None = None
+
+
+Updates = Generator[RunUpdate, None, RunResult]
+WorkerFactory = Callable[[Updates], "GeneratorWorker"]
+
+
+def upscale_updates(data, run: RunSettings, rgb: bool, return_trust: bool) -> Updates:
+    """The plane-wise run: :meth:`Engine.steps <diinn_napari.engine.Engine.steps>` as updates."""
+    from .engine import Engine
+
+    result = trust = None
+    planes_done = 0
+    for step in Engine(run).steps(data, rgb=rgb, return_trust=return_trust):
+        if step.plane is None:
+            yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done)
+            continue
+        if result is None:
+            leading = tuple(data.shape[: data.ndim - (3 if rgb else 2)])
+            result = np.zeros(leading + step.plane.shape, step.plane.dtype)
+            if step.trust is not None:
+                trust = np.zeros(leading + step.trust.shape, np.float32)
+        result[step.index] = step.plane
+        if trust is not None:
+            trust[step.index] = step.trust
+        planes_done += 1
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done, result, trust)
+    return RunResult(result, trust)
+
+
+def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
+    """Isotropic voxels: adapt to the stack (if asked), then resample Z block by block of Y rows.
+
+    Adaptation runs in a thread of its own so that this generator can report
+    every 50 ms: the worker's ``quit()`` is seen at the next update, and
+    ``cancel`` (set by the controller with it) stops the adaptation at its
+    next step.
+    """
+    from .isotropic import adapt, isotropic_steps
+
+    iso, run = plan.isotropic, plan.run
+    model = run.model
+    if plan.adapt_steps:
+        state: dict[str, Any] = {"step": 0}
+
+        def work():
+            try:
+                state["model"] = adapt(data, iso.spacing, iso.target, model=model, steps=plan.adapt_steps,
+                                       axial_sigma=plan.axial_sigma, device=run.device, intensity=run.intensity,
+                                       cancel=cancel, progress=lambda i, n, loss: state.update(step=i, loss=loss))
+            except BaseException as err:  # re-raised in the worker, which turns it into a notification
+                state["error"] = err
+
+        thread = threading.Thread(target=work, name="diinn-adapt", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.05)
+                yield RunUpdate(Phase.ADAPTING, state["step"], plan.adapt_steps)
+        finally:
+            if thread.is_alive():  # the worker was stopped (or this generator closed): stop the adaptation too
+                cancel.set()
+        if "error" in state:
+            raise state["error"]
+        model = state["model"]
+    result = None
+    rows_done = 0
+    for step in isotropic_steps(data, iso.spacing, iso.target, settings=run.replace(model=model), fusion="mean"):
+        if step.block is None:
+            yield RunUpdate(Phase.UPSCALING, step.done, step.total, rows_done)
+            continue
+        if result is None:
+            result = np.zeros(plan.shape, step.block.dtype)
+        result[step.index + (slice(None), slice(*step.rows), slice(None))] = step.block
+        rows_done += step.rows[1] - step.rows[0]
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, rows_done, result)
+    return RunResult(result)
+
+
+def thread_worker_for(updates: Updates) -> GeneratorWorker:
+    """The default worker factory: napari's generator thread worker over ``updates``, not started.
+
+    Errors are not re-raised in the main thread (``ignore_errors``): the controller shows them.
+    """
+    from napari.qt.threading import thread_worker
+
+    def drain() -> Updates:
+        return (yield from updates)
+
+    return thread_worker(drain, start_thread=False, ignore_errors=True)()
+
+
+class _Run:
+    """What one run has delivered so far; its handlers record it, ``RunController._sync`` shows it."""
+
+    def __init__(self, plan: RunPlan, layers: ResultLayers, worker: GeneratorWorker, cancel: threading.Event):
+        self.plan, self.layers, self.worker, self.cancel = plan, layers, worker, cancel
+        self.result: np.ndarray | None = None
+        self.trust: np.ndarray | None = None
+        self.units_done = 0
+        self.last: RunUpdate | None = None
+        self.returned = False
+        self.error: Exception | None = None
+        self.end: RunState | None = None  # set when the worker has finished
+        self.shown_end = False
+        self.progress = None  # napari.utils.progress of the current phase
+        self.phase: Phase | None = None
+        self.syncing = self.again = False
+
+
+class RunController:
+    """Runs plans in a thread worker, one at a time, and shows their results in the viewer.
+
+    ``worker_factory`` turns a generator of :class:`RunUpdate` into a
+    not-yet-started superqt ``GeneratorWorker`` (default :func:`thread_worker_for`);
+    a test or a front end may wrap the generator, e.g. to hold it at an update.
+    ``updated`` is emitted (in the main thread) for each update once the
+    layers show it; ``state_changed`` when :attr:`state` changes.
+    """
+
+    updated = Signal(object)  # RunUpdate
+    state_changed = Signal(object)  # RunState
+
+    def __init__(self, viewer: napari.Viewer, worker_factory: WorkerFactory = thread_worker_for):
+        self.viewer = viewer
+        self.worker_factory = worker_factory
+        self.state = RunState.IDLE
+        self._run: _Run | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.state.busy
+
+    @property
+    def plan(self) -> RunPlan | None:
+        """The plan of the last run."""
+        return self._run.plan if self._run is not None else None
+
+    @property
+    def result(self) -> Image | None:
+        """The output layer of the last run (None until its first plane or block is done)."""
+        return self._run.layers.image if self._run is not None else None
+
+    def start(self, plan: RunPlan, layer: Image) -> None:
+        """Run ``plan`` on ``layer`` (the layer the plan was made from) in a thread worker."""
+        if self.busy:
+            raise RuntimeError("a run is in progress: cancel it first")
+        data = level0(layer)
+        cancel = threading.Event()
+        if plan.isotropic is not None:
+            index, updates = None, isotropic_updates(data, plan, cancel)
+        else:
+            index = plan.plane if plan.plane_only else None
+            if index is not None:
+                data = data[tuple(slice(i, i + 1) for i in index)]
+            updates = upscale_updates(data, plan.run, plan.source.rgb, plan.trust_map)
+        worker = self.worker_factory(updates)
+        run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
+        worker.yielded.connect(lambda update: self._on_update(run, update))
+        worker.returned.connect(lambda result: self._on_returned(run, result))
+        worker.errored.connect(lambda err: self._on_errored(run, err))
+        worker.finished.connect(lambda: self._on_finished(run))
+        self._set_state(RunState.RUNNING)
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running job at its next update (between tiles); the finished units are kept."""
+        if self.state is not RunState.RUNNING:
+            return
+        self._run.worker.quit()
+        self._run.cancel.set()  # and an adaptation in its own thread at its next step
+        self._set_state(RunState.CANCELLING)
+
+    def _set_state(self, state: RunState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.state_changed.emit(state)
+
+    # ---- the worker's signals: record, then sync --------------------------------------------------
+    def _on_update(self, run: _Run, update: RunUpdate) -> None:
+        if update.result is not None:
+            run.result, run.trust = update.result, update.trust
+        run.units_done = max(run.units_done, update.units_done)  # nested handling may deliver them out of order
+        run.last = update
+        self._sync(run)
+        self.updated.emit(update)
+
+    def _on_returned(self, run: _Run, result: RunResult) -> None:
+        run.returned = True
+        if run.result is None:
+            run.result, run.trust = result.image, result.trust
+
+    def _on_errored(self, run: _Run, err: Exception) -> None:
+        run.error = err
+        show_error(f"DIINN super-resolution failed: {err}")
+
+    def _on_finished(self, run: _Run) -> None:
+        # A Cancel during the last step lets the generator end, and superqt then emits neither returned
+        # nor aborted: every unit has arrived, and the result is whole.
+        whole = run.returned or (run.result is not None and run.units_done >= run.plan.units_total)
+        run.end = RunState.FAILED if run.error else RunState.FINISHED if whole else RunState.CANCELLED
+        if run is self._run:
+            self._set_state(run.end)
+        self._sync(run)
+
+    # ---- showing it ---------------------------------------------------------------------------------
+    def _sync(self, run: _Run) -> None:
+        """Bring the run's layers and progress bar up to date; re-entered calls are folded into the running one."""
+        if run.syncing:
+            run.again = True
+            return
+        run.syncing = True
+        try:
+            run.again = True
+            while run.again:
+                run.again = False
+                self._sync_once(run)
+        finally:
+            run.syncing = False
+
+    def _sync_once(self, run: _Run) -> None:
+        if run.shown_end:  # (a bar drawn while the end was handled inside is closed here)
+            self._close_progress(run)
+            return
+        if run.result is not None:
+            run.layers.show(run.result, run.trust, run.units_done)
+        if run.end is not None:
+            run.shown_end = True
+            whole = run.end is RunState.FINISHED
+            run.layers.end(None if whole else run.end.value)
+            self._close_progress(run)
+        elif run.last is not None:
+            self._show_progress(run, run.last)
+
+    def _show_progress(self, run: _Run, update: RunUpdate) -> None:
+        from napari.utils import progress
+
+        if run.progress is None or update.phase is not run.phase:
+            self._close_progress(run)
+            run.progress, run.phase = progress(total=update.total, desc=f"DIINN {update.phase.value}"), update.phase
+        run.progress.update(update.done - run.progress.n)
+
+    @staticmethod
+    def _close_progress(run: _Run) -> None:
+        if run.progress is not None:
+            run.progress.close()
+        run.progress = run.phase = None
