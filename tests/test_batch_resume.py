@@ -12,6 +12,7 @@ import tifffile
 from PIL import Image
 
 from diinn_napari import batch, engine
+from diinn_napari.batch.stale import HOST
 
 
 def stack(path, rng, planes=3, yx=(10, 12)):
@@ -176,6 +177,8 @@ def test_stale_partial_files_of_dead_processes_are_removed_and_live_ones_kept(tm
         old_style_alive = out / f".b.partial-{alive.pid}.tif"
         for path in (old_style_dead, old_style_alive):
             path.write_bytes(b"II*\x00 half a tiff")
+        dead_store = out / f".a.zarr.{HOST}-{dead_pid}.tmp.zarr"  # a store format's temporary is a folder
+        (dead_store / "0").mkdir(parents=True)
         assert batch.main(args(src, out, gray_weights)) == 0
         left = sorted(p.name for p in out.iterdir())
         assert left == sorted(["a.tif", old_style_alive.name])
