@@ -237,13 +237,6 @@ def test_ome_z_step_in_another_unit_than_the_pixel_size_is_converted(tmp_path, g
 
 
 # ---- adaptation to the stack (--adapt-steps) --------------------------------------------------------
-def adapt_function():
-    """Where the adaptation lives (the module the batch calls), for spying on it."""
-    import diinn_napari.isotropic as library
-
-    return library, "adapt"
-
-
 def test_adapt_steps_fine_tune_on_the_stack_are_recorded_and_the_weights_saved(tmp_path, gray_weights):
     from diinn_napari.isotropic_plan import default_axial_sigma
     from diinn_napari.weights import load_weights, read_metadata
@@ -286,8 +279,9 @@ def test_a_stack_interrupted_after_adaptation_resumes_with_the_same_adapted_mode
     kept = list(out.glob(".t.tif.*.partial.safetensors"))
     assert len(kept) == 1 and not (out / "t.tif").exists()
     adapted = kept[0].read_bytes()
-    module, name = adapt_function()
-    monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("adapted again on resume"))
+    import diinn_napari.adapt
+
+    monkeypatch.setattr(diinn_napari.adapt, "adapt", lambda *a, **k: pytest.fail("adapted again on resume"))
     result = batch.process_file(src, settings)
     assert result.status == "done" and result.message == "resumed at volume 2 of 2", result
     assert (saved / "t.safetensors").read_bytes() == adapted

@@ -6,10 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..isotropic import FUSIONS  # torch-free at import
 from ..settings import OUTPUT_DTYPES, RunSettings
-
-# How the XZ and YZ reconstructions of a voxel are combined (diinn_napari.isotropic.FUSIONS, torch-free here).
-FUSIONS = ("mean", "max", "min", "xz", "yz")
 
 
 @dataclass(frozen=True)

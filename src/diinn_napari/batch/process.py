@@ -142,7 +142,7 @@ class VolumeWork:
 
         weights = partial.companion("safetensors")
         if not weights.exists():
-            from ..isotropic import adapt as adapt_model
+            from ..adapt import adapt as adapt_model
 
             z = self.volumes.z
             net = adapt_model(StackVolumes(reader, self.volumes), z.spacing, z.target, model=self.settings.run.model,
