@@ -130,3 +130,20 @@ def test_a_new_format_plugs_in_by_registering_one_object(tmp_path, monkeypatch):
     assert io.read_info(tmp_path / "a.raw").shape == (4, 5)
     with pytest.raises(ValueError, match=r"b\.bmpx: not a supported image file \(use .*\.raw"):
         io.read_info(tmp_path / "b.bmpx")
+
+
+def test_write_planes_keeps_the_inputs_format_and_divides_its_pixel_size(tmp_path, rng):
+    from diinn_napari.io import open_planes, read_record, write_planes
+
+    src = tmp_path / "in.tif"
+    data = (rng.random((2, 6, 8)) * 4000).astype(np.uint16)
+    tifffile.imwrite(src, data, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"axes": "ZYX", "spacing": 2.0})
+    info = read_info(src)
+    with open_planes(info) as reader:  # nearest-neighbour x2, plane by plane
+        planes = [reader[(z,)].repeat(2, 0).repeat(2, 1) for z in range(2)]
+    write_planes(tmp_path / "out.tif", info, (12, 16), np.uint16, planes, record={"made": "here"})
+    out = read_info(tmp_path / "out.tif")
+    assert out.kind == "imagej" and out.shape == (2, 12, 16) and out.z_spacing == 2.0
+    assert out.pixel_size == pytest.approx((0.2, 0.2))
+    assert read_record(tmp_path / "out.tif") == {"made": "here"}
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif")[:, ::2, ::2], data)

@@ -57,7 +57,10 @@ class PartialFile:
         probe = cls(mine, header, unit_shape, dtype, count, unit)
         candidates, companions = [], []
         for hidden in stale.hidden_files(out):
-            if not hidden.stale or hidden.kind == "tmp":
+            if not hidden.stale:
+                continue
+            if hidden.kind == "tmp":  # a final write that never finished: its partial file holds the work
+                stale.remove(hidden.path)
                 continue
             if hidden.kind == "companion":
                 companions.append(hidden)

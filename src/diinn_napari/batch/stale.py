@@ -94,7 +94,7 @@ def hidden_files(out: Path) -> list[Hidden]:
     return [h for h in found if h is not None and h.out_name == out.name]
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     """Delete a hidden file, or a hidden folder (the temporary of a store format such as OME-Zarr)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -114,7 +114,7 @@ def remove_stale_files(out_dir: Path) -> list[Path]:
     for path in out_dir.iterdir():
         hidden = classify(path)
         if hidden is not None and hidden.kind in ("tmp", "old") and hidden.stale:
-            _remove(path)
+            remove(path)
             removed.append(path)
     return removed
 
@@ -123,4 +123,4 @@ def remove_stale(out: Path) -> None:
     """Delete every stale hidden file of output ``out`` (e.g. after a kill between the final rename and cleanup)."""
     for hidden in hidden_files(out):
         if hidden.stale:
-            _remove(hidden.path)
+            remove(hidden.path)
