@@ -59,7 +59,7 @@ def main() -> None:
     widget.factor_y.value = args.factor
     plan = widget.plan()
     loop = QEventLoop()
-    widget.controller.state_changed.connect(lambda state: state.busy or loop.quit())
+    widget.controller.ended.connect(lambda state: loop.quit())
     if not widget.run():  # what pressing Run does; the reason is in the widget's notification
         raise SystemExit(f"the widget could not run: {widget.info.value}")
     loop.exec()

@@ -169,8 +169,11 @@ def test_output_overlays_the_source_exactly(setup, qtbot):
     points = viewer.add_points([[10 + 7 * 0.5, -3 + 15 * 0.4]], name="landmark")
     widget.layer.value = layer
     widget.factor_y.value = 2.5
+    ended = []
+    widget.controller.ended.connect(lambda state: ended.append((state, widget.result.metadata["diinn"]["partial"])))
     run(qtbot, widget)
     out = viewer.layers["cells x2.5 DIINN"]
+    assert ended == [(RunState.FINISHED, False)]  # the layer is whole when the end is announced
     assert widget.state is RunState.FINISHED and widget.result.name == out.name
     assert widget.run_button.text == "Run", widget.run_button.text
     assert out.data.shape == (50, 60) and out.data.dtype == np.uint16
@@ -352,14 +355,44 @@ def test_cancel_keeps_finished_planes_in_a_layer_marked_partial(setup, qtbot):
     stack = np.random.default_rng(2).integers(100, 4000, (5, 16, 16)).astype(np.uint16)
     widget.layer.value = viewer.add_image(stack, name="z")
     widget.tile_size.value = 4  # 16 tiles a plane
+    states = []
+    widget.controller.state_changed.connect(states.append)
     cancel_at(qtbot, widget, when=lambda update: update.units_done == 2)
-    assert widget.state is RunState.CANCELLED
+    assert states == [RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED]
     out = viewer.layers[-1]
     meta = out.metadata["diinn"]
     k = meta["planes_done"]
     assert k == 2 and meta["partial"] is True and meta["stopped"] == "cancelled"
     assert out.name == f"z x2 DIINN (partial: {k} of 5 planes)"
     assert np.all(out.data[:k].reshape(k, -1).max(axis=1) > 0) and not out.data[k:].any()
+
+
+def test_updates_handled_out_of_order_leave_the_layer_whole(setup, qtbot):
+    # nested event loops (napari drawing a layer) can deliver a later update before an earlier one ends
+    viewer, widget = setup
+    widget.layer.value = viewer.add_image(np.random.default_rng(8).integers(1, 4000, (3, 12, 12)).astype(np.uint16),
+                                          name="z")
+    default = widget.controller.worker_factory
+
+    def reversed_updates(updates):
+        def replay():
+            seen = []
+            while True:
+                try:
+                    seen.append(next(updates))
+                except StopIteration as end:
+                    yield from reversed(seen)  # the last plane first, the first tile last
+                    return end.value
+        return default(replay())
+
+    widget.controller.worker_factory = reversed_updates
+    counts = []
+    widget.controller.updated.connect(lambda update: counts.append(update.units_done))
+    run(qtbot, widget)
+    out = viewer.layers["z x2 DIINN"]
+    assert sorted(counts) == [1, 2, 3]  # one update a plane, delivered backwards (the last plane first)
+    assert widget.state is RunState.FINISHED and out.metadata["diinn"]["planes_done"] == 3
+    assert out.metadata["diinn"]["partial"] is False and np.all(out.data.reshape(3, -1).max(axis=1) > 0)
 
 
 def test_settings_are_recorded_when_the_run_starts(setup, qtbot):
@@ -419,6 +452,17 @@ def test_a_new_preview_replaces_the_old_one(setup, qtbot):
     previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
     assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
     assert "a DIINN preview" not in [layer.name for layer in widget.layer.choices if layer is not None]
+
+
+def test_a_newer_preview_supersedes_one_still_running(setup, qtbot):
+    viewer, widget = setup
+    widget.layer.value = viewer.add_image(np.random.default_rng(9).integers(0, 255, (20, 20)).astype(np.uint8), name="a")
+    for factor in (2.0, 3.0):  # the second press comes before the first preview is back
+        widget.factor_y.value = factor
+        press(widget.preview_button)
+    qtbot.waitUntil(lambda: not widget.previews.busy, timeout=TIMEOUT)
+    previews = [layer for layer in viewer.layers if layer.name.endswith("DIINN preview")]
+    assert len(previews) == 1 and previews[0].metadata["diinn"]["size_ratio"] == [3.0, 3.0]
 
 
 def test_consistency_and_trust_map_controls(setup, qtbot):

@@ -199,6 +199,8 @@ def test_a_cancel_handled_while_the_first_layer_is_added_still_marks_it_partial(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(type(viewer), "add_image", add_image)
+    ended = []
+    widget.controller.ended.connect(lambda state: ended.append((state, widget.result.name)))
     with held_worker(widget, when=lambda update: update.result is not None) as pressed:  # no end before the press
         run(qtbot, widget)
     out = viewer.layers[-1]
@@ -207,4 +209,4 @@ def test_a_cancel_handled_while_the_first_layer_is_added_still_marks_it_partial(
     assert meta["partial"] is True and meta["stopped"] == "cancelled", meta
     assert f"(partial: {meta[f'{unit}_done']} of " in out.name and meta[f"{unit}_done"] >= 1
     assert len(calls) == 1 and widget.result.name == out.name  # one output layer, not one per signal
-    assert widget.state is RunState.CANCELLED
+    assert widget.state is RunState.CANCELLED and ended == [(RunState.CANCELLED, out.name)]  # announced once marked

@@ -201,12 +201,16 @@ class RunController:
     ``worker_factory`` turns a generator of :class:`RunUpdate` into a
     not-yet-started superqt ``GeneratorWorker`` (default :func:`thread_worker_for`);
     a test or a front end may wrap the generator, e.g. to hold it at an update.
-    ``updated`` is emitted (in the main thread) for each update once the
-    layers show it; ``state_changed`` when :attr:`state` changes.
+    Signals, all emitted in the main thread: ``updated`` for each update once
+    the layers show it; ``state_changed`` when :attr:`state` changes (an end
+    state as soon as the worker has finished); ``ended`` with the end state
+    once the result layer shows the end too (named partial or not; when the
+    end arrives while napari draws the first layer, after that drawing).
     """
 
     updated = Signal(object)  # RunUpdate
     state_changed = Signal(object)  # RunState
+    ended = Signal(object)  # RunState: FINISHED, CANCELLED or FAILED
 
     def __init__(self, viewer: napari.Viewer, worker_factory: WorkerFactory = thread_worker_for):
         self.viewer = viewer
@@ -316,6 +320,7 @@ class RunController:
             whole = run.end is RunState.FINISHED
             run.layers.end(None if whole else run.end.value)
             self._close_progress(run)
+            self.ended.emit(run.end)
         elif run.last is not None:
             self._show_progress(run, run.last)
 
