@@ -66,7 +66,7 @@ def valid_range(mapping, dtype: np.dtype) -> tuple[float, float]:
 
 
 def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Values in ``dtype``: integers rounded and clipped to its range; a float narrower than the values' clipped to stay finite."""
+    """Values in ``dtype``: integers rounded and clipped to its range; a narrower float clipped to stay finite."""
     values = np.asarray(values)
     dtype = np.dtype(dtype)
     if values.dtype == dtype:

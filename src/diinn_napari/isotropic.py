@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .core import Assembly, CancelCheck, ProgressCallback, check_array, check_cancel
+from .core import Assembly, CancelCheck, ProgressCallback, check_array, check_cancel, collect
 from .isotropic_plan import default_axial_sigma, isotropic_shape, output_spacing, plan_spacing, z_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +69,7 @@ class IsoStep(NamedTuple):
 
     @property
     def piece(self) -> tuple[tuple, np.ndarray] | None:
-        """``(where, block)`` in the (..., Z_out, Y, X) output when the step finished a block (for :class:`~diinn_napari.core.Assembly`)."""
+        """``(where, block)`` in the (..., Z_out, Y, X) output once a block is finished (:class:`~diinn_napari.core.Assembly`)."""
         if self.block is None:
             return None
         return self.index + (slice(None), slice(*self.rows), slice(None)), self.block
@@ -202,14 +202,9 @@ def isotropic_steps(
                     if progress is not None:
                         progress(done, total)
                     yield IsoStep(done, total, index, None, None)
-                fused = _fuse([acc[v] for v in views], fusion).clamp(lo, hi)
-                measured = seen_t[:, y0 - a : y1 - a, :]
-                for _ in range(consistency):  # back-projection along Z with the point-sampling degradation
-                    residual = measured - torch.einsum("jk,kyx->jyx", down, fused)
-                    fused = (fused + torch.einsum("kj,jyx->kyx", upsample, residual)).clamp(lo, hi)
-                if excess is not None:  # outliers: their excess travels the cubic path along Z, linearly
-                    extra = torch.from_numpy(np.ascontiguousarray(excess[:, y0 - a : y1 - a, :])).to(dev)
-                    fused = (fused + torch.einsum("kj,jyx->kyx", upsample, extra)).clamp(lo, hi)
+                own = slice(y0 - a, y1 - a)  # the block's rows in what was read
+                fused = _settle(_fuse([acc[v] for v in views], fusion), seen_t[:, own], None if excess is None else
+                                excess[:, own], (lo, hi), consistency, down, upsample)
                 yield IsoStep(done, total, index, (y0, y1), cast(mapping.denormalize(fused.cpu().numpy(), compute), dtype))
 
 
@@ -241,6 +236,27 @@ def _decode(net, lr, samples, Z: int, Zo: int, lateral: int, window: tuple[int, 
         out = net.decode_window(lr, features, (Z, lateral), (Zo, lateral), (0, Zo, window[0], window[1]), (0, origin),
                                 "fast", samples=(samples, None))
     return out[:, 0]
+
+
+def _settle(fused, measured, excess, valid: tuple[float, float], consistency: int, down, upsample):
+    """One fused block (Zo, rows, X) made consistent with its ``measured`` planes (Z, rows, X), outliers added back.
+
+    ``consistency`` back-projection steps along Z with the point-sampling
+    degradation ``down`` (Z, Zo) and the cubic ``upsample`` (Zo, Z), each
+    followed by the projection onto ``valid``; then the outliers' ``excess``
+    (a (Z, rows, X) numpy array, or None) travels the cubic path along Z, linearly.
+    """
+    import torch
+
+    lo, hi = valid
+    fused = fused.clamp(lo, hi)
+    for _ in range(consistency):
+        residual = measured - torch.einsum("jk,kyx->jyx", down, fused)
+        fused = (fused + torch.einsum("kj,jyx->kyx", upsample, residual)).clamp(lo, hi)
+    if excess is not None:
+        extra = torch.from_numpy(np.ascontiguousarray(excess)).to(fused.device)
+        fused = (fused + torch.einsum("kj,jyx->kyx", upsample, extra)).clamp(lo, hi)
+    return fused
 
 
 def _fuse(views: list, fusion: str):
@@ -304,10 +320,8 @@ def isotropic(
     Returns the (..., Z_out, Y, X) volume, in the input dtype by default.
     """
     check_volume(volume)
-    result = Assembly(isotropic_shape(volume.shape, spacing, target), out)
-    for step in isotropic_steps(volume, spacing, target, **options):
-        result.add(step)
-    return result.result
+    return collect(isotropic_steps(volume, spacing, target, **options), isotropic_shape(volume.shape, spacing, target),
+                   out)
 
 
 def iter_isotropic_volumes(volume, spacing, target: float | None = None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
