@@ -344,16 +344,6 @@ def iter_isotropic_volumes(volume, spacing, target: float | None = None, **optio
             result = None
 
 
-def __getattr__(name: str):
-    # adapt() moved to diinn_napari.adapt (it imports this module, so no import here at load time);
-    # kept reachable as diinn_napari.isotropic.adapt while the shells move over
-    if name == "adapt":
-        from .adapt import adapt
-
-        return adapt
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":  # the file command is the batch command's: python -m diinn_napari.batch --isotropic
     from .batch import main
 
