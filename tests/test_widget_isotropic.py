@@ -9,7 +9,9 @@ napari = pytest.importorskip("napari")
 
 from diinn_napari._planner import ISOTROPIC  # noqa: E402
 from diinn_napari._run import Phase, RunState  # noqa: E402
-from diinn_napari.isotropic import adapt, default_axial_sigma, isotropic  # noqa: E402
+from diinn_napari.adapt import adapt  # noqa: E402
+from diinn_napari.isotropic import isotropic  # noqa: E402
+from diinn_napari.isotropic_plan import default_axial_sigma  # noqa: E402
 
 from test_widget import TIMEOUT, cancel_at, errors, held_worker, open_widget, press, run  # noqa: E402, F401
 

@@ -92,27 +92,29 @@ Updates = Generator[RunUpdate, None, RunResult]
 WorkerFactory = Callable[[Updates], "GeneratorWorker"]
 
 
-def upscale_updates(data, run: RunSettings, rgb: bool, return_trust: bool) -> Updates:
-    """The plane-wise run: :meth:`Engine.steps <diinn_napari.engine.Engine.steps>` as updates."""
+def upscale_updates(data, plan: RunPlan) -> Updates:
+    """The plane-wise run: :meth:`Engine.steps <diinn_napari.engine.Engine.steps>` as updates.
+
+    ``data``: what the plan covers (the whole layer, or its one plane for
+    ``plane_only``); the output fills in plane by plane, zeros until then.
+    """
+    from .core import Assembly
     from .engine import Engine
 
-    result = trust = None
+    rgb = plan.source.rgb
+    image = Assembly(plan.shape, fill=0)
+    trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
     planes_done = 0
-    for step in Engine(run).steps(data, rgb=rgb, return_trust=return_trust):
-        if step.plane is None:
+    for step in Engine(plan.run).steps(data, rgb=rgb, return_trust=plan.trust_map):
+        if not image.add(step):
             yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done)
             continue
-        if result is None:
-            leading = tuple(data.shape[: data.ndim - (3 if rgb else 2)])
-            result = np.zeros(leading + step.plane.shape, step.plane.dtype)
-            if step.trust is not None:
-                trust = np.zeros(leading + step.trust.shape, np.float32)
-        result[step.index] = step.plane
         if trust is not None:
-            trust[step.index] = step.trust
+            trust.place(step.index, step.trust)
         planes_done += 1
-        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done, result, trust)
-    return RunResult(result, trust)
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done, image.result,
+                        None if trust is None else trust.result)
+    return RunResult(image.result, None if trust is None else trust.result)
 
 
 def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
@@ -123,7 +125,9 @@ def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
     ``cancel`` (set by the controller with it) stops the adaptation at its
     next step.
     """
-    from .isotropic import adapt, isotropic_steps
+    from .adapt import adapt
+    from .core import Assembly
+    from .isotropic import isotropic_steps
 
     iso, run = plan.isotropic, plan.run
     model = run.model
@@ -150,18 +154,15 @@ def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
         if "error" in state:
             raise state["error"]
         model = state["model"]
-    result = None
+    volume = Assembly(plan.shape, fill=0)
     rows_done = 0
     for step in isotropic_steps(data, iso.spacing, iso.target, settings=run.replace(model=model), fusion="mean"):
-        if step.block is None:
+        if not volume.add(step):
             yield RunUpdate(Phase.UPSCALING, step.done, step.total, rows_done)
             continue
-        if result is None:
-            result = np.zeros(plan.shape, step.block.dtype)
-        result[step.index + (slice(None), slice(*step.rows), slice(None))] = step.block
         rows_done += step.rows[1] - step.rows[0]
-        yield RunUpdate(Phase.UPSCALING, step.done, step.total, rows_done, result)
-    return RunResult(result)
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, rows_done, volume.result)
+    return RunResult(volume.result)
 
 
 def thread_worker_for(updates: Updates) -> GeneratorWorker:
@@ -244,7 +245,7 @@ class RunController:
             index = plan.plane if plan.plane_only else None
             if index is not None:
                 data = data[tuple(slice(i, i + 1) for i in index)]
-            updates = upscale_updates(data, plan.run, plan.source.rgb, plan.trust_map)
+            updates = upscale_updates(data, plan)
         worker = self.worker_factory(updates)
         run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
         worker.yielded.connect(lambda update: self._on_update(run, update))
