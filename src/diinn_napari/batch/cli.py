@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..intensity import INTENSITY_MODES
 from ..settings import DEFAULT_CONSISTENCY, OUTPUT_DTYPES, PRECISIONS, RunSettings
-from .inputs import check_output_names, collect_inputs
+from .inputs import OUTPUT_FORMATS, check_output_names, collect_inputs
 from .job import FUSIONS, Settings
 from .runners import run_batch
 from .summary import summary
@@ -88,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diinn_napari.batch", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     files = p.add_argument_group("input and output")
-    files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG)")
+    files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG, OME-Zarr .zarr folders)")
     files.add_argument("--out", required=True, type=Path,
                        help="output folder (required; created when the first output is written)")
     files.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs, also those made with other settings (same settings are "
                             "skipped otherwise)")
+    files.add_argument("--format", choices=OUTPUT_FORMATS, default="auto",
+                       help="output format: auto (OME-Zarr for OME-Zarr inputs, TIFF for TIFF, PNG for PNG/JPEG), "
+                            "tiff (OME-Zarr inputs become OME-TIFF), or ome-zarr (a multiscale OME-Zarr image "
+                            "<name>.ome.zarr, NGFF 0.5; 0.4 for a 0.4 input)")
 
     size = p.add_argument_group("size (one of --scale, --pixel-size, --isotropic)")
     request = size.add_mutually_exclusive_group(required=True)
@@ -200,7 +204,7 @@ def settings_from(a: argparse.Namespace) -> Settings:
                       out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
-                    overwrite=a.overwrite)
+                    out_format=a.format, overwrite=a.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_options(p, a, len(paths))
     try:
         settings = settings_from(a)
-        check_output_names(paths, settings.out_dir)
+        check_output_names(paths, settings.out_dir, settings.out_format)
     except ValueError as err:
         p.error(str(err))
     try:

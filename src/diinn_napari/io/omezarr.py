@@ -1,0 +1,452 @@
+"""OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3): read level 0, write a multiscale image plane by plane.
+
+Reading: the first multiscale image of a group, its level 0 (the full
+resolution), its axes (any valid subset of t, c, z, y, x, in the spec's
+order), the scale and translation of level 0 (the multiscale's own
+transformations applied on top), units and the omero channels. A
+bioformats2raw container (``"bioformats2raw.layout": 3``) holds images
+``0``, ``1``, ... : :meth:`OmeZarrFormat.images` lists them and the batch
+processes each as its own input, written to ``<container>_<n>.ome.zarr``.
+
+Writing (:class:`PyramidWriter`): planes arrive one at a time (or as
+regions); level 0 is written as it comes and every lower level (Y and X
+halved by a 2 x 2 mean, an antialiased box filter, until the larger side is
+512 pixels or less) is made from the plane in the same pass, so no second
+read of level 0 and never a whole volume in memory. The scale and
+translation of every level follow the pixel-centre rule of the napari
+overlay (:func:`diinn_napari.settings.overlay_placement`). Axes, units and
+omero channels are kept; the settings record is the image attribute
+``"diinn-napari"``. zarr v2 stores get NGFF 0.4 metadata, zarr v3 stores 0.5.
+
+zarr is imported only when a store is opened or written (``pip install
+'diinn-napari[zarr]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..settings import overlay_placement
+from . import record as settings_record
+from .base import ImageInfo, register
+
+KIND = "ome-zarr"
+SMALLEST = 512  # pyramid levels stop once the larger of Y and X is at most this
+DEFAULT_CHUNK = 1024  # level-0 chunk side in Y and X for outputs of non-zarr inputs
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+# NGFF units are UDUNITS-2 names; ImageInfo.unit uses the short symbols TIFF and the rest of the package use
+_TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer", "mm": "millimeter",
+            "cm": "centimeter", "m": "meter", "Å": "angstrom", "pm": "picometer", "inch": "inch", "s": "second",
+            "ms": "millisecond", "min": "minute", "h": "hour"}
+_FROM_NGFF = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+              "angstrom": "Å", "picometer": "pm", "inch": "inch"}
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError as err:
+        raise ImportError("OME-Zarr needs zarr 3: pip install 'diinn-napari[zarr]'") from err
+    return zarr
+
+
+def ngff_unit(unit: str | None) -> str | None:
+    """The NGFF (UDUNITS-2) name of a unit symbol; names already valid pass through."""
+    if unit is None:
+        return None
+    return _TO_NGFF.get(unit, unit)
+
+
+def _read_attrs(path: Path) -> tuple[dict | None, int | None]:
+    """A group's attributes and zarr format (2 or 3) from its JSON files, without importing zarr."""
+    try:
+        if (path / "zarr.json").is_file():
+            meta = json.loads((path / "zarr.json").read_text())
+            if meta.get("node_type") != "group":
+                return None, None
+            return meta.get("attributes", {}), 3
+        if (path / ".zgroup").is_file():
+            attrs = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+            return attrs, 2
+    except (OSError, ValueError):
+        return None, None
+    return None, None
+
+
+def _ome(attrs: dict) -> dict:
+    """The OME part of a group's attributes: ``attrs["ome"]`` in 0.5, the attributes themselves in 0.4."""
+    return attrs.get("ome", attrs) if isinstance(attrs.get("ome"), dict) else attrs
+
+
+def _transforms(transforms: list[dict] | None, n: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * n, [0.0] * n
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            scale = [float(v) for v in t["scale"]]
+        elif t.get("type") == "translation" and "translation" in t:
+            translation = [float(v) for v in t["translation"]]
+        elif t.get("type") not in ("identity", None):
+            raise ValueError(f"coordinate transformation {t.get('type')!r} (only scale and translation are supported)")
+    return scale, translation
+
+
+def level0_transform(multiscale: dict, n: int) -> tuple[list[float], list[float]]:
+    """Scale and translation of level 0: its own, then the multiscale's (NGFF applies them in that order)."""
+    scale, translation = _transforms(multiscale["datasets"][0].get("coordinateTransformations"), n)
+    outer_scale, outer_translation = _transforms(multiscale.get("coordinateTransformations"), n)
+    scale = [s * o for s, o in zip(scale, outer_scale)]
+    translation = [t * o + ot for t, o, ot in zip(translation, outer_scale, outer_translation)]
+    return scale, translation
+
+
+def _axes(multiscale: dict, ndim: int, name: str) -> list[dict]:
+    axes = multiscale.get("axes")
+    if axes is None:  # NGFF 0.3 and older: 5D tczyx; fewer axes drop from the front
+        axes = [{"name": a} for a in "tczyx"[5 - ndim:]]
+    axes = [{"name": a} if isinstance(a, str) else dict(a) for a in axes]
+    names = "".join(a["name"].lower() for a in axes)
+    if len(axes) != ndim or not names.endswith("yx") or any(a not in "tczyx" for a in names) or len(set(names)) != ndim:
+        raise ValueError(f"{name}: axes {names!r} for an array of {ndim} dimensions; DIINN reads images with axes "
+                         "that are a subset of t, c, z, y, x ending in y, x")
+    if names != "".join(a for a in "tczyx" if a in names):
+        raise ValueError(f"{name}: axes {names!r} are not in the NGFF order t, c, z, y, x")
+    return axes
+
+
+class OmeZarrPlanes:
+    """Array-like over level 0's planes: ``reader[index]`` reads one (Y, X) plane (its chunks only)."""
+
+    def __init__(self, info: ImageInfo):
+        self.info, self.shape, self.dtype = info, info.shape, info.dtype
+        group = _zarr().open_group(str(info.path), mode="r")
+        self._array = group[info.metadata["ngff"]["dataset"]]
+
+    def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(self._array[tuple(int(i) for i in index)])
+
+    def region(self, index: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+        """One window of one plane (a cluster worker reads no more than its block needs)."""
+        return np.asarray(self._array[tuple(int(i) for i in index) + (ys, xs)])
+
+    def close(self) -> None:
+        self._array = None
+
+    def __enter__(self) -> OmeZarrPlanes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pyramid_shapes(yx: tuple[int, int], smallest: int = SMALLEST) -> list[tuple[int, int]]:
+    """(Y, X) of every level: level 0, then each halved (rounding up) until the larger side is <= ``smallest``."""
+    shapes = [tuple(int(n) for n in yx)]
+    while max(shapes[-1]) > smallest and min(shapes[-1]) > 1:
+        y, x = shapes[-1]
+        shapes.append(((y + 1) // 2, (x + 1) // 2))
+    return shapes
+
+
+def halve(plane: np.ndarray) -> np.ndarray:
+    """Y and X halved by the mean of each 2 x 2 block (float64; an odd edge row or column averages what it has)."""
+    data = np.asarray(plane, np.float64)
+    y, x = data.shape[-2:]
+    if y % 2 or x % 2:  # edge-replicate to even sizes: the last block's mean is over its real pixels only
+        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, y % 2), (0, x % 2)], mode="edge")
+    h, w = data.shape[-2] // 2, data.shape[-1] // 2
+    return data.reshape(data.shape[:-2] + (h, 2, w, 2)).mean(axis=(-3, -1))
+
+
+def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
+        info = np.iinfo(dtype) if dtype.kind != "b" else None
+        data = np.rint(data)
+        if info is not None:
+            data = np.clip(data, info.min, info.max)
+    return data.astype(dtype)
+
+
+def _output_axes(info: ImageInfo) -> list[dict]:
+    """The NGFF axes of an output: the input's when it was OME-Zarr, else from its tifffile letters."""
+    ngff = info.metadata.get("ngff")
+    if ngff is not None and len(ngff["axes"]) == len(info.shape):
+        return [dict(a) for a in ngff["axes"]]
+    letters = info.axes.lower()
+    if "s" in letters:
+        raise ValueError(f"{info.path.name}: colour samples (axes {info.axes}) have no OME-Zarr axis; "
+                         "write RGB images as TIFF (--format tiff)")
+    letters = letters.replace("q", "z").replace("i", "z")
+    if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
+        raise ValueError(f"{info.path.name}: axes {info.axes} cannot be written as OME-Zarr axes t, c, z, y, x")
+    if letters != "".join(a for a in "tczyx" if a in letters):
+        raise ValueError(f"{info.path.name}: axes {info.axes} are not in the OME-Zarr order T, C, Z, Y, X; "
+                         "write it as TIFF (--format tiff)")
+    unit = ngff_unit(info.unit)
+    axes = []
+    for a in letters:
+        axis: dict[str, Any] = {"name": a, "type": AXIS_TYPES[a]}
+        if a in "zyx" and unit is not None and unit in _FROM_NGFF:
+            axis["unit"] = unit
+        axes.append(axis)
+    return axes
+
+
+def output_transforms(info: ImageInfo, axes: list[dict]) -> tuple[list[float], list[float]]:
+    """Scale and translation of an output's level 0 (pixel sizes divided by the real size ratio, centres kept).
+
+    The input's transformation (``metadata["ngff"]``, or its pixel size) is
+    mapped with :func:`~diinn_napari.settings.overlay_placement`, the rule that
+    puts an upscaled napari layer over its source.
+    """
+    names = [a["name"].lower() for a in axes]
+    n = len(names)
+    ngff = info.metadata.get("ngff")
+    source_yx = info.metadata.get("source_yx") or list(info.yx)
+    ratio = [1.0] * n
+    ratio[-2], ratio[-1] = info.yx[0] / source_yx[0], info.yx[1] / source_yx[1]
+    if ngff is not None and len(ngff["scale"]) == n:
+        scale_in, translate_in = list(ngff["scale"]), list(ngff["translation"])
+    else:
+        scale_in, translate_in = [1.0] * n, [0.0] * n
+        source_size = info.metadata.get("source_pixel_size")
+        if source_size is None and info.pixel_size is not None:
+            source_size = (info.pixel_size[0] * ratio[-2], info.pixel_size[1] * ratio[-1])
+        if source_size is not None:
+            scale_in[-2], scale_in[-1] = float(source_size[0]), float(source_size[1])
+        if "t" in names and info.time_interval:
+            scale_in[names.index("t")] = float(info.time_interval)
+    if "z" in names and info.z_spacing is not None:
+        scale_in[names.index("z")] = float(info.z_spacing)  # Z resampled (--isotropic) or kept
+    if "translation" in info.metadata:  # given by the caller (the napari writer): the output's own
+        return scale_in, [float(v) for v in info.metadata["translation"]]
+    return overlay_placement(scale_in, translate_in, ratio)
+
+
+class PyramidWriter:
+    """An OME-Zarr image being written: level 0 plane by plane (or region by region), every lower level alongside.
+
+    ``PyramidWriter.create(path, info, record)`` makes the store and its
+    metadata; :meth:`write_plane` writes one plane of level 0 and the same
+    plane of every lower level. For block-wise writing (:meth:`write_region`),
+    a region aligned to the level-0 chunks of a size that divides by
+    ``2 ** levels`` gives exact lower levels too.
+    """
+
+    def __init__(self, group, info: ImageInfo, shapes: list[tuple[int, int]]):
+        self.group, self.info, self.shapes = group, info, shapes
+        self.arrays = [group[str(k)] for k in range(len(shapes))]
+
+    @classmethod
+    def create(cls, path: str | Path, info: ImageInfo, record: dict | None = None, *, zarr_format: int | None = None,
+               chunks: tuple[int, int] | None = None, smallest: int = SMALLEST) -> PyramidWriter:
+        """Create the store at ``path`` for the image ``info`` describes (shape, dtype, axes, sizes, metadata)."""
+        zarr = _zarr()
+        ngff = info.metadata.get("ngff") or {}
+        zarr_format = zarr_format or ngff.get("zarr_format") or 3
+        axes = _output_axes(info)
+        scale, translation = output_transforms(info, axes)
+        shapes = pyramid_shapes(info.yx, smallest)
+        chunk_yx = chunks or tuple(ngff.get("chunks_yx") or (DEFAULT_CHUNK, DEFAULT_CHUNK))
+        leading = tuple(info.shape[:-2])
+        group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+        datasets = []
+        for k, (y, x) in enumerate(shapes):
+            group.create_array(str(k), shape=leading + (y, x), dtype=info.dtype,
+                               chunks=(1,) * len(leading) + (min(chunk_yx[0], y), min(chunk_yx[1], x)),
+                               fill_value=0, **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2 else {}))
+            ratio = [1.0] * len(leading) + [y / shapes[0][0], x / shapes[0][1]]
+            level_scale, level_translation = overlay_placement(scale, translation, ratio)
+            datasets.append({"path": str(k), "coordinateTransformations": [
+                {"type": "scale", "scale": level_scale}, {"type": "translation", "translation": level_translation}]})
+        version = "0.5" if zarr_format == 3 else "0.4"
+        multiscale: dict[str, Any] = {"name": info.path.name, "axes": axes, "datasets": datasets,
+                                      "type": "mean", "metadata": {"method": "2 x 2 block mean",
+                                                                   "software": "diinn-napari"}}
+        ome: dict[str, Any] = {"multiscales": [multiscale]}
+        if version == "0.4":
+            multiscale["version"] = version
+        omero = _output_omero(info, axes)
+        if omero is not None:
+            ome["omero"] = omero
+        attrs: dict[str, Any] = {"ome": {"version": version, **ome}} if version == "0.5" else ome
+        if record is not None:
+            attrs[settings_record.RECORD_KEY] = record
+        group.attrs.update(attrs)
+        return cls(group, info, shapes)
+
+    @classmethod
+    def open(cls, path: str | Path, info: ImageInfo) -> PyramidWriter:
+        """An existing store made by :meth:`create` (a resumed or distributed write)."""
+        group = _zarr().open_group(str(path), mode="r+")
+        count = len(list(group.array_keys()))
+        return cls(group, info, pyramid_shapes(info.yx)[:count])
+
+    def write_plane(self, index: tuple[int, ...], plane: np.ndarray) -> None:
+        """Plane ``index`` (the leading axes) of level 0 and of every lower level."""
+        index = tuple(int(i) for i in index)
+        self.arrays[0][index] = plane
+        level = plane
+        for array in self.arrays[1:]:
+            level = halve(level)
+            array[index] = _cast(level, self.info.dtype)
+
+    def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray) -> None:
+        """A region of one plane at (y0, x0) of level 0 and the matching regions of the lower levels."""
+        index = tuple(int(i) for i in index)
+        h, w = data.shape[-2:]
+        self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
+        level = data
+        for k, array in enumerate(self.arrays[1:], start=1):
+            if y0 % 2 ** k or x0 % 2 ** k:
+                raise ValueError(f"region at ({y0}, {x0}) is not aligned to level {k}")
+            level = halve(level)
+            ly, lx = y0 >> k, x0 >> k
+            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = _cast(level, self.info.dtype)
+
+
+def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
+    ngff = info.metadata.get("ngff")
+    names = [a["name"] for a in axes]
+    n_channels = info.shape[names.index("c")] if "c" in names else 1
+    if ngff is not None and ngff.get("omero"):
+        omero = json.loads(json.dumps(ngff["omero"]))
+        if len(omero.get("channels", [])) == n_channels:
+            return omero
+    if info.channel_names and len(info.channel_names) == n_channels:
+        return {"channels": [{"label": str(name), "active": True} for name in info.channel_names]}
+    return None
+
+
+class OmeZarrFormat:
+    """OME-Zarr images (the ``ImageFormat`` of ``.zarr`` folders)."""
+
+    name = "ome-zarr"
+    suffixes = (".zarr",)
+    kinds = (KIND,)
+    holds_stacks = True
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_dir():
+            return False
+        attrs, _ = _read_attrs(path)
+        if attrs is None:
+            return False
+        ome = _ome(attrs)
+        return "multiscales" in ome or "bioformats2raw.layout" in ome
+
+    def images(self, path: Path) -> list[Path]:
+        """The images of ``path``: itself, or each image of a bioformats2raw container (in series order)."""
+        attrs, _ = _read_attrs(path)
+        ome = _ome(attrs or {})
+        if "multiscales" in ome or "bioformats2raw.layout" not in ome:
+            return [path]
+        series = None
+        omeattrs, _ = _read_attrs(path / "OME")
+        if omeattrs is not None:
+            series = _ome(omeattrs).get("series")
+        if series is None:
+            series = sorted((p.name for p in path.iterdir() if p.name.isdigit() and self.detect(p)), key=int)
+        found = [path / str(s) for s in series if self.detect(path / str(s))]
+        if not found:
+            raise ValueError(f"{path.name}: a bioformats2raw container with no images")
+        return found
+
+    def read_info(self, path: Path) -> ImageInfo:
+        name = path.name
+        attrs, zarr_format = _read_attrs(path)
+        if attrs is None:
+            raise ValueError(f"{name}: not a zarr group")
+        ome = _ome(attrs)
+        if "multiscales" not in ome:
+            if "bioformats2raw.layout" in ome:
+                raise ValueError(f"{name}: a bioformats2raw container; give the folder itself to the batch tool "
+                                 f"(each image is an input) or one image, e.g. {name}/0")
+            raise ValueError(f"{name}: a zarr group without OME-Zarr multiscales metadata")
+        try:
+            multiscale = ome["multiscales"][0]
+            dataset = multiscale["datasets"][0]["path"]
+            array = _zarr().open_group(str(path), mode="r")[dataset]
+            shape, dtype = tuple(int(n) for n in array.shape), np.dtype(array.dtype)
+            chunks = tuple(int(n) for n in array.chunks)
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"{name}: incomplete OME-Zarr metadata ({type(err).__name__}: {err})") from err
+        axes = _axes(multiscale, len(shape), name)
+        names = "".join(a["name"].lower() for a in axes)
+        scale, translation = level0_transform(multiscale, len(shape))
+        info = ImageInfo(path, KIND, names.upper(), shape, dtype)
+        units = {a["name"].lower(): a.get("unit") for a in axes}
+        if any(scale[i] != 1.0 for i in (-2, -1)) or units.get("x"):
+            info.pixel_size = (scale[-2], scale[-1])
+        if units.get("x"):
+            info.unit = _FROM_NGFF.get(units["x"], units["x"])
+        if "z" in names:
+            info.z_spacing = scale[names.index("z")]
+        if "t" in names and (scale[names.index("t")] != 1.0 or units.get("t")):
+            info.time_interval = scale[names.index("t")]
+        omero = ome.get("omero")
+        if isinstance(omero, dict):
+            labels = [c.get("label") for c in omero.get("channels", [])]
+            if labels and all(labels):
+                info.channel_names = [str(label) for label in labels]
+        info.metadata["ngff"] = {"axes": axes, "scale": scale, "translation": translation, "dataset": dataset,
+                                 "zarr_format": zarr_format, "chunks_yx": list(chunks[-2:]),
+                                 "omero": omero if isinstance(omero, dict) else None,
+                                 "version": ome.get("version") or multiscale.get("version")}
+        return info
+
+    def open_planes(self, info: ImageInfo) -> OmeZarrPlanes:
+        return OmeZarrPlanes(info)
+
+    def read_array(self, path: Path) -> tuple[np.ndarray, str]:
+        info = self.read_info(path)
+        group = _zarr().open_group(str(path), mode="r")
+        return np.asarray(group[info.metadata["ngff"]["dataset"]][...]), info.axes
+
+    def output_name(self, path: Path) -> str:
+        parent_attrs, _ = _read_attrs(path.parent)
+        if parent_attrs is not None and "bioformats2raw.layout" in _ome(parent_attrs):
+            return f"{zarr_stem(path.parent)}_{path.name}.ome.zarr"
+        return path.name
+
+    def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
+        """Write ``planes`` (leading axes in C order) as a multiscale OME-Zarr image with its pyramid."""
+        writer = PyramidWriter.create(path, info, record)
+        for index, plane in zip(np.ndindex(*info.shape[:-2]), planes):
+            writer.write_plane(index, plane)
+
+    def read_record(self, path: Path) -> dict | None:
+        attrs, _ = _read_attrs(path)
+        value = (attrs or {}).get(settings_record.RECORD_KEY)
+        if isinstance(value, str):
+            return settings_record.decode(value)
+        return value if isinstance(value, dict) else None
+
+
+def zarr_stem(path: Path) -> str:
+    """A store's name without ``.ome.zarr`` / ``.zarr``."""
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def with_zarr_name(name: str) -> str:
+    """The OME-Zarr name of an output called ``name`` in another format (``a.tif`` -> ``a.ome.zarr``)."""
+    lower = name.lower()
+    if lower.endswith(".zarr"):
+        return name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] + ".ome.zarr"
+    return Path(name).stem + ".ome.zarr"
+
+
+OME_ZARR = register(OmeZarrFormat())
