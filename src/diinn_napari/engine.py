@@ -209,7 +209,7 @@ class Engine:
             yield net
 
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-              cancel: CancelCheck | None = None, return_trust: bool = False) -> Iterator[Step]:
+              cancel: CancelCheck | None = None, return_trust: bool = False, out=None) -> Iterator[Step]:
         """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
         A step that finishes a plane carries it (``step.plane``), so a GUI
@@ -218,6 +218,12 @@ class Engine:
         plane exists at a time; ``max_output_pixels`` limits one output plane
         here. With ``return_trust=True`` the step that finishes a plane also
         carries its trust map (``step.trust``). Arguments as in :func:`upscale`.
+
+        ``out``: an array-like of the output's shape that takes
+        ``out[index + (ys, xs)] = tile`` (a zarr array, a
+        :class:`~diinn_napari.io.omezarr.PyramidSink`): every tile is written
+        there as it finishes and no output plane is held, so memory follows
+        the tile, whatever the output's size; steps then carry no plane.
         """
         s = self.settings
         leading, (h, w) = _spatial_layout(image, rgb)
@@ -231,6 +237,11 @@ class Engine:
             )
         dtype = s.output_dtype(image.dtype)
         compute = compute_dtype(dtype)
+        sink = out
+        if sink is not None:
+            expected = leading + (H, W) + ((int(image.shape[-1]),) if rgb else ())
+            if tuple(sink.shape) != expected:
+                raise ValueError(f"out has shape {tuple(sink.shape)}; the output needs {expected}")
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -241,7 +252,8 @@ class Engine:
                 plane = np.asarray(image[index])
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
-                out = np.empty((channels + alpha, H, W), dtype)
+                if sink is None:
+                    out = np.empty((channels + alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
                 for i, window in enumerate(tiles):
                     check_cancel(cancel, done, total, "tiles")
@@ -250,7 +262,15 @@ class Engine:
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                                  trust=return_trust)
                     y0, y1, x0, x1 = window
-                    out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
+                    if sink is not None:
+                        tile_out = cast(mapping.denormalize(sr, compute), dtype)
+                        if alpha:  # the mask resized on the whole plane, then cut: the values of a plane run
+                            if i == 0:
+                                mask = resize_mask(plane[..., 3], (H, W), dtype)
+                            tile_out = np.concatenate([tile_out, mask[None, y0:y1, x0:x1]])
+                        sink[index + (slice(y0, y1), slice(x0, x1))] = tile_out.transpose(1, 2, 0) if rgb else tile_out[0]
+                    else:
+                        out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
                         trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
@@ -258,6 +278,9 @@ class Engine:
                     if progress is not None:
                         progress(done, total)
                     finished = i == len(tiles) - 1
+                    if sink is not None:
+                        yield Step(done, total, index, None, trust if finished else None)
+                        continue
                     if finished and alpha:
                         out[3] = resize_mask(plane[..., 3], (H, W), dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
@@ -270,10 +293,29 @@ class Engine:
                 yield step.index, step.plane
 
     def run(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None, return_trust: bool = False):
-        """The whole result (and trust map with ``return_trust``); see :func:`upscale`."""
+            cancel: CancelCheck | None = None, return_trust: bool = False, out=None):
+        """The whole result (and trust map with ``return_trust``); see :func:`upscale`.
+
+        ``out``: a zarr array (or any array-like taking ``out[index] = tile``)
+        or a path: the result is written there tile by tile and returned
+        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is returned).
+        """
         leading, (h, w) = _spatial_layout(image, rgb)
         H, W = self.settings.output_yx((h, w), input_pixel_size)
+        if out is not None:
+            if return_trust:
+                raise ValueError("return_trust needs the result in memory; leave out=None for a trust map")
+            if isinstance(out, (str, os.PathLike)):
+                from .io.omezarr import create_image
+
+                if rgb:
+                    raise ValueError("an OME-Zarr image has no RGB sample axis; pass a zarr array of shape "
+                                     "(..., Y, X, 3) as out instead of a path")
+                out = create_image(out, leading + (H, W), self.settings.output_dtype(image.dtype))
+            for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
+                                out=out):
+                pass
+            return getattr(out, "array", out)
         n_pixels = int(np.prod(leading, dtype=np.int64)) * H * W
         if n_pixels > self.settings.max_output_pixels:
             raise ValueError(
@@ -337,7 +379,7 @@ def iter_upscaled_planes(image, scale=None, *, settings: RunSettings | None = No
 
 def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            return_trust: bool = False, input_pixel_size=None, **options):
+            return_trust: bool = False, input_pixel_size=None, out=None, **options):
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
@@ -364,12 +406,66 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
         Large where the model disagrees with the measurement. For RGB, the
         largest over the colour channels.
 
+    out: a zarr array of the output's shape (or any array-like that takes
+        ``out[index] = tile``), or a path for a new multiscale OME-Zarr
+        image: tiles are written there as they finish, no output plane is
+        held in memory, and the zarr array is returned.
+
     Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
     dtype (``out_dtype``, else the input's); with ``return_trust=True`` the
-    pair ``(output, trust)``.
+    pair ``(output, trust)``. For a lazy result of a dask array see :func:`upscale_lazy`.
     """
     return Engine(_settings(settings, scale, options)).run(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
-                                                           cancel=cancel, return_trust=return_trust)
+                                                           cancel=cancel, return_trust=return_trust, out=out)
+
+
+def upscale_lazy(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False, input_pixel_size=None,
+                 chunks: tuple[int, int] | None = None, **options):
+    """The result of :func:`upscale` as a lazy dask array: one task per output block, each computed on its own.
+
+    A block is decoded by :meth:`Engine.window` from its plane, with the
+    intensity map fitted on the whole plane and the halo the model and the
+    back-projection need, on the global output grid. ``chunks=None``: the
+    blocks are the engine's own tiles (``tile_size``, else the automatic
+    size), and the result equals :func:`upscale`'s bit for bit; other
+    ``chunks`` (Y, X) give equal values without back-projection
+    (``consistency=0``) and values within rounding (1 in the last unit of an
+    integer output) with it, whose float sums then run over other windows.
+    ``image``: numpy or dask (..., Y, X) (or (..., Y, X, 3|4) with
+    ``rgb=True``); each block's task reads its plane (the output's size /
+    scale**2). Needs dask.
+    """
+    import dask
+    import dask.array as da
+
+    from .devices import pick_device
+
+    engine = Engine(_settings(settings, scale, options))
+    s = engine.settings
+    leading, (h, w) = _spatial_layout(image, rgb)
+    H, W = s.output_yx((h, w), input_pixel_size)
+    dtype = s.output_dtype(image.dtype)
+    colour = (int(image.shape[-1]),) if rgb else ()
+    if chunks is None:
+        device = next(s.model.parameters()).device if isinstance(s.model, torch.nn.Module) else pick_device(s.device)
+        tiles = _tile_grid(h, w, H, W, int(s.tile_size or auto_tile_size(device, max(H / h, W / w))))
+        ys = sorted({(t[0], t[1]) for t in tiles})
+        xs = sorted({(t[2], t[3]) for t in tiles})
+    else:
+        ys = [(y0, min(H, y0 + chunks[0])) for y0 in range(0, H, chunks[0])]
+        xs = [(x0, min(W, x0 + chunks[1])) for x0 in range(0, W, chunks[1])]
+    window = dask.delayed(engine.window, pure=True)
+    planes = []
+    for index in np.ndindex(*leading):
+        plane = image[index] if hasattr(image, "dask") else dask.delayed(np.asarray)(image[index])
+        rows = []
+        for y0, y1 in ys:
+            row = [da.from_delayed(window(plane, (y0, y1, x0, x1), rgb=rgb, input_pixel_size=input_pixel_size),
+                                   (y1 - y0, x1 - x0) + colour, dtype) for x0, x1 in xs]
+            rows.append(da.concatenate(row, axis=1))
+        planes.append(da.concatenate(rows, axis=0))
+    result = da.stack(planes) if leading else planes[0]
+    return result.reshape(leading + (H, W) + colour) if leading else result
 
 
 def upscale_window(plane, output_shape: tuple[int, int], window: tuple[int, int, int, int], *,

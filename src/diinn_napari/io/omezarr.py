@@ -449,4 +449,81 @@ def with_zarr_name(name: str) -> str:
     return Path(name).stem + ".ome.zarr"
 
 
+
+class PyramidSink:
+    """Level 0 of a :class:`PyramidWriter` written piece by piece (any windows, e.g. the engine's tiles).
+
+    ``sink[index + (ys, xs)] = values`` writes level 0 there; once every pixel
+    of a block (the level-0 chunk, a multiple of ``2 ** (levels - 1)``) is
+    written, that block is read back alone and its lower-level regions are
+    written, so the pyramid fills in as tiles finish (no pass over the whole
+    level 0 at the end) and equals the one :meth:`PyramidWriter.write_plane`
+    makes. Memory: one block.
+    """
+
+    def __init__(self, writer: PyramidWriter):
+        self.writer, self.array = writer, writer.arrays[0]
+        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.block = tuple(int(n) for n in self.array.chunks[-2:])
+        step = 2 ** (len(writer.arrays) - 1)
+        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+            raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
+        self._covered: dict[tuple, int] = {}
+
+    def __setitem__(self, key: tuple, values: np.ndarray) -> None:
+        *index, ys, xs = key
+        index = tuple(int(i) for i in index)
+        self.array[key] = values
+        H, W = self.shape[-2:]
+        by, bx = self.block
+        for y in range(ys.start // by, (ys.stop - 1) // by + 1):
+            for x in range(xs.start // bx, (xs.stop - 1) // bx + 1):
+                y0, y1 = max(ys.start, y * by), min(ys.stop, (y + 1) * by)
+                x0, x1 = max(xs.start, x * bx), min(xs.stop, (x + 1) * bx)
+                cell = (index, y, x)
+                self._covered[cell] = self._covered.get(cell, 0) + (y1 - y0) * (x1 - x0)
+                full = (min(H, (y + 1) * by) - y * by) * (min(W, (x + 1) * bx) - x * bx)
+                if self._covered[cell] >= full:
+                    del self._covered[cell]
+                    self._finish(index, y * by, x * bx)
+
+    def _finish(self, index: tuple[int, ...], y0: int, x0: int) -> None:
+        by, bx = self.block
+        data = np.asarray(self.array[index + (slice(y0, y0 + by), slice(x0, x0 + bx))])
+        level = data
+        for k, array in enumerate(self.writer.arrays[1:], start=1):
+            level = halve(level)
+            ly, lx = y0 >> k, x0 >> k
+            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = _cast(level, self.dtype)
+
+
+def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str | None = None,
+                 pixel_size: tuple[float, float] | None = None, unit: str | None = None,
+                 translation: list[float] | None = None, channel_names: list[str] | None = None,
+                 record: dict | None = None, chunks: tuple[int, int] = (DEFAULT_CHUNK, DEFAULT_CHUNK),
+                 zarr_format: int = 3) -> PyramidSink:
+    """A new multiscale OME-Zarr image at ``path`` to be filled piece by piece (``sink[...] = tile``).
+
+    axes: tifffile letters in T, C, Z, Y, X order (default: the last
+    ``len(shape)`` of "TCZYX"); ``pixel_size``/``unit``/``translation``: level
+    0's physical grid (translation per axis, NGFF's, i.e. the first pixel's centre).
+    """
+    axes = axes or "TCZYX"[5 - len(shape):]
+    info = ImageInfo(Path(path), KIND, axes.upper(), tuple(int(n) for n in shape), np.dtype(dtype),
+                     pixel_size=pixel_size, unit=unit, channel_names=channel_names)
+    if translation is not None:
+        info.metadata["translation"] = list(translation)
+    return PyramidSink(PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks))
+
+
+def open_multiscale(path: str | Path) -> list:
+    """The levels of an OME-Zarr image as lazy dask arrays, largest first (a napari multiscale layer's data)."""
+    import dask.array as da
+
+    info = OME_ZARR.read_info(Path(path))
+    group = _zarr().open_group(str(path), mode="r")
+    attrs = _ome(group.attrs.asdict())
+    return [da.from_zarr(group[d["path"]]) for d in attrs["multiscales"][0]["datasets"]] if info else []
+
+
 OME_ZARR = register(OmeZarrFormat())
