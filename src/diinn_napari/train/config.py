@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0, help="max Gaussian noise sigma added to LR (0..1 units)")
     p.add_argument("--blur", type=float, default=0.0, help="max extra Gaussian blur sigma (HR px) before downsampling")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of files held aside for validation")
-    p.add_argument("--val-patches", type=int, default=64,
+    p.add_argument("--val-patches", type=int, default=32,
                    help="validation crops drawn from the held-aside files (fixed by --seed; 0 = no validation)")
-    p.add_argument("--val-crop", type=int, default=96, help="edge of a validation crop in HR pixels")
+    p.add_argument("--val-crop", type=int, default=64, help="edge of a validation crop in HR pixels")
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
                    help="also hold aside files whose name matches this glob (repeatable; default: none)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps; " + _preset_help("val_every", PRESETS))

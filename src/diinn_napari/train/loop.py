@@ -319,6 +319,11 @@ def build_model(args: argparse.Namespace) -> tuple[DIINN, str]:
     return model, str(args.weights)
 
 
+def validation_scales(max_scale: float) -> list[float]:
+    """The scales a run validates at: x2 and x4 (the largest trained scale when it is below 4)."""
+    return sorted({s for s in (2.0, min(4.0, max_scale)) if s <= max_scale}) or [max_scale]
+
+
 @dataclass
 class TrainingData:
     """The planes a run trains on, its fixed validation crops and scales, and the pair sampler."""
@@ -344,7 +349,7 @@ def prepare_data(args: argparse.Namespace, channels: int, main: bool = True) -> 
     validation = validation_crops(val, args.val_patches, args.val_crop, args.seed)
     sampler = PairSampler(train.planes, args.patch, args.scale_spec, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
                           jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial)
-    val_scales = [s for s in (2.0, 3.0, 4.0) if s <= sampler.max_scale()] or [sampler.max_scale()]
+    val_scales = validation_scales(sampler.max_scale())
     if main:
         log.info("training on %d planes from %d files, validating on %d crops of %d px from %d files; %d files skipped",
                  len(train.planes), len(train.files), len(validation.crops), args.val_crop, validation.files,
@@ -458,6 +463,9 @@ def _shared_horizon(clock: StepClock, step: int, process: Process) -> int:
 def _validate_and_keep(ckpt: Checkpoint, data: TrainingData, state: RunState, process: Process, loss: float | None,
                        lr: float, clock: StepClock) -> None:
     """Validate the saved model; log it; write the best weights when it beats the start and every earlier result."""
+    if state.step == 0:
+        log.info("validating the start on %d crops at %s ...", len(data.validation.crops),
+                 ", ".join(f"x{s:g}" for s in data.val_scales))
     started = time.perf_counter()
     metrics = validate(ckpt.saved, data.validation.crops, data.val_scales, process.device, crop=1 << 30)
     clock.validation_done(time.perf_counter() - started)
