@@ -79,7 +79,7 @@ FINETUNE_MINUTES = 10.0  # the default time limit of a fine-tune (when neither -
 MAX_STEPS = 1_000_000  # a time-limited run's cap when --steps is not given
 PRESETS: dict[str, dict] = {
     "scratch": dict(lr=5e-4, warmup=0, steps=2000, lr_floor=0.0, trainable="all", val_every=200),
-    "finetune": dict(lr=1e-4, warmup=30, steps=None, lr_floor=0.0, trainable="all", val_every=100,
+    "finetune": dict(lr=3e-4, warmup=10, steps=None, lr_floor=0.0, trainable="decoder", val_every=100,
                      schedule="cosine", ema=0.999),
 }
 

@@ -145,8 +145,9 @@ def adapt_to_image(
     plane = mapping.normalize(array)
     plane = plane.transpose(2, 0, 1) if plane.ndim == 3 else plane[None]
     train_part, strip = split_strip(plane, holdout)
-    patch = min(patch, math.floor(min(train_part.shape[-2:]) / min_scale))
-    if patch < 8:
+    side = min(train_part.shape[-2:])
+    patch = min(patch, max(8, math.floor(side / scale)))  # so that pairs at the target scale fit
+    if side < 8 * min_scale:
         raise ValueError(f"an image of {array.shape[:2]} px is too small to adapt to (need {math.ceil(8 * min_scale / (1 - holdout))} px)")
     planes = [torch.from_numpy(np.ascontiguousarray(train_part))]
     sampler = PairSampler(planes, patch, ("uniform", [min_scale, max(min_scale, float(scale))]))
