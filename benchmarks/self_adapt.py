@@ -66,7 +66,8 @@ def main() -> None:
                         "adapted_gain": tuned["psnr"] - tuned["bicubic_psnr"], "adapted_bias": tuned["bias"],
                         "improved_on_strip": adapted.improved, "seconds": seconds})
             print(f"x{scale:g} {f.name[:40]:40s} bundled {out[-1]['bundled_gain']:+.3f} adapted {out[-1]['adapted_gain']:+.3f} "
-                  f"strip check {'passed' if adapted.improved else 'kept the start'} ({seconds:.0f} s)", flush=True)
+                  f"strip check {'none (too small)' if adapted.start is None else 'passed' if adapted.improved else 'kept the start'} "
+                  f"({seconds:.0f} s)", flush=True)
         rows[f"x{scale:g}"] = out
     print(f"\n{a.split}: {len(test)} held-aside files, {a.crop} px crops, {a.steps} steps at lr {a.lr:g}")
     print(f"{'scale':>6} {'bundled gain':>13} {'adapted gain':>13} {'delta':>7} {'worst':>7} {'bias':>8} {'kept start':>11} {'s/image':>8}")

@@ -79,9 +79,11 @@ def validation_crops(planes: PlaneSet, count: int, size: int, seed: int, min_fil
     the material is too thin to trust: fewer than ``min_files`` files, or fewer distinct
     pixels than the crops cover (they overlap).
     """
-    if not planes.planes or count < 1:
-        return ValidationCrops([], 0, 0, ["no held-aside file to validate on: the result cannot be checked against the start"]
-                               if count >= 1 else [])
+    if count < 1:
+        return ValidationCrops([], 0, 0, ["validation is off (no crops asked for): the result is written unchecked"])
+    if not planes.planes:
+        return ValidationCrops([], 0, 0, ["no held-aside file to validate on: the result cannot be checked against the "
+                                          "start and is written unchecked"])
     rng = np.random.default_rng(seed)
     by_file: dict[int, list[torch.Tensor]] = {}
     owners = planes.owners or list(range(len(planes.planes)))
