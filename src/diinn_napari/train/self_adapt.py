@@ -27,6 +27,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# benchmarks/self_adapt.py on 7 transmitted-light files of other labs (256-px crops, 20 steps):
+# x2 +0.20 dB over the bundled model, none worse; x4 -0.17 dB, the worst -1.7 dB (a 64-px LR
+# holds too little of itself to learn x4 from). Callers should offer it up to this scale.
+MEASURED_HELPFUL_UP_TO = 2.0
+
 
 @dataclass
 class Adaptation:
@@ -128,6 +133,9 @@ def adapt_to_image(
     array = np.asarray(image)
     if array.ndim != (3 if rgb else 2):
         raise ValueError(f"adapt_to_image takes one plane: (Y, X) or (Y, X, 3) with rgb=True; got shape {array.shape}")
+    if scale > MEASURED_HELPFUL_UP_TO:
+        log.warning("self-adaptation at x%g: measured to help at x2 but to lose at x4 on held-aside files "
+                    "(docs/finetuning.md); compare the result with the start", scale)
     if threads:
         torch.set_num_threads(threads)
     from ..model import DIINN
