@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a cosine sized to --time-limit, EMA), 'scratch' (the from-scratch recipe); 'auto': 'scratch' "
                         "with --weights none, else 'finetune' (default: auto)")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimisation steps; " + _preset_help("steps", PRESETS) + "; with a time limit, the most it may run")
+                   help="optimisation steps; default: 2000 with --preset scratch; with --preset finetune as many as "
+                        "fit in --time-limit (given with a time limit: the most it may run)")
     p.add_argument("--epochs", type=float, default=None,
                    help="instead of --steps: passes over the training planes (default: unset, --steps counts)")
     p.add_argument("--recipe", default="scientific", choices=sorted(RECIPES),
