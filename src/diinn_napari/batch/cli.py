@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG)")
     files.add_argument("--out", required=True, type=Path,
                        help="output folder (required; created when the first output is written)")
+    files.add_argument("--cog", action="store_true",
+                       help="write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, internal overviews, DEFLATE "
+                            "with a predictor), through GDAL (needs rasterio)")
     files.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs, also those made with other settings (same settings are "
                             "skipped otherwise)")
@@ -200,7 +203,7 @@ def settings_from(a: argparse.Namespace) -> Settings:
                       out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
-                    overwrite=a.overwrite)
+                    overwrite=a.overwrite, cog=a.cog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     # everything that would make every file fail is checked before anything is created
     _check_model_and_device(p, a)
     _check_options(p, a, len(paths))
+    if a.cog:
+        try:
+            import rasterio  # noqa: F401
+        except ImportError:
+            p.error("--cog writes through GDAL: install rasterio (pip install rasterio)")
     try:
         settings = settings_from(a)
         check_output_names(paths, settings.out_dir)

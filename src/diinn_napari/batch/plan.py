@@ -167,6 +167,11 @@ def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozense
         shape = list(info.shape)
         shape[volumes.z_axis] = volumes.z.planes
         output = info.output(out, tuple(shape), dtype, z_spacing=volumes.z.target)
+    if settings.cog:
+        if info.kind != "geotiff":
+            raise ValueError(f"{path.name}: --cog writes GeoTIFF outputs, and this is a {info.kind.upper()} file without "
+                             "georeferencing; leave --cog out for it")
+        output.metadata = {**output.metadata, "cog": True}
     save_model = None
     if settings.save_model is not None:
         save_model = settings.save_model
@@ -202,4 +207,8 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         record["isotropic"] = volumes.record()
     if run.precision != "fp32":
         record["precision"] = run.precision
+    if info.nodata is not None:  # JSON has no NaN: the GDAL_NODATA text
+        record["nodata"] = repr(info.nodata)
+    if settings.cog:
+        record["cog"] = True
     return record

@@ -98,6 +98,8 @@ class PlaneWork:
         if partial.start >= info.n_planes:
             return
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
+        if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
+            run = run.replace(nodata=info.nodata)
         for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
             yield plane
 

@@ -211,7 +211,11 @@ class TiffFormat:
                     info.time_interval = ij.get("finterval")
         except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as err:
             raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
-        sample_layout(path.name, info.axes, info.shape)
+        if sample_layout(path.name, info.axes, info.shape) == "bands":
+            # plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first
+            raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel in an {info.kind.upper()} file; "
+                             "only gray, RGB (3) and RGBA (4) are read from ImageJ and OME-TIFF (save the bands as a "
+                             "channel axis)")
         return info
 
     def open_planes(self, info: ImageInfo) -> TiffPlanes:
