@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import rasterio  # noqa: F401
         except ImportError:
-            p.error("--cog writes through GDAL: install rasterio (pip install rasterio)")
+            p.error("--cog writes through GDAL: install rasterio (pip install rasterio, or diinn-napari[geotiff])")
     try:
         settings = settings_from(a)
         check_output_names(paths, settings.out_dir)

@@ -375,7 +375,7 @@ class GeoTiffFormat:
             import rasterio
             import rasterio.shutil
         except ImportError:
-            raise ValueError("--cog writes through GDAL: install rasterio (pip install rasterio)") from None
+            raise ValueError("--cog writes through GDAL: install rasterio (pip install rasterio, or diinn-napari[geotiff])") from None
         plain = path.with_name(path.name + ".plain.tif")
         try:
             self.write(plain, _without_cog(info), planes, record)
