@@ -155,7 +155,7 @@ def model_identity(model, channels: int) -> dict:
 def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset()) -> FilePlan:
     """Plan input ``path``: a ValueError naming the file when it cannot be processed as asked."""
     out = output_path(path, settings.out_dir)
-    if out.resolve() == path.resolve() or out.resolve() in inputs:
+    if out.resolve() == path.resolve() or out.resolve() in {p.resolve() for p in inputs}:
         raise ValueError(f"output {out} would overwrite an input; choose another --out folder")
     info = io.read_info(path)
     volumes = plan_volumes(info, settings) if settings.isotropic else None
@@ -187,8 +187,10 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
     else:
         request = {"scale": list(run.scale)} if run.scale else {"pixel_size": list(run.pixel_size)}
     record = {
+        # the content itself (a streamed SHA-256 of the bytes): a file of the same name and size, or one edited in
+        # place, is other work, for the skip and for resuming a partial file (whose header holds this record)
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
-                  "bytes": info.path.stat().st_size},
+                  "bytes": info.path.stat().st_size, "sha256": file_identity(info.path)["sha256"]},
         "output_yx": list(output.yx),
         "model": model_identity(run.model, 3 if info.rgb else 1),
         "intensity": run.intensity,
