@@ -162,6 +162,11 @@ def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozense
     dtype = output_dtype(info, settings)
     if volumes is None:
         out_yx = output_size(info.yx, scale_for(info, settings))
+        limit = settings.run.max_output_pixels
+        if out_yx[0] * out_yx[1] > limit:  # said here in the command line's terms (it has no option for the limit)
+            raise ValueError(f"{info.path.name}: one output plane would be {out_yx[0]} x {out_yx[1]} = "
+                             f"{out_yx[0] * out_yx[1]:,} pixels, above the limit of {limit:,} per plane; lower "
+                             "--scale (or raise --pixel-size), or process a crop of the file")
         output = info.output(out, info.upscaled_shape(out_yx), dtype)
     else:
         shape = list(info.shape)

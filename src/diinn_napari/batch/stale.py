@@ -3,7 +3,8 @@
 Names: ``.<output>.<host>-<pid>.partial`` (finished planes, resumable:
 :mod:`.partial`), ``.<output>.<host>-<pid>.partial.<ext>`` (a companion of
 that partial file, e.g. adapted weights), ``.<output>.<host>-<pid>.tmp<suffix>``
-(the output being written, renamed into place when complete). A file is
+(the output being written, renamed into place when complete), ``.<output>.lock``
+(held by the one process writing that output, :class:`OutputLock`). A file is
 stale when the process that made it runs no longer on this machine (or it is
 this process itself, left by an earlier failure of the same file). Files
 from other machines are left alone: their processes cannot be checked from
@@ -112,6 +113,9 @@ def remove_stale_files(out_dir: Path) -> list[Path]:
     if not out_dir.is_dir():
         return removed
     for path in out_dir.iterdir():
+        if _LOCK.match(path.name) and remove_unheld_lock(path):
+            removed.append(path)
+            continue
         hidden = classify(path)
         if hidden is not None and hidden.kind in ("tmp", "old") and hidden.stale:
             remove(path)
@@ -124,6 +128,29 @@ def remove_stale(out: Path) -> None:
     for hidden in hidden_files(out):
         if hidden.stale:
             remove(hidden.path)
+
+
+_LOCK = re.compile(r"^\..+\.lock$")
+
+
+def remove_unheld_lock(path: Path) -> bool:
+    """Delete a lock file no process holds (left by a killed run); True if it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not _try_lock(fd):
+            return False
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            path.unlink(missing_ok=True)
+        return same
+    finally:
+        os.close(fd)
 
 
 def lock_path(out: Path) -> Path:
