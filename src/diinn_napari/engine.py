@@ -250,9 +250,8 @@ class Engine:
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                                  trust=return_trust)
                     y0, y1, x0, x1 = window
-                    values = mapping.denormalize(sr, compute)
-                    check_output_finite(values, f" in plane {index}" if index else "")
-                    out[:channels, y0:y1, x0:x1] = cast(values, dtype)
+                    check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
+                    out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
                         trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
@@ -315,9 +314,8 @@ class Engine:
         with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
                             AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
-        values = mapping.denormalize(sr, compute)
-        check_output_finite(values)
-        out = cast(values, dtype)
+        check_output_finite(sr)
+        out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         return out.transpose(1, 2, 0) if rgb else out[0]
