@@ -28,8 +28,13 @@ input. Each finished plane goes to a hidden partial file in the output folder
 is written from it to a temporary file and renamed into place, so an
 interrupted run leaves no half-written output, and a rerun resumes a killed
 file from its last finished plane. Every output records the settings it was
-made with; a rerun skips outputs made with the same settings and refuses
-(that file fails) to replace ones made with others unless --overwrite. One bad
+made with, a SHA-256 of its input's bytes and one of its own pixels; a rerun
+skips outputs made with the same settings from the same content (an output
+found cut short or damaged is recomputed) and refuses (that file fails) to
+replace ones made with others unless --overwrite. One process at a time
+writes an output (a lock file beside it; see docs/batch.md for network file
+systems). Ctrl-C (exit 130) and SIGTERM (exit 143) stop the batch and its
+workers within seconds, leaving every file resumable. One bad
 file is reported and the batch goes on; the exit code is 1 when any file
 failed.
 
