@@ -77,6 +77,8 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
     per_unit = plan.info.n_planes // plan.count
     with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
         partial = PartialFile.claim(out, plan.header_record, plan.unit_shape, plan.output.dtype, plan.count, plan.unit)
+        if partial.discarded:
+            notes.append("a partial file of other work (another input content or other settings) was discarded")
         if progress and partial.start:
             progress(partial.start * per_unit)
         try:

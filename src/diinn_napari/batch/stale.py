@@ -205,6 +205,8 @@ class OutputLock:
             return
         try:
             self.path.unlink(missing_ok=True)  # while locked: a waiter notices the removal and locks a new file
+        except OSError:  # Windows: an open file cannot be removed; the next run removes it
+            pass
         finally:
             os.close(fd)  # releases the lock
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import zlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -97,6 +98,12 @@ class TiffPlanes:
                     f"shape {page_shape} for a series of shape {tuple(self.shape)}, axes {info.axes}, compressed "
                     "or not contiguous); save it as one page per plane (ImageJ or OME-TIFF) first"
                 )
+        except ValueError:
+            self.close()
+            raise
+        except _HEADER_ERRORS as err:
+            self.close()
+            raise ValueError(f"{info.path.name}: cannot read this TIFF ({type(err).__name__}: {err})") from err
         except BaseException:
             self.close()
             raise
@@ -118,6 +125,13 @@ class TiffPlanes:
         if self._tif is None:
             raise ValueError(f"{self.info.path.name}: the reader is closed")
         index = tuple(int(i) for i in index)
+        try:
+            return self._read(index)
+        except _HEADER_ERRORS as err:
+            raise ValueError(f"{self.info.path.name}: plane {index} cannot be read ({type(err).__name__}: {err}); "
+                             "the file is damaged") from err
+
+    def _read(self, index: tuple[int, ...]) -> np.ndarray:
         flat = int(np.ravel_multi_index(index, self.info.leading)) if self.info.leading else 0
         if self._mode == "page":
             return self._series[flat].asarray().reshape(self.info.plane_shape)
@@ -137,6 +151,11 @@ class TiffPlanes:
         if self._cache is None or self._cache[0] != number:
             self._cache = (number, self._series[number].asarray().reshape(-1))
         return self._cache[1]
+
+
+# what tifffile raises, directly or from the struct, zlib and numpy calls under it, on a damaged header or data
+_HEADER_ERRORS = (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, AttributeError, TypeError,
+                  RuntimeError, struct.error, EOFError, OverflowError, MemoryError, zlib.error)
 
 
 class _Refused(ValueError):
@@ -298,7 +317,7 @@ class TiffFormat:
                 _check_complete(tif, series, info, log.messages)
         except _Refused:
             raise
-        except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, AttributeError, TypeError) as err:
+        except _HEADER_ERRORS as err:
             raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
         sample_layout(path.name, info.axes, info.shape)
         drop_invalid_sizes(info)
