@@ -10,7 +10,7 @@
 # The cosine schedule needs the run's length in steps: a short probe measures steps per second,
 # then the run resumes (same optimizer, same sampler state) with the length that fills MINUTES.
 # Validation files are the bundled models' own held-aside files (their weights metadata), so the
-# numbers compare with the README's. Results land in $OUT (weights, logs as one tarball).
+# numbers compare with docs/quality.md's. Results land in $OUT (weights, logs as one tarball).
 set -u
 export PYTHONPATH=${SRC:-$PWD/src} PYTHONUNBUFFERED=1
 DATA=${1:-.gpu_data}

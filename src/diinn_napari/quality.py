@@ -51,7 +51,7 @@ def degrade_axis(hr: torch.Tensor, ratio: float, sigma: float, n_lr: int, offset
     W is kept. The blur reflects at the crop's border, so keep ``offset`` (and
     the rows past the last sample) at least ``3 * sigma`` from it. This is how
     a microscope samples Z (axial PSF, then one plane every ``ratio`` pixels):
-    the degradation of :func:`diinn_napari.isotropic.adapt` and of the
+    the degradation of :func:`diinn_napari.adapt.adapt` and of the
     trainer's axial items.
     """
     if sigma >= 0.1:

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed = p.add_argument_group("performance")
     speed.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (exact); bf16: about 1.5x faster on CPUs with avx512_bf16/AMX and on CUDA, within "
-                            "0.01 dB (README), slower on CPUs without them; fp16: CUDA only")
+                            "0.01 dB (docs/speed.md), slower on CPUs without them; fp16: CUDA only")
     speed.add_argument("--tile-size", type=_int_at_least(0), default=0,
                        help="LR tile edge in pixels; bounds memory per tile; 0 = automatic for the device")
     speed.add_argument("--workers", type=_int_at_least(1), default=1,

@@ -1,7 +1,7 @@
 """Training data: normalised planes of image files, and the sampler of LR/HR pairs.
 
 Every YX plane of every file is a sample (2D images, RGB, multi-page and nD
-TIFF stacks), read by :func:`diinn_napari.images.image_planes` (intensities
+TIFF stacks), read by :func:`diinn_napari.io.image_planes` (intensities
 normalised by the engine's own code, so the model trains on what it will see).
 """
 
