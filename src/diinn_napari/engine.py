@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .core import (Assembly, CancelCheck, Cancelled, ProgressCallback, auto_tile_size, cast, check_array,
-                   check_cancel, check_finite, compute_dtype, replace_outliers, valid_range)
+                   check_cancel, check_finite, check_output_finite, compute_dtype, replace_outliers, valid_range)
 from .devices import pick_device
 from .intensity import fit_intensity
 from .model import DIINN
@@ -250,6 +250,7 @@ class Engine:
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                                  trust=return_trust)
                     y0, y1, x0, x1 = window
+                    check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
                     out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
@@ -316,6 +317,7 @@ class Engine:
         with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
                             AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
+        check_output_finite(sr)
         out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])

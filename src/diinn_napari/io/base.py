@@ -22,6 +22,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class ImageInfo:
     channel_names: list[str] | None = None
     nodata: float | None = None  # the value of pixels without data (NaN included), or None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # what the reader dropped or doubted (e.g. an invalid physical size), for the user: the batch tool reports them
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rgb(self) -> bool:
@@ -96,7 +99,35 @@ class ImageInfo:
         if self.pixel_size is not None:
             size = (self.pixel_size[0] * self.yx[0] / new_yx[0], self.pixel_size[1] * self.yx[1] / new_yx[1])
         return dataclasses.replace(self, path=Path(path), shape=tuple(int(n) for n in shape), dtype=np.dtype(dtype),
-                                   pixel_size=size, z_spacing=self.z_spacing if z_spacing is None else z_spacing)
+                                   pixel_size=size, z_spacing=self.z_spacing if z_spacing is None else z_spacing,
+                                   warnings=[])
+
+
+def _valid_size(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def drop_invalid_sizes(info: ImageInfo) -> ImageInfo:
+    """Drop physical sizes that are not finite numbers > 0 (0, -1, NaN, inf), each with a warning in ``info.warnings``.
+
+    Every format's reader calls it, so an invalid size is never divided,
+    planned with or copied into an output.
+    """
+    name = info.path.name
+    if info.pixel_size is not None and not all(_valid_size(v) for v in info.pixel_size):
+        info.warnings.append(f"{name}: invalid pixel size {tuple(info.pixel_size)} ignored (the file is read as "
+                             "uncalibrated in X and Y)")
+        info.pixel_size = None
+    if info.z_spacing is not None and not _valid_size(info.z_spacing):
+        info.warnings.append(f"{name}: invalid Z spacing {info.z_spacing!r} ignored")
+        info.z_spacing = None
+    if info.time_interval is not None and not _valid_size(info.time_interval):
+        info.warnings.append(f"{name}: invalid time interval {info.time_interval!r} ignored")
+        info.time_interval = None
+    return info
 
 
 def is_colour(axes: str, shape: tuple[int, ...]) -> bool:
