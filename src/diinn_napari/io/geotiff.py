@@ -44,7 +44,7 @@ import tifffile
 
 from . import record as settings_record
 from .base import ImageInfo, register, sample_layout
-from .tiff import drop_tags
+from .tiff import HEADER_ERRORS, drop_tags
 
 
 class _QuietGdalTags(logging.Filter):
@@ -260,7 +260,7 @@ class GeoTiffFormat:
                 return sample_layout(path.name, "YXS", shape, photometric=int(page.photometric),
                                      interpretation=interp,
                                      extrasamples=tuple(int(v) for v in page.extrasamples or ())) == "bands"
-        except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError):
+        except HEADER_ERRORS:  # a damaged header: TIFF's reader names what is wrong
             return False
 
     def read_info(self, path: Path) -> ImageInfo:
@@ -285,10 +285,12 @@ class GeoTiffFormat:
                 photometric = int(page.photometric)
                 extrasamples = tuple(int(v) for v in page.extrasamples or ())
                 has_resolution = "XResolution" in page.tags and "YResolution" in page.tags
-        except (tifffile.TiffFileError, OSError, IndexError, KeyError) as err:
+        except tifffile.TiffFileError as err:  # (a ValueError too, but says nothing of the file by itself)
             raise ValueError(f"{path.name}: cannot read this GeoTIFF ({err})") from err
         except ValueError as err:
             raise ValueError(f"{path.name}: {err}") from err
+        except HEADER_ERRORS as err:
+            raise ValueError(f"{path.name}: cannot read this GeoTIFF ({err})") from err
         dtype = np.dtype(series.dtype)
         interp = colour_interpretation(gdal_xml, samples)
         layout = sample_layout(path.name, "YXS" if samples > 1 else "YX", (*yx, samples) if samples > 1 else yx,

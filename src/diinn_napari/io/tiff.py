@@ -101,7 +101,7 @@ class TiffPlanes:
         except ValueError:
             self.close()
             raise
-        except _HEADER_ERRORS as err:
+        except HEADER_ERRORS as err:
             self.close()
             raise ValueError(f"{info.path.name}: cannot read this TIFF ({type(err).__name__}: {err})") from err
         except BaseException:
@@ -127,7 +127,7 @@ class TiffPlanes:
         index = tuple(int(i) for i in index)
         try:
             return self._read(index)
-        except _HEADER_ERRORS as err:
+        except HEADER_ERRORS as err:
             raise ValueError(f"{self.info.path.name}: plane {index} cannot be read ({type(err).__name__}: {err}); "
                              "the file is damaged") from err
 
@@ -154,8 +154,8 @@ class TiffPlanes:
 
 
 # what tifffile raises, directly or from the struct, zlib and numpy calls under it, on a damaged header or data
-_HEADER_ERRORS = (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, AttributeError, TypeError,
-                  RuntimeError, struct.error, EOFError, OverflowError, MemoryError, zlib.error)
+HEADER_ERRORS = (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, AttributeError, TypeError,
+                 RuntimeError, struct.error, EOFError, OverflowError, MemoryError, zlib.error)
 
 
 class _Refused(ValueError):
@@ -317,7 +317,7 @@ class TiffFormat:
                 _check_complete(tif, series, info, log.messages)
         except _Refused:
             raise
-        except _HEADER_ERRORS as err:
+        except HEADER_ERRORS as err:
             raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
         if sample_layout(path.name, info.axes, info.shape) == "bands":
             # plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first
