@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from .. import io
@@ -27,7 +28,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or matching pattern: {item}")
             found += [Path(m) for m in matches if Path(m).is_file() or io.is_image(m)]
-    return list(dict.fromkeys(image for p in found for image in _images(p.resolve())))
+    # absolute, links not followed: an input is named after the path given (a git-annex or DataLad link keeps its
+    # name, not its target's); plan_file compares resolved paths where it matters (never writing over an input).
+    # A container (a bioformats2raw OME-Zarr) gives one input per image it holds.
+    return list(dict.fromkeys(image for p in found for image in _images(Path(os.path.abspath(p)))))
 
 
 def _images(path: Path) -> list[Path]:
@@ -54,7 +58,7 @@ def output_kind(info_kind: str, out_format: str = "auto") -> str:
     if out_format == "ome-zarr":
         return "ome-zarr"
     if out_format == "tiff":
-        return info_kind if info_kind in ("imagej", "ome", "tiff") else "ome"
+        return info_kind if info_kind in ("imagej", "ome", "tiff", "geotiff") else "ome"
     raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {out_format!r}")
 
 

@@ -31,6 +31,7 @@ class Settings:
     save_model: with adapt_steps, where the adapted weights go: a
         ``.safetensors`` file (one input) or a folder (``<output stem>.safetensors`` per file).
     out_format: "auto" (each output in its input's format), "tiff" or "ome-zarr" (a multiscale OME-Zarr image).
+    cog: write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, overviews, DEFLATE + predictor; needs rasterio).
     overwrite: replace existing outputs even when they were made with other settings.
     show_progress: a progress bar on stderr (only when stderr is a terminal).
     """
@@ -46,6 +47,7 @@ class Settings:
     seed: int = 0
     save_model: Path | None = None
     out_format: str = "auto"
+    cog: bool = False
     overwrite: bool = False
     show_progress: bool = True
 
