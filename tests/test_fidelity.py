@@ -20,12 +20,12 @@ def silent(model):
     return model
 
 
-def textbook_back_projection(x: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
-    """x <- x + U(y - D(x)) on whole (Y, X) float64 images with torch's own resampling."""
+def textbook_back_projection(x: np.ndarray, y: np.ndarray, steps: int, floor: float = -np.inf) -> np.ndarray:
+    """x <- max(x + U(y - D(x)), floor) on whole (Y, X) float64 images with torch's own resampling."""
     xt, yt = torch.from_numpy(x)[None, None].double(), torch.from_numpy(y)[None, None].double()
     for _ in range(steps):
         down = F.interpolate(xt, size=y.shape, mode="bicubic", antialias=True, align_corners=False)
-        xt = xt + F.interpolate(yt - down, size=x.shape, mode="bicubic", align_corners=False)
+        xt = (xt + F.interpolate(yt - down, size=x.shape, mode="bicubic", align_corners=False)).clamp(min=floor)
     return xt[0, 0].numpy()
 
 
@@ -85,7 +85,9 @@ def test_consistency_is_textbook_back_projection(model, rng, scale):
     image = rng.random((31, 27)).astype(np.float32) * 4000
     mapping = fit_intensity(image)
     start = upscale(image, scale, model=model, consistency=0)
-    expected = textbook_back_projection(mapping.normalize(start).astype(np.float64), mapping.normalize(image), 2)
+    floor = float(np.percentile(mapping.normalize(image), 0.1))  # the plane's floor: the projection's bound
+    assert mapping.normalize(start).min() >= floor - 1e-6
+    expected = textbook_back_projection(mapping.normalize(start).astype(np.float64), mapping.normalize(image), 2, floor)
     got = mapping.normalize(upscale(image, scale, model=model, consistency=2))
     assert np.abs(got - expected).max() < 1e-5
 
@@ -259,3 +261,64 @@ def test_rgba_keeps_its_alpha(rng, dtype):
     bilinear = F.interpolate(torch.from_numpy(image[0, ..., 3].astype(np.float32))[None, None], (25, 30),
                              mode="bilinear", align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(alpha[0], bilinear, atol=0.5 if dtype != np.float32 else 1e-5)
+
+
+# ---- dark backgrounds: the consistency step digs no holes ----------------------------------------
+def _on_output_grid(image: np.ndarray, out_shape) -> np.ndarray:
+    """Each output pixel's nearest input pixel."""
+    from diinn_napari.model.grid import nearest_lr_index
+
+    return image[nearest_lr_index(image.shape[0], out_shape[0])][:, nearest_lr_index(image.shape[1], out_shape[1])]
+
+
+@pytest.mark.parametrize("dtype, seed", [(np.uint8, 2), (np.uint16, 1)])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_dark_background_fluorescence_gets_no_holes(dtype, seed, scale):
+    """Nuclei and spots on a dark, Poisson-noisy background, the bundled gray model, default settings.
+
+    Before the data-bounded step (bicubic back-projection clipped to the
+    dtype's range) the uint8 plane got 0.46 % (x2) and 0.60 % (x4) new zero
+    pixels, the uint16 plane 1.9 % and 2.5 %; now none may exceed 0.1 %, for
+    integer and float output, and the output still explains its input.
+    """
+    net = get_model("default", 1, "cpu")
+    image = quality.dark_fluorescence((96, 96), dtype, seed=seed)
+    value_range = quality.robust_range(image)
+    out = upscale(image, scale, model=net)
+    assert out.dtype == dtype
+    assert quality.new_zero_fraction(out, _on_output_grid(image, out.shape)) <= 0.001
+    assert quality.undershoot_fraction(out, image) <= 0.001
+    floats = upscale(image, scale, model=net, out_dtype=np.float32)
+    assert quality.undershoot_fraction(floats, image) <= 0.001
+    assert quality.new_zero_fraction(floats, _on_output_grid(image, out.shape)) <= 0.001
+    agreement = quality.lr_consistency(floats, image.astype(np.float32), value_range)
+    assert agreement["psnr"] > 50 and abs(agreement["bias"]) <= 0.3
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_dark_background_ground_truth_clips_no_more_than_bicubic(dtype):
+    """Downsample, upscale back, compare: newly clipped pixels at most 0.1 % and never more than bicubic's."""
+    net = get_model("default", 1, "cpu")
+    hr = quality.dark_fluorescence((96, 96), dtype, seed=5)
+    for scale in (2, 4):
+        lr = np.clip(np.rint(quality.downsample_array(hr, (96 // scale, 96 // scale))), 0, np.iinfo(dtype).max).astype(dtype)
+        out = upscale(lr, output_shape=hr.shape, model=net)
+        bicubic = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], hr.shape, mode="bicubic",
+                                align_corners=False)[0, 0].numpy()
+        bicubic = np.clip(np.rint(bicubic), 0, np.iinfo(dtype).max).astype(dtype)
+        assert quality.clipped_fraction(out, hr) <= min(0.001, quality.clipped_fraction(bicubic, hr))
+
+
+def test_the_bounds_bind_and_tiles_still_agree(rng):
+    """A random model undershoots everywhere: the bound binds, and tiled equals whole (floats and integers)."""
+    model = tiny_model()
+    image = quality.dark_fluorescence((45, 38), np.uint16, seed=3)
+    floor = float(image.min()) - 0.01 * quality.robust_range(image)
+    for dtype in (np.uint16, np.float32):
+        for scale in (2, 3.14, (1.5, 4)):
+            whole = upscale(image, scale, model=model, tile_size=1000, out_dtype=dtype)
+            tiled = upscale(image, scale, model=model, tile_size=11, out_dtype=dtype)
+            assert whole.min() >= floor
+            assert np.abs(whole.astype(np.float64) - tiled).max() / quality.robust_range(image) < 1e-4
+    unbounded = upscale(image, 2, model=model, out_dtype=np.float32, consistency=0)
+    assert unbounded.min() >= floor  # the network's own undershoot is bounded too
