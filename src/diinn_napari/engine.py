@@ -424,17 +424,20 @@ class DataBounds(NamedTuple):
     may reach. ``step``: the quantisation step (one count for integer planes,
     the smallest gap between values of a float plane with few values, else 0).
     ``few``: the channel has at most ``FEW_LEVELS`` steps over its robust
-    range (p0.1 to p99.9). Statistics of the whole plane, so every tile uses
+    range (p0.1 to p99.9), ``spread``, that range. Statistics of the whole plane, so every tile uses
     the same bounds.
     """
 
     floor: np.ndarray
     step: np.ndarray
     few: np.ndarray
+    spread: np.ndarray
 
 
 # a plane with at most this many quantisation steps over its robust range is "few-level" (dim data)
 FEW_LEVELS = 64
+# network output up to this fraction of the robust range below the floor is lifted to it; deeper is kept
+DEEP = 0.02
 _BOUND_SAMPLES = 1 << 20  # statistics of big planes from a regular subsample
 
 
@@ -455,7 +458,7 @@ def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
     spread = np.maximum(hi - lo, 1e-12)
     few = (step > 0) & (spread <= FEW_LEVELS * step * (1 + 1e-6))
     floor = lo - np.minimum(0.45 * step, 0.005 * spread)
-    return DataBounds(floor, step, few)
+    return DataBounds(floor, step, few, spread)
 
 
 def _valid_range(mapping, dtype: np.dtype) -> tuple[float, float]:
@@ -540,11 +543,13 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
        steps need (encoding the LR pixels that window depends on), so the
        result equals the whole-image result.
     3. Few-level channels (``bounds.few``): the network's detail over bicubic
-       soft-thresholded by half a quantisation step. The result, and after
-       it each of the ``consistency`` back-projection steps against that same
-       plane (residuals within half a step are zero for few-level channels),
-       is projected onto ``[bounds.floor, valid[1]]`` (``valid`` alone
-       without ``bounds``).
+       soft-thresholded by half a quantisation step. The result is clipped to
+       ``valid`` and, where it lies less than ``DEEP`` of the robust range
+       below ``bounds.floor``, lifted to it. Each of the ``consistency``
+       back-projection steps against that same plane (residuals within half
+       a step are zero for few-level channels) is followed by the projection
+       onto ``[min(x_0, floor), valid[1]]``: the steps dig no lower than the
+       floor or than the network itself went.
     4. The outliers' excess over their replacement is added by bicubic
        interpolation: linear in the excess, spread no further than bicubic.
 
@@ -580,6 +585,7 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
     lo, hi = valid
     channels = x.shape[1]
     floor = np.full(channels, lo) if bounds is None else np.maximum(bounds.floor, lo)
+    spread = np.zeros(channels) if bounds is None else bounds.spread
     lower = torch.from_numpy(floor.astype(np.float32)).to(device)[:, None, None]
     sr = sr[0].float()
     # few-level channels: detail within half a quantisation step of bicubic is not in the data (it
@@ -596,7 +602,13 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         sr[few] = base + torch.sign(detail) * torch.clamp(detail.abs() - half, min=0)
         dead = torch.zeros(channels, 1, 1, device=device)
         dead[few] = half
-    sr = torch.maximum(sr, lower).clamp(max=hi)
+    # the network's output a little below the floor (ringing in the background) is lifted to it; deeper
+    # is its own confident dark detail (a thin dark line the LR cannot show), kept; the back-projection
+    # may then go no lower than either (its bicubic U rings around bright spots: the holes)
+    sr = sr.clamp(lo, hi)
+    lift = (sr < lower) & (sr >= lower - torch.from_numpy(DEEP * spread).float().to(device)[:, None, None])
+    sr = torch.where(lift, lower.expand_as(sr), sr)
+    lower = torch.minimum(sr, lower)
     first, correction = sr, None
     y = x[0].float()  # the plane the network saw: consistency with it keeps outliers out of the back-projection
     for k in range(steps):
@@ -613,6 +625,7 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         step = uy @ residual @ ux.t()
         sr = sr[:, na - pa : nb - pa, ma - qa : mb - qa]
         first = first[:, na - pa : nb - pa, ma - qa : mb - qa]
+        lower = lower[:, na - pa : nb - pa, ma - qa : mb - qa]
         if k >= consistency:  # trust only: the correction the first step would apply, none applied
             correction = step.abs()
             break
