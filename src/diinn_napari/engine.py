@@ -605,11 +605,13 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
     # the network's output a little below the floor (ringing in the background) is lifted to it; deeper
     # is its own confident dark detail (a thin dark line the LR cannot show), kept; the back-projection
     # may then go no lower than either (its bicubic U rings around bright spots: the holes)
-    sr = sr.clamp(lo, hi)
+    sr = first = sr.clamp(lo, hi)  # the trust map: the correction relative to the network's own output
+    if not consistency:  # consistency 0: the network's own output, only the dtype's range
+        lower = lower.clamp(max=lo)
     lift = (sr < lower) & (sr >= lower - torch.from_numpy(DEEP * spread).float().to(device)[:, None, None])
     sr = torch.where(lift, lower.expand_as(sr), sr)
     lower = torch.minimum(sr, lower)
-    first, correction = sr, None
+    correction = None
     y = x[0].float()  # the plane the network saw: consistency with it keeps outliers out of the back-projection
     for k in range(steps):
         (pa, pb), (qa, qb) = wy[k], wx[k]  # x lives on W_k
