@@ -202,4 +202,6 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         record["isotropic"] = volumes.record()
     if run.precision != "fp32":
         record["precision"] = run.precision
+    if run.ensemble:
+        record["ensemble"] = True
     return record

@@ -15,12 +15,13 @@ from pathlib import Path
 
 # Keys that decide whether an existing output or partial file is the same work. "isotropic" (Z steps in and out,
 # output planes, fusion, adaptation) is in the record of --isotropic runs only, and "precision" only when it is not
-# the exact fp32, so the records of earlier versions still match.
+# the exact fp32, and "ensemble" only when it is on, so the records of earlier versions still match.
 COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic",
-            "precision")
+            "precision", "ensemble")
 LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
-          "isotropic": "isotropic Z resampling", "precision": "precision"}
+          "isotropic": "isotropic Z resampling", "precision": "precision",
+          "ensemble": "geometric self-ensemble"}
 
 
 @functools.lru_cache(maxsize=16)
