@@ -1,12 +1,13 @@
 """Gain and cost of the geometric self-ensemble (RunSettings.ensemble) on Set14 and held-aside domain files.
 
-    nice -n 10 python benchmarks/ensemble.py [--scale 4] [--limit 14] [--domain FILE ...]
+    nice -n 10 python benchmarks/ensemble.py [--scale 4] [--limit 14] [--crop 0] [--domain FILE ...]
 
 For every image: the engine's result with and without ``ensemble=True``
 (the evaluation protocol of ``python -m diinn_napari.evaluate``: HR -> training
 degradation -> model, PSNR on the Y channel / gray with the border cropped),
 its PSNR, mean bias and LR-PSNR (agreement of the downsampled output with the
-input), and the wall time of each, measured in the same run.
+input), and the wall time of each, measured in the same run. ``--crop N``
+takes the central N x N pixels of each HR image (on a loaded machine).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ DOMAIN = ["/work/shared/data/domains/thermal/tno_athena_apc_1_view_1.png",
           "/work/shared/data/domains/microscopy/xy_16bit__autophagosomes.tif"]
 
 
-def measure(files, scale: float, model, channels: int) -> list[dict]:
+def measure(files, scale: float, model, channels: int, crop: int = 0) -> list[dict]:
     net = get_model(model, channels, "cpu")
     rows = []
     for path in files:
         hr = load_hr(Path(path), channels)
         if hr is None:
             continue
+        if crop:
+            y, x = max(0, (hr.shape[1] - crop) // 2), max(0, (hr.shape[2] - crop) // 2)
+            hr = np.ascontiguousarray(hr[:, y : y + crop, x : x + crop])
         row = {"image": Path(path).name}
         for ensemble in (False, True):
             start = time.perf_counter()
@@ -59,12 +63,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--limit", type=int, default=14, help="the first N images of Set14")
+    parser.add_argument("--crop", type=int, default=0, help="central N x N of each HR image (0: whole)")
     parser.add_argument("--domain", nargs="*", default=DOMAIN, help="held-aside domain files (gray model)")
     args = parser.parse_args()
-    print(f"Set14 x{args.scale:g} (RGB model, first {args.limit}):", flush=True)
-    summary("Set14", measure(find_images(SET14)[: args.limit], args.scale, "default", 3))
+    crop = f", central {args.crop} x {args.crop}" if args.crop else ""
+    print(f"Set14 x{args.scale:g} (RGB model, first {args.limit}{crop}):", flush=True)
+    summary("Set14", measure(find_images(SET14)[: args.limit], args.scale, "default", 3, args.crop))
     print(f"held-aside domain files x{args.scale:g} (gray model):", flush=True)
-    summary("domain", measure(args.domain, args.scale, "default", 1))
+    summary("domain", measure(args.domain, args.scale, "default", 1, args.crop))
 
 
 if __name__ == "__main__":
