@@ -62,14 +62,15 @@ def summary(name: str, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--limit", type=int, default=14, help="the first N images of Set14")
+    parser.add_argument("--limit", type=int, default=14, help="the first N images of Set14 (0: none)")
     parser.add_argument("--crop", type=int, default=0, help="central N x N of each HR image (0: whole)")
     parser.add_argument("--domain", nargs="*", default=DOMAIN, help="held-aside domain files (gray model)")
     args = parser.parse_args()
     crop = f", central {args.crop} x {args.crop}" if args.crop else ""
-    print(f"Set14 x{args.scale:g} (RGB model, first {args.limit}{crop}):", flush=True)
-    summary("Set14", measure(find_images(SET14)[: args.limit], args.scale, "default", 3, args.crop))
-    print(f"held-aside domain files x{args.scale:g} (gray model):", flush=True)
+    if args.limit:
+        print(f"Set14 x{args.scale:g} (RGB model, first {args.limit}{crop}):", flush=True)
+        summary("Set14", measure(find_images(SET14)[: args.limit], args.scale, "default", 3, args.crop))
+    print(f"held-aside domain files x{args.scale:g} (gray model{crop}):", flush=True)
     summary("domain", measure(args.domain, args.scale, "default", 1, args.crop))
 
 
