@@ -46,7 +46,8 @@ def start_weights(tmp_path):
 def run(tiles, weights, out, *extra):
     args = config.build_parser().parse_args(
         ["--data", str(tiles), "--weights", str(weights), "--out", str(out), "--patch", "16", "--batch", "4",
-         "--queries", "256", "--scales", "1-3", "--val-every", "5", "--lr", "2e-3", "--threads", "1", *extra]
+         "--queries", "256", "--scales", "1-3", "--val-every", "5", "--lr", "2e-3", "--threads", "1", "--val-patches", "8",
+         *extra]
     )
     return loop.train(args)
 
@@ -131,8 +132,10 @@ def test_two_process_ddp_on_cpu(tiles, start_weights, tmp_path):
            "--data", str(tiles), "--weights", str(start_weights), "--out", str(out), "--steps", "3", "--patch", "16",
            "--batch", "2", "--queries", "64", "--device", "cpu", "--val-every", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    meta = read_metadata(out)
+    # rank 0 validates the start and the result; 3 steps at the fine-tuning rate may not beat a random start
+    assert done.returncode == 0 or "did not beat the start" in done.stderr, done.stderr[-3000:]
+    assert "step 0 (the start)" in done.stderr
+    meta = read_metadata(tmp_path / "ddp.last.safetensors")
     assert meta["world_size"] == 2 and meta["steps"] == 3
     state = torch.load(tmp_path / "ddp.state.pt", weights_only=True)
     assert len(state["generator"]) == 2
@@ -164,7 +167,7 @@ def test_scales_listed_high_to_low_validate_at_the_largest(tiles, start_weights,
     # regression: the maximum was taken as the last listed scale, so "4,2" validated at x2 only
     out = tmp_path / "t.safetensors"
     run(tiles, start_weights, out, "--steps", "2", "--val-every", "2", "--scales", "4,2")
-    assert {"x2", "x3", "x4"} <= set(read_metadata(out)["metrics"])
+    assert {"x2", "x4"} <= set(read_metadata(tmp_path / "t.last.safetensors")["metrics"])
 
 
 def test_the_callers_sigterm_handler_is_restored(tiles, start_weights, tmp_path):
@@ -202,11 +205,12 @@ def test_ema_weights_are_saved_and_differ_from_the_raw_weights(tiles, start_weig
     to_ema = sum(float(((saved[k] - ema[k]) ** 2).sum()) for k in ema)
     to_raw = sum(float(((saved[k] - raw[k]) ** 2).sum()) for k in raw)
     assert to_ema < 0.1 * to_raw
-    assert read_metadata(out)["recipe"]["ema"] == 0.9
+    assert read_metadata(tmp_path / "ema.last.safetensors")["recipe"]["ema"] == 0.9
 
 
 def test_learning_rate_schedules():
-    args = config.resolve_recipe(config.build_parser().parse_args(["--data", "x", "--lr", "1e-3", "--schedule", "cosine"]))
+    args = config.resolve_recipe(config.build_parser().parse_args(["--data", "x", "--lr", "1e-3", "--schedule", "cosine",
+                                                                   "--warmup", "0", "--lr-floor", "0"]))
     assert config.learning_rate(args, 0, 100) == pytest.approx(1e-3)
     assert config.learning_rate(args, 50, 100) == pytest.approx(5e-4)
     assert config.learning_rate(args, 100, 100) == pytest.approx(0, abs=1e-12)
@@ -220,8 +224,16 @@ def test_recipe_fills_only_the_options_left_unset():
     sci = config.resolve_recipe(parse(["--data", "x"]))
     assert sci.recipe == "scientific" and sci.ema > 0 and sci.dark > 0 and sci.schedule == "cosine"
     assert sci.scale_spec[0] == "mix" and max(c[1] for c in sci.scale_spec[1]) >= 8
-    classic = config.resolve_recipe(parse(["--data", "x", "--recipe", "classic", "--dark", "0.5"]))
+    classic = config.resolve_recipe(parse(["--data", "x", "--weights", "none", "--recipe", "classic", "--dark", "0.5"]))
     assert classic.ema == 0 and classic.dark == 0.5 and classic.scales == "1-4" and classic.loss == "l1"
+    assert classic.preset == "scratch" and classic.lr == 5e-4 and classic.steps == 2000 and classic.time_limit is None
+    # a trained start: the fine-tuning preset's schedule and EMA win over the recipe's, the command line over both
+    tuned = config.resolve_recipe(parse(["--data", "x", "--recipe", "classic", "--warmup", "7"]))
+    finetune = config.PRESETS["finetune"]
+    assert tuned.preset == "finetune" and tuned.ema == finetune["ema"] and tuned.schedule == "cosine"
+    assert tuned.lr == finetune["lr"] and tuned.warmup == 7 and tuned.loss == "l1"
+    assert tuned.time_limit == config.FINETUNE_MINUTES  # sized by time unless --steps or --epochs says otherwise
+    assert config.resolve_recipe(parse(["--data", "x", "--steps", "50"])).time_limit is None
 
 
 def test_charbonnier_and_consistency_terms():
@@ -249,8 +261,8 @@ def test_charbonnier_and_consistency_terms():
 def test_scientific_recipe_trains_and_records_its_recipe(tiles, start_weights, tmp_path):
     out = tmp_path / "sci.safetensors"
     result = run(tiles, start_weights, out, "--steps", "4", "--val-every", "4", "--consistency", "0.5")
-    assert result["exit_code"] == 0 and all(np.isfinite(result["losses"]))
-    meta = read_metadata(out)
+    assert result["exit_code"] in (0, loop.NOT_BETTER) and len(result["losses"]) == 4 and all(np.isfinite(result["losses"]))
+    meta = read_metadata(tmp_path / "sci.last.safetensors")
     assert meta["recipe"]["recipe"] == "scientific" and meta["recipe"]["consistency"] == 0.5
     assert meta["recipe"]["axial"] == config.RECIPES["scientific"]["axial"]
     assert "bias_percent" in meta["metrics"]["x2"]
@@ -263,16 +275,16 @@ def test_axial_items_train_from_the_command_line(tiles, start_weights, tmp_path)
            "--out", str(out), "--axial", "1", "--steps", "3", "--patch", "16", "--batch", "4", "--queries", "128",
            "--scales", "2-4", "--val-every", "3", "--device", "cpu", "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    meta = read_metadata(out)
+    assert done.returncode in (0, loop.NOT_BETTER), done.stderr[-3000:]
+    meta = read_metadata(tmp_path / "axial.last.safetensors")
     assert meta["recipe"]["axial"] == 1.0 and meta["steps"] == 3
 
 
 def test_output_folder_is_created(tiles, start_weights, tmp_path):
     # regression: the validation log was opened before any weights file had created the folder
     out = tmp_path / "new" / "folder" / "t.safetensors"
-    assert run(tiles, start_weights, out, "--steps", "2", "--val-every", "1")["exit_code"] == 0
-    assert out.exists() and out.with_suffix(".log.jsonl").exists()
+    assert run(tiles, start_weights, out, "--steps", "2", "--val-every", "1")["exit_code"] in (0, loop.NOT_BETTER)
+    assert out.with_suffix(".last.safetensors").exists() and out.with_suffix(".log.jsonl").exists()
 
 
 def test_validation_numbers_are_the_ones_evaluate_prints(tmp_path, rng):
@@ -301,7 +313,7 @@ def test_a_run_stopped_by_its_time_limit_validates_where_it_stopped(tiles, start
     assert 0 < result["step"] < 1000
     logged = [json.loads(line) for line in (tmp_path / "timed.log.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == result["step"] and "mean_gain" in logged[-1]
-    assert read_metadata(out)["steps"] == result["step"]
+    assert read_metadata(tmp_path / "timed.last.safetensors")["steps"] == result["step"]
 
 
 def test_webp_training_images_are_found(tmp_path, rng):

@@ -18,7 +18,6 @@ This module imports torch only when work starts.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
@@ -86,7 +85,7 @@ def adapt(
 
     from .model.grid import AxisSamples
     from .quality import degrade_axis
-    from .train.loop import make_optimizer
+    from .train.optim import make_optimizer
 
     check_volume(volume)
     plan = plan_spacing(volume.shape, spacing, target)
@@ -142,10 +141,9 @@ def adapt(
 
 def adaptation_lr(start: float, step: int, steps: int) -> float:
     """The learning rate at ``step``: the trainer's cosine schedule, from ``start`` down to :data:`FINAL_LR_FRACTION` of it."""
-    from .train.config import learning_rate
+    from .train.config import cosine_rate
 
-    cosine = learning_rate(argparse.Namespace(schedule="cosine", lr=start, warmup=0), step, steps)
-    return FINAL_LR_FRACTION * start + (1 - FINAL_LR_FRACTION) * cosine
+    return cosine_rate(start, step, steps, floor=FINAL_LR_FRACTION)
 
 
 def trainable_copy(model: str | os.PathLike | DIINN, device: str | torch.device = "auto") -> DIINN:

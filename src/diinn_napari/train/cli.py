@@ -13,7 +13,11 @@ from .config import TrainingError, build_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: the only place that turns errors into an exit code (2) and a message."""
+    """Command-line entry: the only place that turns errors into an exit code (2) and a message.
+
+    Exit status: 0 done, 2 bad options or data, 3 the result did not beat the start
+    (nothing written at ``--out``), 130 interrupted (resumable).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..weights import WeightsError  # torch loads here

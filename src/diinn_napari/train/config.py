@@ -70,8 +70,24 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def _preset_help(name: str) -> str:
-    return "default: from --recipe (" + ", ".join(f"{r}: {v[name]}" for r, v in RECIPES.items()) + ")"
+# Presets of the schedule, by what the run starts from (--preset; 'auto' picks by --weights).
+# "finetune" was chosen by measurement on three domain shifts (docs/finetuning.md,
+# benchmarks/domain_finetune.py): a trained model needs a rate well below the one that
+# trains from scratch, a warm-up for its fresh optimizer, a schedule that ends when the
+# run does, and the moving average of the weights.
+FINETUNE_MINUTES = 10.0  # the default time limit of a fine-tune (when neither --steps nor --epochs is given)
+MAX_STEPS = 1_000_000  # a time-limited run's cap when --steps is not given
+PRESETS: dict[str, dict] = {
+    "scratch": dict(lr=5e-4, warmup=0, steps=2000, lr_floor=0.0, trainable="all", val_every=200),
+    "finetune": dict(lr=3e-4, warmup=10, steps=None, lr_floor=0.0, trainable="decoder", val_every=100,
+                     schedule="cosine", ema=0.999),
+}
+
+
+def _preset_help(name: str, table: dict[str, dict] = RECIPES) -> str:
+    which = "--recipe" if table is RECIPES else "--preset"
+    values = [f"{r}: {v[name]}" for r, v in table.items() if name in v]
+    return f"default: from {which} (" + ", ".join(values) + ")"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -97,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="bicubic", choices=["none", "bicubic"], help="global skip when --weights none")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale/scientific, 3 = RGB")
     p.add_argument("--out", default="diinn-finetuned.safetensors", help="output weights file")
-    p.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    p.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
+                   help="defaults of the schedule and what to train: 'finetune' (a trained start: low rate with warm-up, "
+                        "a cosine sized to --time-limit, EMA), 'scratch' (the from-scratch recipe); 'auto': 'scratch' "
+                        "with --weights none, else 'finetune' (default: auto)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps; default: 2000 with --preset scratch; with --preset finetune as many as "
+                        "fit in --time-limit (given with a time limit: the most it may run)")
     p.add_argument("--epochs", type=float, default=None,
                    help="instead of --steps: passes over the training planes (default: unset, --steps counts)")
     p.add_argument("--recipe", default="scientific", choices=sorted(RECIPES),
@@ -113,15 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, default=32, help="LR patch edge in pixels")
     p.add_argument("--batch", type=int, default=8, help="patches per step (per process)")
     p.add_argument("--queries", type=int, default=1024, help="HR pixels decoded per patch; 0 = the whole patch")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (peak); " + _preset_help("lr", PRESETS))
+    p.add_argument("--lr-floor", type=float, default=None,
+                   help="with --schedule cosine: the rate it ends at, as a fraction of --lr; " + _preset_help("lr_floor", PRESETS))
+    p.add_argument("--train", dest="trainable", default=None, choices=["all", "decoder", "encoder-slow"],
+                   help="what to train: all layers, the decoder only (encoder frozen), or the encoder at "
+                        "--encoder-lr times the rate; " + _preset_help("trainable", PRESETS))
+    p.add_argument("--encoder-lr", type=float, default=0.1, help="with --train encoder-slow: the encoder's rate as a fraction of --lr")
     p.add_argument("--schedule", default=None, choices=["step", "cosine"],
-                   help="learning-rate schedule: 'step' halves at the --decay fractions, 'cosine' decays to 0 at the "
-                        "last step; " + _preset_help("schedule"))
+                   help="learning-rate schedule: 'step' halves at the --decay fractions, 'cosine' decays to --lr-floor at "
+                        "the last step (with a time limit: the last step that fits, estimated from the measured step "
+                        "time); default: 'cosine' with --preset finetune, else " + _preset_help("schedule")[9:])
     p.add_argument("--decay", default="0.5,0.8", help="with --schedule step: fractions of the run at which the learning rate halves")
-    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (useful with a fresh optimizer on trained weights)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="steps of linear learning-rate warm-up (a fresh optimizer on trained weights needs it); "
+                        + _preset_help("warmup", PRESETS))
     p.add_argument("--ema", type=float, default=None,
                    help="decay of the exponential moving average of the weights that is validated and saved; 0 = off; "
-                        + _preset_help("ema"))
+                        + _preset_help("ema", PRESETS) + ", else " + _preset_help("ema")[9:])
     p.add_argument("--loss", default=None, choices=["l1", "charbonnier"], help="pixel loss; " + _preset_help("loss"))
     p.add_argument("--consistency", type=float, default=None,
                    help="weight of an LR-consistency loss (downsampled output vs LR) on one small item per step; "
@@ -137,16 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0, help="max Gaussian noise sigma added to LR (0..1 units)")
     p.add_argument("--blur", type=float, default=0.0, help="max extra Gaussian blur sigma (HR px) before downsampling")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of files held aside for validation")
+    p.add_argument("--val-patches", type=int, default=32,
+                   help="validation crops drawn from the held-aside files (fixed by --seed; 0 = no validation)")
+    p.add_argument("--val-crop", type=int, default=64, help="edge of a validation crop in HR pixels")
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
                    help="also hold aside files whose name matches this glob (repeatable; default: none)")
-    p.add_argument("--val-every", type=int, default=200, help="validate every N steps")
+    p.add_argument("--val-every", type=int, default=None, help="validate every N steps; " + _preset_help("val_every", PRESETS))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0, help="seed of the file split, the sampling and the initial weights")
     p.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
     p.add_argument("--resume", action="store_true", help="continue from the *.state.pt beside --out")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--time-limit", type=float, default=None,
-                   help="stop (resumably) after this many minutes (default: no limit)")
+                   help="stop (resumably) after this many minutes, validation included; default: 10 with --preset "
+                        "finetune unless --steps or --epochs is given, else no limit")
     return p
 
 
@@ -155,9 +190,20 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
     args = argparse.Namespace(**vars(args))
     if args.recipe not in RECIPES:
         raise TrainingError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)}")
-    for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    preset = getattr(args, "preset", "auto")
+    if preset == "auto":
+        preset = "scratch" if args.weights == "none" else "finetune"
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    args.preset = preset
+    if preset == "finetune" and args.steps is None and args.epochs is None and args.time_limit is None:
+        args.time_limit = FINETUNE_MINUTES
+    for table in (PRESETS[preset], RECIPES[args.recipe]):  # the command line, then the preset, then the recipe
+        for key, value in table.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+    if args.steps is None:
+        args.steps = MAX_STEPS if args.time_limit else PRESETS["scratch"]["steps"]
     for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "val_fraction"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
@@ -166,11 +212,15 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
         raise TrainingError(f"--ema must be in [0, 1) (0 = off; 0.999 is typical), got {args.ema}")
     if args.consistency < 0:
         raise TrainingError(f"--consistency must be >= 0, got {args.consistency}")
-    for name in ("steps", "patch", "batch", "val_every"):
+    for name in ("steps", "patch", "batch", "val_every", "val_crop"):
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.queries < 0 or args.warmup < 0 or args.lr <= 0:
-        raise TrainingError("--queries and --warmup must be >= 0 and --lr > 0")
+    if args.queries < 0 or args.warmup < 0 or args.lr <= 0 or args.val_patches < 0:
+        raise TrainingError("--queries, --warmup and --val-patches must be >= 0 and --lr > 0")
+    if not 0 <= args.lr_floor < 1 or not 0 < args.encoder_lr <= 1:
+        raise TrainingError(f"--lr-floor must be in [0, 1) and --encoder-lr in (0, 1], got {args.lr_floor} and {args.encoder_lr}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise TrainingError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     try:
         args.scale_spec = parse_scales(args.scales)
         args.milestones = [float(f) for f in args.decay.split(",") if f.strip()]
@@ -179,15 +229,29 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def cosine_rate(base: float, step: int, horizon: int, warmup: int = 0, floor: float = 0.0) -> float:
+    """The learning rate at ``step`` (0-based): ``warmup`` steps of linear rise, then a cosine to ``floor * base``.
+
+    The cosine spans the whole ``horizon`` (steps in the run), warm-up included, so the
+    rate reaches ``floor * base`` at the last step; a ``step`` past the horizon stays there.
+    Shared by the trainer, :mod:`diinn_napari.train.self_adapt` and the isotropic adaptation.
+    """
+    progress = min(step, horizon) / max(1, horizon)
+    rate = base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return rate * warmup_factor(step, warmup)
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """The linear warm-up's multiple of the rate at ``step`` (0-based): (step + 1) / warmup, at most 1."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
 def learning_rate(args: argparse.Namespace, step: int, steps: int) -> float:
-    """The learning rate at ``step``, a function of the step alone (so a resumed run may change --steps)."""
+    """The learning rate at ``step`` of a run of ``steps`` (its horizon), a function of the two alone
+    (so a resumed run may change --steps)."""
     if args.schedule == "cosine":
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
-    else:
-        lr = args.lr * 0.5 ** sum(step >= int(steps * f) for f in args.milestones)
-    if args.warmup:
-        lr *= min(1.0, (step + 1) / args.warmup)
-    return lr
+        return cosine_rate(args.lr, step, steps, args.warmup, getattr(args, "lr_floor", 0.0) or 0.0)
+    return args.lr * 0.5 ** sum(step >= int(steps * f) for f in args.milestones) * warmup_factor(step, args.warmup)
 
 
 def side_paths(out: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +24,22 @@ from .config import parse_scales
 log = logging.getLogger(__name__)
 
 __all__ = ["PlaneSet", "load_planes", "parse_scales", "PairSampler", "jitter_intensity", "sparse_spots", "gaussian_blur",
-           "downsample"]
+           "downsample", "validation_crops", "ValidationCrops"]
 
 
 @dataclass
 class PlaneSet:
-    """Normalised training planes, each (C, Y, X) float32."""
+    """Normalised training planes, each (C, Y, X) float32; ``owners[i]``: the index in ``files`` of plane i's file."""
 
     planes: list[torch.Tensor]
     files: list[Path]
     skipped: list[tuple[Path, str]]
+    owners: list[int] = field(default_factory=list)
 
 
 def load_planes(files: list[Path], channels: int, min_size: int) -> PlaneSet:
     """Read every plane of ``files``; skip unreadable or too-small ones with a warning."""
-    planes, used, skipped = [], [], []
+    planes, used, skipped, owners = [], [], [], []
     for path in files:
         try:
             found = image_planes(path, channels)
@@ -52,10 +53,63 @@ def load_planes(files: list[Path], channels: int, min_size: int) -> PlaneSet:
             skipped.append((path, why))
             continue
         planes += [torch.from_numpy(np.ascontiguousarray(p)).reshape(channels, *p.shape[-2:]) for p in found]
+        owners += [len(used)] * len(found)
         used.append(path)
     for path, why in skipped:
         log.warning("skipped %s: %s", path, why)
-    return PlaneSet(planes, used, skipped)
+    return PlaneSet(planes, used, skipped, owners)
+
+
+@dataclass
+class ValidationCrops:
+    """The fixed crops a run validates on, and why they may be too few to trust (``warnings``)."""
+
+    crops: list[torch.Tensor]
+    files: int
+    distinct_pixels: int
+    warnings: list[str]
+
+
+def validation_crops(planes: PlaneSet, count: int, size: int, seed: int, min_files: int = 2) -> ValidationCrops:
+    """``count`` crops of ``size`` x ``size`` pixels (whole planes when smaller) from held-aside ``planes``.
+
+    The files take turns (so a large stack does not outvote a single picture), a random
+    plane of the file and a random position for each crop, all fixed by ``seed``: the
+    start and every validation of a run score the same pixels. ``warnings`` says when
+    the material is too thin to trust: fewer than ``min_files`` files, or fewer distinct
+    pixels than the crops cover (they overlap).
+    """
+    if count < 1:
+        return ValidationCrops([], 0, 0, ["validation is off (no crops asked for): the result is written unchecked"])
+    if not planes.planes:
+        return ValidationCrops([], 0, 0, ["no held-aside file to validate on: the result cannot be checked against the "
+                                          "start and is written unchecked"])
+    rng = np.random.default_rng(seed)
+    by_file: dict[int, list[torch.Tensor]] = {}
+    owners = planes.owners or list(range(len(planes.planes)))
+    for plane, owner in zip(planes.planes, owners):
+        by_file.setdefault(owner, []).append(plane)
+    order = list(by_file)
+    rng.shuffle(order)
+    crops, covered = [], 0
+    for i in range(count):
+        group = by_file[order[i % len(order)]]
+        plane = group[int(rng.integers(len(group)))]
+        _, h, w = plane.shape
+        ch, cw = min(h, size), min(w, size)
+        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        crops.append(plane[:, y : y + ch, x : x + cw].contiguous())
+        covered += ch * cw
+    distinct = sum(int(p.shape[-1] * p.shape[-2]) for p in planes.planes)
+    warnings = []
+    if len(by_file) < min_files:
+        warnings.append(f"only {len(by_file)} held-aside file{'s' if len(by_file) != 1 else ''} to validate on "
+                        f"(fewer than {min_files}): the scores may not represent your data; add images or hold more aside "
+                        "with --val-fraction / --hold-out")
+    if distinct < covered:
+        warnings.append(f"the held-aside planes have {distinct} pixels, fewer than the {covered} of {count} validation "
+                        f"crops of {size} px: the crops overlap and the scores are noisy; add images or lower --val-patches")
+    return ValidationCrops(crops, len(by_file), distinct, warnings)
 
 
 # Ranges of the "scientific" augmentations (normalised units: the plane's robust range is 0..1).

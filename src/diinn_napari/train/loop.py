@@ -20,6 +20,7 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,16 @@ from ..model import DIINN
 from ..quality import downsample
 from ..weights import load_weights, resolve, save_weights
 from .config import TrainingError, learning_rate, resolve_recipe, side_paths
-from .data import PairSampler, load_planes
+from .data import PairSampler, PlaneSet, ValidationCrops, load_planes, validation_crops
+from .optim import StepClock, ema_decay, ema_update, make_optimizer, set_rate
+
+__all__ = ["PointLoss", "StepProfile", "train_step", "split_files", "validate", "better_than", "train", "make_optimizer",
+           "ema_decay", "NOT_BETTER", "SCALE_TOLERANCE_DB"]
+
+# exit code of a run whose result did not beat its start on the validation crops (nothing written at --out)
+NOT_BETTER = 3
+# a result may lose at most this much on any validated scale (and must gain on the mean) to count as better
+SCALE_TOLERANCE_DB = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +145,6 @@ class StepProfile:
         self._last = now
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """The trainer's optimizer (Adam), also the one ``benchmarks/bench_train.py`` times."""
-    return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def ema_decay(target: float, step: int) -> float:
-    """The EMA decay after ``step`` steps: ``target``, warmed up as (1 + step) / (10 + step).
-
-    The warm-up keeps a short fine-tune from being dominated by its start.
-    """
-    return min(target, (1 + step) / (10 + step))
-
-
 def train_step(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -164,14 +161,14 @@ def train_step(
     """One optimisation step: draw a batch, compute the loss, backward, optimizer step, EMA update.
 
     ``net`` is a :class:`PointLoss` (or a DistributedDataParallel around one);
-    ``lr`` (when given) is set on every parameter group first; ``ema``, a copy
+    ``lr`` (when given) is set on every parameter group first (times the group's
+    ``lr_factor``, see :func:`~diinn_napari.train.optim.set_rate`); ``ema``, a copy
     of the model, moves towards the trained weights by ``1 - decay`` (see
     :func:`ema_decay`). Returns the loss, detached. The same generator state
     gives the same step: the training loop and the benchmark both run this.
     """
     if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_rate(optimizer, lr)
     if profile is not None:
         profile.start()
     lr_batch, hrs = sampler.sample_batch(gen, batch)
@@ -186,12 +183,7 @@ def train_step(
     if profile is not None:
         profile.mark("optimizer")
     if ema is not None:
-        model = getattr(net, "module", net).model  # through DistributedDataParallel
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
-            for e, b in zip(ema.buffers(), model.buffers()):
-                e.copy_(b)
+        ema_update(ema, getattr(net, "module", net).model, decay)  # through DistributedDataParallel
         if profile is not None:
             profile.mark("ema")
     return loss.detach()
@@ -248,20 +240,56 @@ def validate(model: DIINN, planes: list[torch.Tensor], scales: list[float], devi
     return result
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Run training as configured by :func:`build_parser`'s arguments; returns the loss history and exit code.
+def better_than(candidate: dict, reference: dict | None, tolerance: float = SCALE_TOLERANCE_DB) -> bool:
+    """Whether validation ``candidate`` beats ``reference``: a higher mean gain over bicubic and no
+    scale more than ``tolerance`` dB below it. Everything beats ``None`` (nothing validated yet)."""
+    if reference is None:
+        return True
+    scales = [k for k in reference if k.startswith("x")]
+    return candidate["mean_gain"] > reference["mean_gain"] and all(
+        candidate[k]["psnr"] >= reference[k]["psnr"] - tolerance for k in scales if k in candidate)
 
-    Raises :class:`TrainingError` (bad options, no usable data), ``FileNotFoundError``
-    (a missing data folder) or :class:`WeightsError`; a Ctrl-C or SIGTERM saves the
-    state and returns exit code 130. The process's SIGTERM handler is restored on return.
-    """
-    args = resolve_recipe(args)
+
+def validation_report(start: dict | None, result: dict | None) -> str:
+    """The final report: per scale, the start's and the result's gain over bicubic and mean bias."""
+    if start is None or result is None:
+        return "not validated: no held-aside crops (see the warnings above)"
+    lines = [f"{'scale':>6} {'start gain':>11} {'result gain':>12} {'start bias':>11} {'result bias':>12}"]
+    for key in (k for k in start if k.startswith("x")):
+        a, b = start[key], result[key]
+        lines.append(f"{key:>6} {a['psnr'] - a['bicubic']:+9.2f}dB {b['psnr'] - b['bicubic']:+10.2f}dB "
+                     f"{a['bias_percent']:+10.3f}% {b['bias_percent']:+11.3f}%")
+    return "\n".join(lines)
+
+
+def _scores_line(metrics: dict) -> str:
+    return ", ".join(f"{k} {v['psnr'] - v['bicubic']:+.2f} dB (bias {v['bias_percent']:+.2f} %)"
+                     for k, v in metrics.items() if k.startswith("x"))
+
+
+# ---- the parts of a run ------------------------------------------------------------------------
+@dataclass
+class Process:
+    """Where this process trains: its rank among ``world_size`` (DistributedDataParallel under torchrun) and device."""
+
+    distributed: bool
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_process(args: argparse.Namespace) -> Process:
+    """Join the process group under ``torchrun`` (gloo on the CPU, nccl on CUDA), pick the device and set torch up."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
+    rank, world, backend = 0, 1, None
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         dist.init_process_group(backend)
-        rank = dist.get_rank()
+        rank, world = dist.get_rank(), dist.get_world_size()
     device = pick_device(args.device if not distributed or args.device != "auto" else ("cuda" if backend == "nccl" else "cpu"))
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -277,152 +305,300 @@ def train(args: argparse.Namespace) -> dict:
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
-    paths = side_paths(Path(args.out))
-    paths["best"].parent.mkdir(parents=True, exist_ok=True)  # the log is written before the first weights
+    return Process(distributed, rank, world, device)
 
-    # ---- model -------------------------------------------------------------------------------
+
+def build_model(args: argparse.Namespace) -> tuple[DIINN, str]:
+    """The starting model (``--weights``, or a fresh one for ``none``) on the CPU, and its name for the metadata."""
     if args.weights == "none":
-        model = DIINN(args.channels, encoder=args.encoder, variant=args.variant, skip=args.skip)
-        base = "none (trained from scratch)"
-    else:
-        weights_file = resolve(args.weights, args.channels)
-        model = load_weights(weights_file, "cpu")
-        base = str(args.weights)
-        if model.in_channels != args.channels:
-            log.info("using the %d-channel model of %s", model.in_channels, weights_file)
-    model.to(device).train()
-    channels = model.in_channels
+        return DIINN(args.channels, encoder=args.encoder, variant=args.variant, skip=args.skip), "none (trained from scratch)"
+    weights_file = resolve(args.weights, args.channels)
+    model = load_weights(weights_file, "cpu")
+    if model.in_channels != args.channels:
+        log.info("using the %d-channel model of %s", model.in_channels, weights_file)
+    return model, str(args.weights)
 
-    # ---- data --------------------------------------------------------------------------------
+
+def validation_scales(max_scale: float) -> list[float]:
+    """The scales a run validates at: x2 and x4 (the largest trained scale when it is below 4)."""
+    return sorted({s for s in (2.0, min(4.0, max_scale)) if s <= max_scale}) or [max_scale]
+
+
+@dataclass
+class TrainingData:
+    """The planes a run trains on, its fixed validation crops and scales, and the pair sampler."""
+
+    train: PlaneSet
+    val: PlaneSet
+    val_files: list[Path]
+    validation: ValidationCrops
+    val_scales: list[float]
+    sampler: PairSampler
+
+
+def prepare_data(args: argparse.Namespace, channels: int, main: bool = True) -> TrainingData:
+    """Split the files, read the planes, draw the validation crops and build the sampler; raises :class:`TrainingError`."""
     groups = [find_images(folder) for folder in args.data]
     train_files, val_files = split_files(groups, args.val_fraction, args.seed, args.hold_out)
-    scales = args.scale_spec
     min_size = args.patch * 2
     train = load_planes(train_files, channels, min_size)
     val = load_planes(val_files, channels, min_size)
     if not train.planes:
         raise TrainingError(f"no usable training image in {', '.join(args.data)} "
-                         f"({len(train.skipped)} skipped: unreadable, not {channels}-channel, or smaller than {min_size} px)")
-    skipped = len(train.skipped) + len(val.skipped)
-    if rank == 0:
-        log.info("training on %d planes from %d files, validating on %d planes from %d files; %d files skipped",
-                 len(train.planes), len(train.files), len(val.planes), len(val.files), skipped)
-    val_planes = val.planes[:8]
-    sampler = PairSampler(train.planes, args.patch, scales, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
+                            f"({len(train.skipped)} skipped: unreadable, not {channels}-channel, or smaller than {min_size} px)")
+    validation = validation_crops(val, args.val_patches, args.val_crop, args.seed)
+    sampler = PairSampler(train.planes, args.patch, args.scale_spec, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
                           jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial)
-    val_scales = [s for s in (2.0, 3.0, 4.0) if s <= sampler.max_scale()] or [sampler.max_scale()]
-    steps = args.steps if args.epochs is None else max(1, math.ceil(args.epochs * len(train.planes) / args.batch))
+    val_scales = validation_scales(sampler.max_scale())
+    if main:
+        log.info("training on %d planes from %d files, validating on %d crops of %d px from %d files; %d files skipped",
+                 len(train.planes), len(train.files), len(validation.crops), args.val_crop, validation.files,
+                 len(train.skipped) + len(val.skipped))
+        for warning in validation.warnings:
+            log.warning("warning: %s", warning)
+    return TrainingData(train, val, val_files, validation, val_scales, sampler)
 
-    net: nn.Module = PointLoss(model, args.queries, args.loss, args.consistency)
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(model, args.lr)
-    # the saved model: an exponential moving average of the weights (or the weights themselves)
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
-    saved = ema if ema is not None else model
-    gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    step, best_gain, last_val = 0, -math.inf, None
 
-    if args.resume and paths["state"].exists():
-        state = torch.load(paths["state"], map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        if ema is not None:  # a state written without EMA starts the average at the current weights
-            ema.load_state_dict(state.get("ema") or state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"][rank])
-        step, best_gain = state["step"], state["best_gain"]
-        last_val = json.loads(state["last_val"]) if state.get("last_val") else None
-        if rank == 0:
-            log.info("resumed %s at step %d", paths["state"], step)
+@dataclass
+class RunState:
+    """What a run has reached: the step, the schedule's horizon, and the start's, best and last validation."""
 
-    meta_base = {
+    step: int = 0
+    horizon: int = 0
+    start: dict | None = None
+    best: dict | None = None
+    last: dict | None = None
+    stopped_by_time: bool = False
+    losses: list[float] = field(default_factory=list)
+
+
+class Checkpoint:
+    """The files of a run beside ``--out``: best weights, last weights, resumable state and the validation log."""
+
+    def __init__(self, args: argparse.Namespace, model: DIINN, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
+                 gen: torch.Generator, process: Process, meta: dict):
+        self.paths = side_paths(Path(args.out))
+        self.paths["best"].parent.mkdir(parents=True, exist_ok=True)  # the log is written before the first weights
+        self.model, self.ema, self.optimizer, self.gen, self.process, self.meta = model, ema, optimizer, gen, process, meta
+        self.saved = ema if ema is not None else model  # the model that is validated and saved
+
+    def write_weights(self, kind: str, state: RunState, metrics: dict | None) -> None:
+        meta = dict(self.meta, steps=state.step, total_steps=state.horizon, metrics=metrics, start_metrics=state.start,
+                    world_size=self.process.world_size)
+        save_weights(self.saved, self.paths[kind], meta)
+
+    def log(self, record: dict) -> None:
+        with open(self.paths["log"], "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_state(self, state: RunState) -> None:
+        """The resumable state (all ranks' generators) and the last weights; collective under DDP."""
+        gens = [self.gen.get_state()]
+        if self.process.distributed:
+            gathered = [None] * self.process.world_size
+            dist.all_gather_object(gathered, self.gen.get_state())
+            gens = gathered
+        if not self.process.main:
+            return
+        record = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": gens,
+            "step": state.step,
+            "best_gain": state.best["mean_gain"] if state.best else -math.inf,
+            "last_val": json.dumps(state.last) if state.last else "",
+            "best_val": json.dumps(state.best) if state.best else "",
+            "start_val": json.dumps(state.start) if state.start else "",
+        }
+        with atomic_write(self.paths["state"]) as tmp:
+            torch.save(record, tmp)
+        self.write_weights("last", state, state.last)
+
+    def resume(self, state: RunState) -> bool:
+        """Load the state beside ``--out`` into the run (if there is one); returns whether it did."""
+        if not self.paths["state"].exists():
+            return False
+        record = torch.load(self.paths["state"], map_location="cpu", weights_only=True)
+        self.model.load_state_dict(record["model"])
+        if self.ema is not None:  # a state written without EMA starts the average at the current weights
+            self.ema.load_state_dict(record.get("ema") or record["model"])
+        self.optimizer.load_state_dict(record["optimizer"])
+        self.gen.set_state(record["generator"][self.process.rank])
+        state.step = record["step"]
+        for key in ("last", "best", "start"):
+            text = record.get(f"{key}_val")
+            setattr(state, key, json.loads(text) if text else None)
+        if self.process.main:
+            log.info("resumed %s at step %d", self.paths["state"], state.step)
+        return True
+
+
+def run_metadata(args: argparse.Namespace, base: str, channels: int, data: TrainingData, device: torch.device) -> dict:
+    """The metadata saved with the weights: where they came from, what they trained on, and how."""
+    return {
         "channels": channels,
         "base_weights": base,
         "data": [str(d) for d in args.data],
-        "train_files": len(train.files),
-        "train_planes": len(train.planes),
-        "val_files": [str(f) for f in val_files],
+        "train_files": len(data.train.files),
+        "train_planes": len(data.train.planes),
+        "val_files": [str(f) for f in data.val_files],
+        "val_crops": len(data.validation.crops),
         "device": device.type,
-        "recipe": {k: getattr(args, k) for k in ("recipe", "scales", "aniso", "axial", "patch", "batch", "queries", "lr", "schedule", "decay",
-                                                 "warmup", "ema", "loss", "consistency", "dark", "sparse", "jitter", "shot_noise",
-                                                 "noise", "blur", "seed")},
+        "recipe": {k: getattr(args, k) for k in ("recipe", "preset", "scales", "aniso", "axial", "patch", "batch", "queries", "lr",
+                                                 "lr_floor", "schedule", "decay", "warmup", "ema", "trainable", "encoder_lr",
+                                                 "loss", "consistency", "dark", "sparse", "jitter", "shot_noise", "noise", "blur",
+                                                 "seed", "time_limit", "val_patches", "val_crop")},
     }
 
-    def save(kind: str, metrics) -> None:
-        meta = dict(meta_base, steps=step, total_steps=steps, metrics=metrics, world_size=dist.get_world_size() if distributed else 1)
-        save_weights(saved, paths[kind], meta)
 
-    def save_state() -> None:
-        gens = [gen.get_state()]
-        if distributed:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, gen.get_state())
-            gens = gathered
-        if rank != 0:
-            return
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {},
-            "optimizer": optimizer.state_dict(),
-            "generator": gens,
-            "step": step,
-            "best_gain": best_gain,
-            "last_val": json.dumps(last_val) if last_val else "",
-        }
-        with atomic_write(paths["state"]) as tmp:
-            torch.save(state, tmp)
-        save("last", last_val)
+def _shared_horizon(clock: StepClock, step: int, process: Process) -> int:
+    """The schedule's horizon, estimated on rank 0 and shared, so every rank runs the same rates and steps."""
+    horizon = [clock.horizon(step)]
+    if process.distributed:
+        dist.broadcast_object_list(horizon, src=0)
+    return horizon[0]
 
-    from tqdm import tqdm
 
-    bar = tqdm(total=steps, initial=step, disable=None if rank == 0 else True, desc="training", unit="step", dynamic_ncols=True)
+def _validate_and_keep(ckpt: Checkpoint, data: TrainingData, state: RunState, process: Process, loss: float | None,
+                       lr: float, clock: StepClock) -> None:
+    """Validate the saved model; log it; write the best weights when it beats the start and every earlier result."""
+    if state.step == 0:
+        log.info("validating the start on %d crops at %s ...", len(data.validation.crops),
+                 ", ".join(f"x{s:g}" for s in data.val_scales))
+    started = time.perf_counter()
+    metrics = validate(ckpt.saved, data.validation.crops, data.val_scales, process.device, crop=1 << 30)
+    clock.validation_done(time.perf_counter() - started)
+    state.last = metrics
+    ckpt.log({"step": state.step, "loss": loss, "lr": lr, "seconds": clock.elapsed(), **metrics})
+    if state.step == 0:
+        state.start = metrics
+        log.info("step 0 (the start): %s", _scores_line(metrics))
+        return
+    kept = better_than(metrics, state.start) and better_than(metrics, state.best, tolerance=math.inf)
+    if kept:
+        state.best = metrics
+        ckpt.write_weights("best", state, metrics)
+    log.info("step %d: %s%s", state.step, _scores_line(metrics), " (best so far, saved)" if kept else "")
+
+
+def _finish(args: argparse.Namespace, ckpt: Checkpoint, state: RunState, process: Process) -> int:
+    """Write the result when nothing could validate it; print the report; the exit code."""
+    if not process.main:
+        return 0
+    out = ckpt.paths["best"]
+    if state.start is None:  # nothing to validate against: the final weights are the result
+        ckpt.write_weights("best", state, state.last)
+        log.info("done: %d steps; weights %s (not validated)", state.step, out)
+        return 0
+    log.info("validation (the same %d crops at every step; gain over bicubic, mean bias):\n%s",
+             args.val_patches, validation_report(state.start, state.best or state.start))
+    if state.best is None:
+        log.error("fine-tuning did not beat the start on the validation crops after %d steps (start %+.2f dB, last %+.2f dB): "
+                  "kept the start, nothing written to %s. Try a lower --lr, more data or more time.",
+                  state.step, state.start["mean_gain"], (state.last or state.start)["mean_gain"], out)
+        return NOT_BETTER
+    log.info("done: %d steps%s; best weights %s (mean gain over bicubic %+.2f dB, start %+.2f dB)", state.step,
+             " (time limit)" if state.stopped_by_time else "", out, state.best["mean_gain"], state.start["mean_gain"])
+    return 0
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run training as configured by :func:`build_parser`'s arguments.
+
+    The start is validated at step 0 on fixed crops of the held-aside files; the
+    result is written to ``--out`` only when it beats the start on them (see
+    :func:`better_than`), and a time-limited stop keeps the best validated weights.
+    Returns a dict: ``losses`` (per step), ``step``, ``start`` / ``best`` (validation
+    metrics, ``None`` when not validated) and ``exit_code``: 0 done, :data:`NOT_BETTER`
+    (3) the start was not beaten (nothing written at ``--out``), 130 interrupted.
+
+    Raises :class:`TrainingError` (bad options, no usable data), ``FileNotFoundError``
+    (a missing data folder) or :class:`WeightsError`; a Ctrl-C or SIGTERM saves the
+    state and returns exit code 130. The process's SIGTERM handler is restored on return.
+    """
+    args = resolve_recipe(args)
+    process = setup_process(args)
+    model, base = build_model(args)
+    model.to(process.device).train()
+    data = prepare_data(args, model.in_channels, process.main)
+    steps = args.steps if args.epochs is None else max(1, math.ceil(args.epochs * len(data.train.planes) / args.batch))
+
+    optimizer = make_optimizer(model, args.lr, args.trainable, args.encoder_lr)
+    net: nn.Module = PointLoss(model, args.queries, args.loss, args.consistency)
+    if process.distributed:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[process.device.index] if process.device.type == "cuda" else None)
+    # the saved model: an exponential moving average of the weights (or the weights themselves)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if args.ema > 0 else None
+    gen = torch.Generator().manual_seed(args.seed * 1000 + process.rank)
+    ckpt = Checkpoint(args, model, ema, optimizer, gen, process, run_metadata(args, base, model.in_channels, data, process.device))
+    state = RunState(horizon=steps)
+    if args.resume:
+        ckpt.resume(state)
+    clock = StepClock(args.time_limit * 60 if args.time_limit else None, steps, args.val_every)
+    validating = process.main and bool(data.validation.crops)
+    if validating and state.start is None:
+        _validate_and_keep(ckpt, data, state, process, None, 0.0, clock)
+
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler's stop, `kill`) saves like Ctrl-C; SIGINT may be ignored in background jobs.
         # The caller's handler comes back in the `finally` below.
         previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
-    started = time.time()
-    history = []
     try:
-        try:
-            while step < steps:
-                loss = train_step(net, optimizer, sampler, gen, args.batch, device, lr=learning_rate(args, step, steps),
-                                  ema=ema, decay=ema_decay(args.ema, step + 1))
-                step += 1
-                history.append(loss.item())
-                bar.update(1)
-                postfix = {"loss": f"{loss.item():.4f}"}
-                if last_val:
-                    postfix["val_gain_dB"] = f"{last_val['mean_gain']:+.2f}"
-                bar.set_postfix(postfix)
-                out_of_time = bool(args.time_limit) and time.time() - started > args.time_limit * 60
-                if step % args.val_every == 0 or step == steps or out_of_time:
-                    if rank == 0 and val_planes:
-                        last_val = validate(saved, val_planes, val_scales, device)
-                        with open(paths["log"], "a") as f:
-                            f.write(json.dumps({"step": step, "loss": loss.item(), "lr": learning_rate(args, step - 1, steps),
-                                                "seconds": time.time() - started, **last_val}) + "\n")
-                        if last_val["mean_gain"] > best_gain:
-                            best_gain = last_val["mean_gain"]
-                            save("best", last_val)
-                    save_state()
-                if out_of_time:
-                    log.info("time limit reached at step %d; saved %s (continue with --resume)", step, paths["state"])
-                    break
-        except KeyboardInterrupt:
-            bar.close()
-            save_state()
-            if rank == 0:
-                log.info("interrupted at step %d; saved %s (resume with --resume)", step, paths["state"])
-            return {"losses": history, "exit_code": 130, "step": step}
+        history = _run_steps(args, net, optimizer, data, ckpt, state, process, clock, ema, gen, validating)
+    except KeyboardInterrupt:
+        ckpt.write_state(state)
+        if process.main:
+            log.info("interrupted at step %d; saved %s (resume with --resume)", state.step, ckpt.paths["state"])
+        return {"losses": state.losses, "exit_code": 130, "step": state.step, "start": state.start, "best": state.best}
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    bar.close()
-    if rank == 0 and (not val_planes or not paths["best"].exists()):
-        save("best", last_val)  # nothing to validate against: the final weights are the result
-    if rank == 0:
-        log.info("done: %d steps; best weights %s (mean gain over bicubic %+.2f dB)", step, paths["best"], best_gain)
-    if distributed:
+    code = _finish(args, ckpt, state, process)
+    if process.distributed:
         dist.destroy_process_group()
-    return {"losses": history, "exit_code": 0, "step": step}
+    return {"losses": history, "exit_code": code, "step": state.step, "start": state.start, "best": state.best}
+
+
+def _run_steps(args, net, optimizer, data: TrainingData, ckpt: Checkpoint, state: RunState, process: Process,
+               clock: StepClock, ema, gen, validating: bool) -> list[float]:
+    """The loop: steps until the horizon (or the time limit), validating every ``--val-every`` steps and at the end."""
+    from tqdm import tqdm
+
+    history = state.losses  # also what an interrupted run returns
+    state.horizon = _shared_horizon(clock, state.step, process)
+    bar = tqdm(total=state.horizon, initial=state.step, disable=None if process.main else True, desc="training", unit="step",
+               dynamic_ncols=True)
+    try:
+        while state.step < state.horizon:
+            lr = learning_rate(args, state.step, state.horizon)
+            started = time.perf_counter()
+            loss = train_step(net, optimizer, data.sampler, gen, args.batch, process.device, lr=lr, ema=ema,
+                              decay=ema_decay(args.ema, state.step + 1)).item()
+            clock.step_done(time.perf_counter() - started)
+            state.step += 1
+            history.append(loss)
+            if state.step == clock.probe or state.step % 10 == 0:  # the time-limited schedule follows the measured pace
+                state.horizon = _shared_horizon(clock, state.step, process)
+                bar.total = state.horizon
+            state.stopped_by_time = clock.out_of_time() and not process.distributed  # DDP: the shared horizon stops it
+            if state.stopped_by_time:
+                state.horizon = state.step
+            bar.update(1)
+            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.1e}"}
+            if state.last:
+                postfix["val_gain_dB"] = f"{state.last['mean_gain']:+.2f}"
+            if state.start:
+                postfix["start_dB"] = f"{state.start['mean_gain']:+.2f}"
+            bar.set_postfix(postfix)
+            if state.step % args.val_every == 0 or state.step >= state.horizon:
+                if validating:
+                    bar.clear()
+                    _validate_and_keep(ckpt, data, state, process, loss, lr, clock)
+                ckpt.write_state(state)
+        if state.stopped_by_time and process.main:
+            log.info("time limit reached at step %d; saved %s (continue with --resume)", state.step, ckpt.paths["state"])
+    finally:
+        bar.close()
+    return history
