@@ -75,13 +75,16 @@ def test_whole_file_and_plane_readers_agree_on_colour(tmp_path, rng):
     assert not is_rgb and not read_info(tmp_path / "gray.tif").rgb and len(image_planes(tmp_path / "gray.tif", 1)) == 3
 
 
-def test_two_samples_per_pixel_are_refused_by_both_readers(tmp_path):
-    # regression: the whole-file reader took (Y, X, 2) for Y planes of shape (X, 2)
+def test_two_samples_per_pixel_are_two_bands_for_both_readers(tmp_path):
+    # regression: the whole-file reader took (Y, X, 2) for Y planes of shape (X, 2); minisblack samples are bands
     path = tmp_path / "two.tif"
-    tifffile.imwrite(path, np.zeros((20, 30, 2), np.uint8), photometric="minisblack", planarconfig="contig")
-    for read in (read_info, read_image, lambda p: image_planes(p, 1)):
-        with pytest.raises(ValueError, match="2 samples per pixel"):
-            read(path)
+    data = np.arange(20 * 30 * 2, dtype=np.uint16).reshape(20, 30, 2)
+    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="contig")
+    info = read_info(path)
+    assert (info.axes, info.shape, info.rgb) == ("CYX", (2, 20, 30), False)
+    array, is_rgb = read_image(path)
+    assert not is_rgb and np.array_equal(array, np.moveaxis(data, -1, 0))
+    assert len(image_planes(path, 1)) == 2
 
 
 def test_atomic_write_flushes_the_file_then_the_folder_after_the_rename(tmp_path, monkeypatch):

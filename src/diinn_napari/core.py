@@ -48,6 +48,13 @@ def check_finite(values: np.ndarray, what: str = "image", where: str = "") -> No
         raise ValueError(f"{what} contains NaN or infinite values{where}; replace them (e.g. np.nan_to_num) first")
 
 
+def check_output_finite(values: np.ndarray, where: str = "") -> None:
+    """Refuse a model output with NaN or infinite values: cast to an integer dtype they would become zeros."""
+    if np.asarray(values).dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"the model's output contains NaN or infinite values{where}; the weights or the precision "
+                         "give non-finite results (try --precision fp32 or another weights file); nothing was written")
+
+
 # ---- dtypes --------------------------------------------------------------------------------------
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype values are denormalised in: float32 (the model's) for float outputs, else the output's."""

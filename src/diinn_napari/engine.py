@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .core import (Assembly, CancelCheck, Cancelled, ProgressCallback, auto_tile_size, cast, check_array,
-                   check_cancel, check_finite, compute_dtype, replace_outliers, valid_range)
+                   check_cancel, check_finite, check_output_finite, compute_dtype, replace_outliers, valid_range)
 from .devices import pick_device
 from .intensity import fit_intensity
 from .model import DIINN
@@ -44,7 +44,7 @@ from .settings import OUTLIER_CLAMP, RunSettings
 from .quality import antialias_matrix, antialias_support
 from .weights import load_weights, resolve
 
-__all__ = ["Engine", "Step", "Cancelled", "upscale", "upscale_steps", "iter_upscaled_planes", "upscale_window",
+__all__ = ["Engine", "Step", "Cancelled", "upscale", "upscale_steps", "iter_upscaled_planes", "upscale_window", "fill_nodata",
            "get_model", "inference_model", "torch_threads", "resize_mask", "check_precision"]
 
 # the autocast dtype of each precision RunSettings accepts (fp32: no autocast)
@@ -239,9 +239,9 @@ class Engine:
             total = len(tiles) * int(np.prod(leading, dtype=np.int64))
             done = 0
             for index in np.ndindex(*leading):
-                plane = np.asarray(image[index])
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
                 check_finite(plane, where=f" in plane {index}" if index else "")
-                mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
+                mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute, missing)
                 out = np.empty((channels + alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
                 for i, window in enumerate(tiles):
@@ -251,6 +251,7 @@ class Engine:
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                                  trust=return_trust)
                     y0, y1, x0, x1 = window
+                    check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
                     out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
@@ -261,6 +262,8 @@ class Engine:
                     finished = i == len(tiles) - 1
                     if finished and alpha:
                         out[3] = resize_mask(plane[..., 3], (H, W), dtype)
+                    if finished and missing is not None:
+                        out[:channels, nodata_on_output(missing, (H, W))] = cast(np.float32(s.nodata), dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
                                trust if finished else None)
 
@@ -310,14 +313,18 @@ class Engine:
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
         dtype = s.output_dtype(plane.dtype)
         compute = compute_dtype(dtype)
-        mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute)
+        plane, missing = fill_nodata(plane, s.nodata, rgb)
+        mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute, missing)
         render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
                             AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
+        check_output_finite(sr)
         out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
+        if missing is not None:
+            out[:3 if rgb else 1, nodata_on_output(missing, (H, W))[y0:y1, x0:x1]] = cast(np.float32(s.nodata), dtype)
         return out.transpose(1, 2, 0) if rgb else out[0]
 
 
@@ -401,13 +408,43 @@ def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int
     return grid
 
 
-def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype):
+def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``plane`` with its nodata pixels filled from the nearest valid pixel, and the (Y, X) nodata mask.
+
+    A pixel is nodata where it equals ``nodata`` (NaN: where it is NaN; RGB:
+    in every colour sample). Filling makes a scene edge no content for the
+    network, so the valid pixels next to it are not pulled towards the fill
+    value. The mask is None when nothing is missing (or ``nodata`` is None).
+    """
+    if nodata is None:
+        return plane, None
+    colour = plane[..., :3] if rgb else plane
+    hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
+    missing = hit.all(-1) if rgb else hit
+    if not missing.any():
+        return plane, None
+    if missing.all():  # nothing to fill from: a constant plane, all of it nodata again on output
+        return np.zeros_like(plane), missing
+    from scipy.ndimage import distance_transform_edt
+
+    nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return plane[tuple(nearest)], missing
+
+
+def nodata_on_output(missing: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """The output pixels whose nearest input pixel is nodata (the engine's pixel-centre grid)."""
+    (h, w), (H, W) = missing.shape, out_shape
+    return missing[np.ix_(nearest_lr_index(h, H), nearest_lr_index(w, W))]
+
+
+def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype, missing: np.ndarray | None = None):
     """One plane for the network: (intensity map, normalised (C, Y, X) colour, valid output range).
 
-    The map is fitted on the colour of the whole plane (an RGBA plane's alpha is left out).
+    The map is fitted on the colour of the whole plane (an RGBA plane's alpha
+    is left out), nodata pixels (``missing``) left out.
     """
     colour = plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
-    mapping = fit_intensity(colour, intensity)
+    mapping = fit_intensity(colour if missing is None or missing.all() else colour[~missing], intensity)
     lr = mapping.normalize(colour)
     lr = lr.transpose(2, 0, 1) if rgb else lr[None]
     return mapping, lr, valid_range(mapping, dtype)

@@ -134,7 +134,7 @@ def isotropic_steps(
     """
     import torch
 
-    from .core import auto_tile_size, cast, check_finite, compute_dtype, replace_outliers, valid_range
+    from .core import auto_tile_size, cast, check_finite, check_output_finite, compute_dtype, replace_outliers, valid_range
     from .engine import inference_model
     from .model.grid import AxisSamples, sample_bicubic_matrix
     from .settings import OUTLIER_CLAMP, RunSettings
@@ -208,7 +208,9 @@ def isotropic_steps(
                 own = slice(y0 - a, y1 - a)  # the block's rows in what was read
                 fused = _settle(_fuse([acc[v] for v in views], fusion), seen_t[:, own], None if excess is None else
                                 excess[:, own], (lo, hi), consistency, down, upsample)
-                yield IsoStep(done, total, index, (y0, y1), cast(mapping.denormalize(fused.cpu().numpy(), compute), dtype))
+                values = fused.cpu().numpy()
+                check_output_finite(values, f" in rows {y0}..{y1 - 1}" + (f" of volume {index}" if index else ""))
+                yield IsoStep(done, total, index, (y0, y1), cast(mapping.denormalize(values, compute), dtype))
 
 
 def _block_calls(y0: int, y1: int, Z: int, Y: int, X: int, m: int, tile: int, views: list[str]) -> list:

@@ -142,6 +142,10 @@ class RunSettings:
     ensemble: geometric self-ensemble: every tile is decoded for the 8 flips
         and transposes of the input, mapped back and averaged (about 8 times
         the cost, for a small gain; see docs/quality.md). Tiled still equals whole.
+    nodata: the value that marks pixels without data (a GeoTIFF's GDAL_NODATA;
+        ``float("nan")`` for float rasters), or None. Such pixels are left out
+        of the intensity fit and filled from the nearest valid pixel before the
+        network; the output is ``nodata`` exactly where the nearest input pixel is.
     """
 
     scale: float | tuple[float, float] | None = None
@@ -159,6 +163,7 @@ class RunSettings:
     outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
     ensemble: bool = False
+    nodata: float | None = None
 
     def __post_init__(self) -> None:
         sizes = [name for name in ("scale", "output_shape", "pixel_size") if getattr(self, name) is not None]
@@ -206,6 +211,10 @@ class RunSettings:
         self._set("ensemble", bool(self.ensemble))
         if not self.max_output_pixels >= 1:
             raise ValueError(f"max_output_pixels must be >= 1, got {self.max_output_pixels!r}")
+        if self.nodata is not None:
+            if isinstance(self.nodata, bool) or not isinstance(self.nodata, (int, float, np.number)):
+                raise ValueError(f"nodata must be None, a number or float('nan'), got {self.nodata!r}")
+            self._set("nodata", float(self.nodata))
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)

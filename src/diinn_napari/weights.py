@@ -9,6 +9,7 @@ metrics). Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ FORMAT = "diinn-napari/1"
 # Bundled models by name; "default" resolves to one of them by channel count.
 BUNDLED = {"gray": "diinn-gray.safetensors", "rgb": "diinn-rgb.safetensors"}
 DEFAULT_BY_CHANNELS = {1: "gray", 3: "rgb"}
+# Sane bounds of a config's whole numbers (widths, block counts, ...): far above any trained DIINN, far below what
+# would exhaust memory while the model is built.
+CONFIG_INT_MAX = 4096
 
 
 class WeightsError(ValueError):
@@ -104,17 +108,55 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsError(f"{path} has corrupt metadata ({err})") from err
 
 
+def check_config(config: Any, path: str | os.PathLike) -> None:
+    """Refuse (WeightsError naming ``path``) a config that is not a dict or holds whole numbers out of sane bounds."""
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: its config is not a JSON object of DIINN arguments")
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}[{i}]")
+        elif isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= CONFIG_INT_MAX:
+            raise WeightsError(f"{path}: config {name} = {value} is out of bounds (0..{CONFIG_INT_MAX}); "
+                               "the file is damaged or not a DIINN weights file")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise WeightsError(f"{path}: config {name} = {value} is not a finite number; the file is damaged")
+
+    walk(config, "")
+    if config.get("in_channels", 1) not in (1, 3):
+        raise WeightsError(f"{path}: config in_channels = {config.get('in_channels')!r}; DIINN models take 1 or 3")
+
+
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> DIINN:
-    """Build the DIINN described by a weights file and load its tensors (float32, eval mode)."""
+    """Build the DIINN described by a weights file and load its tensors (float32, eval mode).
+
+    Refused with a :class:`WeightsError` naming the file: a config out of sane
+    bounds (:func:`check_config`), tensors that do not fit it, and any tensor
+    holding NaN or infinite values (named: such a model writes NaN, or zeros
+    once cast to integers, without any other sign).
+    """
     meta = read_metadata(path)
+    check_config(meta["config"], path)
     try:
         model = DIINN(**meta["config"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as err:
         raise WeightsError(f"{path} describes a model this version cannot build: {err}") from err
     try:
         with safe_open(str(path), framework="pt") as f:
             state = {key: f.get_tensor(key).float() for key in f.keys()}
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise WeightsError(f"{path} has unreadable tensors ({err})") from err
+    for key, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                               "the file is damaged or came from a diverged training run")
+    try:
         model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError) as err:
+    except RuntimeError as err:
         raise WeightsError(f"{path} does not match its own config ({err})") from err
     return model.to(device).eval()

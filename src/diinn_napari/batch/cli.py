@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,13 @@ input. Each finished plane goes to a hidden partial file in the output folder
 is written from it to a temporary file and renamed into place, so an
 interrupted run leaves no half-written output, and a rerun resumes a killed
 file from its last finished plane. Every output records the settings it was
-made with; a rerun skips outputs made with the same settings and refuses
-(that file fails) to replace ones made with others unless --overwrite. One bad
+made with, a SHA-256 of its input's bytes and one of its own pixels; a rerun
+skips outputs made with the same settings from the same content (an output
+found cut short or damaged is recomputed) and refuses (that file fails) to
+replace ones made with others unless --overwrite. One process at a time
+writes an output (a lock file beside it; see docs/batch.md for network file
+systems). Ctrl-C (exit 130) and SIGTERM (exit 143) stop the batch and its
+workers within seconds, leaving every file resumable. One bad
 file is reported and the batch goes on; the exit code is 1 when any file
 failed.
 
@@ -91,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG)")
     files.add_argument("--out", required=True, type=Path,
                        help="output folder (required; created when the first output is written)")
+    files.add_argument("--cog", action="store_true",
+                       help="write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, internal overviews, DEFLATE "
+                            "with a predictor), through GDAL (needs rasterio)")
     files.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs, also those made with other settings (same settings are "
                             "skipped otherwise)")
@@ -190,13 +199,29 @@ def _check_model_and_device(p: argparse.ArgumentParser, a: argparse.Namespace) -
         pick_device(a.device)
     except ValueError as err:
         p.error(f"argument --device: {err}")
+    from ..weights import load_weights
+
     try:
         if a.model in BUNDLED:
             bundled_path(a.model)
-        elif a.model != "default" and not Path(a.model).expanduser().is_file():
-            raise WeightsError(f"weights file not found: {a.model} (bundled models: {sorted(BUNDLED)})")
+        elif a.model != "default":
+            path = Path(a.model).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"weights file not found: {a.model} (bundled models: {sorted(BUNDLED)})")
+            load_weights(path)  # a corrupt file (metadata, config, tensors, NaN) fails here, not once per file
     except WeightsError as err:
         p.error(f"argument --model: {err}")
+
+
+def _check_out(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """--out must be a folder, or a path where one can be made."""
+    out = a.out
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = f"--out {out}" if folder == out else f"--out {out}: {folder}"
+                p.error(f"{where} is a file, not a folder; give a folder for the outputs")
+            break
 
 
 def settings_from(a: argparse.Namespace) -> Settings:
@@ -208,11 +233,28 @@ def settings_from(a: argparse.Namespace) -> Settings:
                       ensemble=a.ensemble)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
-                    overwrite=a.overwrite)
+                    overwrite=a.overwrite, cog=a.cog)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send), handled as Ctrl-C: workers stopped, partials kept."""
+
+
+def _on_terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM stop the batch as Ctrl-C does; the previous handler, or None where it cannot be set."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_terminate)
+    except ValueError:  # not the main thread (e.g. main() called from a thread): leave the signal alone
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch command line; returns the exit code (0 ok, 1 a file failed, 2 bad arguments, 130 interrupted)."""
+    """Run the batch command line; returns the exit code (0 ok, 1 a file failed, 2 bad arguments, 130 interrupted,
+    143 terminated by SIGTERM)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -222,21 +264,35 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         p.error("no input files found")
     # everything that would make every file fail is checked before anything is created
+    _check_out(p, a)
     _check_model_and_device(p, a)
     _check_options(p, a, len(paths))
+    if a.cog:
+        try:
+            import rasterio  # noqa: F401
+        except ImportError:
+            p.error("--cog writes through GDAL: install rasterio (pip install rasterio, or diinn-napari[geotiff])")
     try:
         settings = settings_from(a)
         check_output_names(paths, settings.out_dir)
     except ValueError as err:
         p.error(str(err))
+    previous = _terminate_as_interrupt()
     try:
         results = run_batch(paths, settings, a.workers, a.scheduler)
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept and the file in progress keeps its finished planes; "
-              "rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"{'terminated' if isinstance(err, Terminated) else 'interrupted'}: finished files are kept and the "
+              "files in progress keep their finished planes; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    try:  # a file name that is not UTF-8 is printed with escapes, never a UnicodeEncodeError after the work
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError):
+        pass
     print(summary(results))
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from .. import io
@@ -27,7 +28,9 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             if not matches:
                 raise FileNotFoundError(f"no such file, folder or matching pattern: {item}")
             found += [Path(m) for m in matches if Path(m).is_file() or io.is_image(m)]
-    return list(dict.fromkeys(p.resolve() for p in found))
+    # absolute, links not followed: an input is named after the path given (a git-annex or DataLad link keeps its
+    # name, not its target's); plan_file compares resolved paths where it matters (never writing over an input)
+    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))
 
 
 def output_path(path: Path, out_dir: Path) -> Path:

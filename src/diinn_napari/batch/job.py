@@ -30,6 +30,7 @@ class Settings:
         axial_sigma None: from the Z step; see :func:`diinn_napari.adapt.adapt`).
     save_model: with adapt_steps, where the adapted weights go: a
         ``.safetensors`` file (one input) or a folder (``<output stem>.safetensors`` per file).
+    cog: write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, overviews, DEFLATE + predictor; needs rasterio).
     overwrite: replace existing outputs even when they were made with other settings.
     show_progress: a progress bar on stderr (only when stderr is a terminal).
     """
@@ -44,6 +45,7 @@ class Settings:
     axial_sigma: float | None = None
     seed: int = 0
     save_model: Path | None = None
+    cog: bool = False
     overwrite: bool = False
     show_progress: bool = True
 

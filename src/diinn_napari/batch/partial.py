@@ -36,6 +36,7 @@ class PartialFile:
         self.path, self.header, self.unit = path, header, unit
         self.unit_shape, self.dtype, self.count, self.start = tuple(unit_shape), np.dtype(dtype), count, start
         self.unit_bytes = math.prod(self.unit_shape) * self.dtype.itemsize
+        self.discarded = 0  # stale partial files of other work deleted by claim
 
     @staticmethod
     def make_header(record: dict, unit_shape: tuple[int, ...], dtype) -> bytes:
@@ -48,8 +49,9 @@ class PartialFile:
               unit: str = "plane") -> PartialFile:
         """This process's partial file for output ``out``, holding the units already finished.
 
-        A stale partial file with the same header (same compared settings and
-        layout) is taken over with its companions, the one with most units if
+        Called with the output's lock held (:class:`~.stale.OutputLock`). A
+        stale partial file with the same header (same compared settings, input
+        content and layout) is taken over with its companions, the one with most units if
         several; other stale ones are deleted. The folder must exist.
         """
         header = cls.make_header(record, unit_shape, dtype)
@@ -68,8 +70,9 @@ class PartialFile:
             units = probe._whole_units(hidden.path) if hidden.kind == "partial" else -1
             if units >= 0:
                 candidates.append((units, hidden.path == mine, hidden.path))
-            else:
+            else:  # other work (another input's content, other settings): never resumed into this output
                 hidden.path.unlink(missing_ok=True)
+                probe.discarded += 1
         candidates.sort()
         best = candidates.pop() if candidates else None
         for _, _, path in candidates:

@@ -155,18 +155,28 @@ def model_identity(model, channels: int) -> dict:
 def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset()) -> FilePlan:
     """Plan input ``path``: a ValueError naming the file when it cannot be processed as asked."""
     out = output_path(path, settings.out_dir)
-    if out.resolve() == path.resolve() or out.resolve() in inputs:
+    if out.resolve() == path.resolve() or out.resolve() in {p.resolve() for p in inputs}:
         raise ValueError(f"output {out} would overwrite an input; choose another --out folder")
     info = io.read_info(path)
     volumes = plan_volumes(info, settings) if settings.isotropic else None
     dtype = output_dtype(info, settings)
     if volumes is None:
         out_yx = output_size(info.yx, scale_for(info, settings))
+        limit = settings.run.max_output_pixels
+        if out_yx[0] * out_yx[1] > limit:  # said here in the command line's terms (it has no option for the limit)
+            raise ValueError(f"{info.path.name}: one output plane would be {out_yx[0]} x {out_yx[1]} = "
+                             f"{out_yx[0] * out_yx[1]:,} pixels, above the limit of {limit:,} per plane; lower "
+                             "--scale (or raise --pixel-size), or process a crop of the file")
         output = info.output(out, info.upscaled_shape(out_yx), dtype)
     else:
         shape = list(info.shape)
         shape[volumes.z_axis] = volumes.z.planes
         output = info.output(out, tuple(shape), dtype, z_spacing=volumes.z.target)
+    if settings.cog:
+        if info.kind != "geotiff":
+            raise ValueError(f"{path.name}: --cog writes GeoTIFF outputs, and this is a {info.kind.upper()} file without "
+                             "georeferencing; leave --cog out for it")
+        output.metadata = {**output.metadata, "cog": True}
     save_model = None
     if settings.save_model is not None:
         save_model = settings.save_model
@@ -187,8 +197,10 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
     else:
         request = {"scale": list(run.scale)} if run.scale else {"pixel_size": list(run.pixel_size)}
     record = {
+        # the content itself (a streamed SHA-256 of the bytes): a file of the same name and size, or one edited in
+        # place, is other work, for the skip and for resuming a partial file (whose header holds this record)
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
-                  "bytes": info.path.stat().st_size},
+                  "bytes": info.path.stat().st_size, "sha256": file_identity(info.path)["sha256"]},
         "output_yx": list(output.yx),
         "model": model_identity(run.model, 3 if info.rgb else 1),
         "intensity": run.intensity,
@@ -204,4 +216,8 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         record["precision"] = run.precision
     if run.ensemble:
         record["ensemble"] = True
+    if info.nodata is not None:  # JSON has no NaN: the GDAL_NODATA text
+        record["nodata"] = repr(info.nodata)
+    if settings.cog:
+        record["cog"] = True
     return record

@@ -11,7 +11,10 @@ published atomically.
 
 from __future__ import annotations
 
+import errno
+import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from . import stale
 from .job import Result, Settings
 from .partial import PartialFile
 from .plan import FilePlan, VolumePlan, plan_file
-from .record import differences
+from .record import differences, pixel_digest
 
 Progress = Callable[[int], object]
 
@@ -35,44 +38,79 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
     Never raises for a bad file; returns a Result. ``inputs``: every input of
     the batch (no output may replace one). ``progress(n)`` is called with the
     number of input planes finished (or skipped) since the last call.
+
+    The output is locked (:class:`~.stale.OutputLock`) from the check of an
+    existing output to the rename of the new one, so one process at a time
+    writes it; another one waits, then skips or refuses it as usual.
     """
     started = time.time()
+    plan = None
     try:
         plan = plan_file(path, settings, inputs)
         out = plan.output.path
-        if out.exists() and not settings.overwrite:
-            check_same_work(plan)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with stale.OutputLock(out, on_wait=_say):
+            return _process(plan, settings, progress, started)
+    except Exception as err:  # one bad file must not stop the batch
+        message = disk_full_message(err, plan) or f"{type(err).__name__}: {err}"
+        return Result(path, "failed", None, None, time.time() - started, message)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _process(plan: FilePlan, settings: Settings, progress: Progress | None, started: float) -> Result:
+    path, out = plan.source, plan.output.path
+    notes = list(plan.info.warnings)
+    if out.exists() and not settings.overwrite:
+        damage = check_same_work(plan)
+        if damage is None:
             stale.remove_stale(out)  # e.g. killed between the final rename and removing its partial file
             if progress:
                 progress(plan.info.n_planes)
-            return Result(path, "skipped", out, plan.output.shape, time.time() - started, "output exists, same settings")
-        work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
-        per_unit = plan.info.n_planes // plan.count
-        with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = PartialFile.claim(out, plan.header_record, plan.unit_shape, plan.output.dtype, plan.count, plan.unit)
-            if progress and partial.start:
-                progress(partial.start * per_unit)
-            try:
-                for unit in work.units(reader, partial):
-                    partial.append(unit)
-                    if progress:
-                        progress(per_unit)
-                work.finish(partial)
-            except BaseException:
-                partial.discard_if_empty()
-                raise
-        with io.atomic_write(out, stale.tmp_path(out)) as tmp:
-            io.format_of(plan.output).write(tmp, plan.output, work.output_planes(partial), plan.record)
-        partial.delete()
-        note = f"resumed at {plan.unit} {partial.start + 1} of {plan.count}" if partial.start else ""
-        return Result(path, "done", out, plan.output.shape, time.time() - started, note)
-    except Exception as err:  # one bad file must not stop the batch
-        return Result(path, "failed", None, None, time.time() - started, f"{type(err).__name__}: {err}")
+            return Result(path, "skipped", out, plan.output.shape, time.time() - started,
+                          "; ".join(["output exists, same settings, pixels verified", *notes]))
+        notes.append(f"the existing output {damage}: recomputed")
+        _say(f"{out}: {damage}; recomputing it")
+    work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
+    per_unit = plan.info.n_planes // plan.count
+    with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
+        partial = PartialFile.claim(out, plan.header_record, plan.unit_shape, plan.output.dtype, plan.count, plan.unit)
+        if partial.discarded:
+            notes.append("a partial file of other work (another input content or other settings) was discarded")
+        if progress and partial.start:
+            progress(partial.start * per_unit)
+        try:
+            for unit in work.units(reader, partial):
+                partial.append(unit)
+                if progress:
+                    progress(per_unit)
+            work.finish(partial)
+        except BaseException:
+            partial.discard_if_empty()
+            raise
+    # the pixels' checksum, read back from the CRC-checked partial file, goes into the record the output carries;
+    # a later skip verifies it
+    record = dict(plan.record, pixels=pixel_digest(work.output_planes(partial)))
+    # publish: the file is flushed, renamed into place and the folder flushed before the partial file goes
+    with io.atomic_write(out, stale.tmp_path(out)) as tmp:
+        io.format_of(plan.output).write(tmp, plan.output, work.output_planes(partial), record)
+    partial.delete()
+    if partial.start:
+        notes.insert(0, f"resumed at {plan.unit} {partial.start + 1} of {plan.count}")
+    return Result(path, "done", out, plan.output.shape, time.time() - started, "; ".join(notes))
 
 
-def check_same_work(plan: FilePlan) -> None:
-    """Refuse (ValueError) to take an existing output as done unless its record matches this plan's."""
+def check_same_work(plan: FilePlan) -> str | None:
+    """Whether an existing output is this plan's work, complete: None if so.
+
+    Refuses (ValueError) an output without a record or made with other
+    settings or from another input (each difference named); returns what is
+    wrong with an output of this work that is incomplete or damaged (its
+    pixels do not match the checksum it recorded when written), which is then
+    recomputed.
+    """
     out = plan.output.path
     old = io.read_record(out)
     if old is None:
@@ -82,6 +120,47 @@ def check_same_work(plan: FilePlan) -> None:
     if found:
         raise ValueError(f"{out} exists, made with other settings ({'; '.join(found)}); "
                          "use --overwrite to replace it, or another --out")
+    expected = old.get("pixels")
+    if not isinstance(expected, dict) or "sha256" not in expected:
+        return "has no pixel checksum (written by an earlier version or cut short)"
+    try:
+        info = io.read_info(out)
+        if tuple(info.shape) != tuple(plan.output.shape) or info.dtype != plan.output.dtype:
+            return (f"holds {tuple(info.shape)} {info.dtype}, not the {tuple(plan.output.shape)} "
+                    f"{plan.output.dtype} it records (cut short)")
+        with io.open_planes(info) as reader:
+            found_digest = pixel_digest(reader[index] for index in np.ndindex(*info.leading))
+    except Exception as err:  # a torn file fails in many ways (tifffile, zlib, numpy): all mean "not complete"
+        return f"cannot be read whole ({type(err).__name__}: {err}; cut short or damaged)"
+    if found_digest != expected:
+        return "does not match the pixel checksum it recorded (damaged or partly written)"
+    return None
+
+
+def disk_full_message(err: BaseException, plan: FilePlan | None) -> str | None:
+    """What to say when ``err`` is a full disk (or quota): the folder, the space needed and the space free."""
+    text = str(err)
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = full or ("requested and" in text and "written" in text)  # numpy's tofile on a short write
+    if not full or plan is None:
+        return None
+    folder = plan.output.path.parent
+    output = math.prod(plan.output.shape) * plan.output.dtype.itemsize
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return (f"no space left in {folder} ({free}): this file needs about {_size(2 * output)} there while it is "
+            f"written (its partial file and the output, {_size(output)} each, uncompressed); free some space or "
+            "choose another --out and rerun: finished planes are kept and resumed")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class PlaneWork:
@@ -98,6 +177,8 @@ class PlaneWork:
         if partial.start >= info.n_planes:
             return
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
+        if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
+            run = run.replace(nodata=info.nodata)
         for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
             yield plane
 

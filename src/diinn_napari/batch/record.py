@@ -11,21 +11,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 # Keys that decide whether an existing output or partial file is the same work. "isotropic" (Z steps in and out,
 # output planes, fusion, adaptation) is in the record of --isotropic runs only, and "precision" only when it is not
-# the exact fp32, and "ensemble" only when it is on, so the records of earlier versions still match.
+# the exact fp32, "ensemble" only when it is on, "nodata" only for files that declare one and "cog" only with
+# --cog, so the records of earlier versions still match.
 COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic",
-            "precision", "ensemble")
+            "precision", "ensemble", "nodata", "cog")
 LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
-          "isotropic": "isotropic Z resampling", "precision": "precision",
-          "ensemble": "geometric self-ensemble"}
+          "isotropic": "isotropic Z resampling", "precision": "precision", "ensemble": "geometric self-ensemble",
+          "nodata": "nodata", "cog": "Cloud-Optimized GeoTIFF"}
 
 
 @functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _sha256(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -34,10 +38,25 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_identity(path: Path) -> dict:
-    """A file by name and content hash (hashed once per size and modification time in a process)."""
+    """A file by name and content hash (hashed once per size, modification and change time in a process)."""
     path = path.resolve()
     stat = path.stat()
-    return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
+    return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}
+
+
+def pixel_digest(planes: Iterable[np.ndarray]) -> dict:
+    """The checksum of an output's pixels: SHA-256 of its planes in file order, each as C-order native-endian bytes.
+
+    Recorded in the output when it is written and verified before an existing
+    output is skipped, so a torn file (cut short, or partly zeroed by a crash
+    of the disk's cache) is never taken as done.
+    """
+    digest, count = hashlib.sha256(), 0
+    for plane in planes:
+        plane = np.asarray(plane)
+        digest.update(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("=")).tobytes())
+        count += 1
+    return {"sha256": digest.hexdigest(), "planes": count}
 
 
 def compared(record: dict) -> dict:
@@ -48,6 +67,10 @@ def compared(record: dict) -> dict:
 def differences(old: dict, new: dict) -> list[str]:
     """Human-readable differences between two records in the compared keys (empty: the same work)."""
     def show(key, value):
+        if key == "input" and isinstance(value, dict):
+            sha = value.get("sha256")
+            return (f"{value.get('name')} ({value.get('bytes')} bytes, "
+                    f"{'content sha256 ' + str(sha)[:12] if sha else 'no content checksum'})")
         if key == "model" and isinstance(value, dict):
             return f"{value.get('file')} (sha256 {str(value.get('sha256'))[:12]})"
         if key == "output_yx" and isinstance(value, list):

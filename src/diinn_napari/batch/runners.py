@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
@@ -48,7 +49,11 @@ def run_on_cluster(paths: list[Path], settings: Settings, scheduler: str) -> lis
     remote = replace(settings, show_progress=False)
     with Client(scheduler) as client:
         futures = client.map(process_file, paths, settings=remote, inputs=frozenset(paths), pure=False)
-        return client.gather(futures)
+        try:
+            return client.gather(futures)
+        except BaseException:  # Ctrl-C, SIGTERM: the files not started are not started; running ones keep their partials
+            client.cancel(futures, force=True)
+            raise
 
 
 def run_here(paths: list[Path], settings: Settings, workers: int) -> list[Result]:
@@ -64,13 +69,18 @@ def run_here(paths: list[Path], settings: Settings, workers: int) -> list[Result
             threads = settings.run.threads or max(1, (os.cpu_count() or 1) // workers)
             per_worker = replace(settings, show_progress=False, run=settings.run.replace(threads=threads))
             results: list[Result | None] = [None] * len(paths)
-            with ProcessPoolExecutor(workers) as pool:
+            pool = ProcessPoolExecutor(workers, initializer=_worker_start)
+            try:
                 futures = {pool.submit(process_file, p, per_worker, inputs): i for i, p in enumerate(paths)}
                 for future in as_completed(futures):
                     i = futures[future]
                     results[i] = future.result()
                     if bar is not None:
                         bar.update(_count_planes(paths[i]))
+            except BaseException:  # Ctrl-C, SIGTERM (cli), or a broken pool: stop now, not after the queue
+                stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
             return results
         results = []
         for path in paths:
@@ -81,6 +91,37 @@ def run_here(paths: list[Path], settings: Settings, workers: int) -> list[Result
     finally:
         if bar is not None:
             bar.close()
+
+
+def _worker_start() -> None:
+    """In each pool worker: the main process alone answers Ctrl-C (it stops the pool), SIGTERM ends the worker
+    at once (its partial file holds every finished plane), and the worker ends when the main process does, even
+    when that one is killed (Linux: PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+            if os.getppid() == 1:  # the main process ended before the line above
+                os._exit(1)
+        except (OSError, AttributeError):
+            pass
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: queued files are not started, running workers are terminated (partials kept)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def _count_planes(path: Path) -> int:

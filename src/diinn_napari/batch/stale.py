@@ -3,7 +3,8 @@
 Names: ``.<output>.<host>-<pid>.partial`` (finished planes, resumable:
 :mod:`.partial`), ``.<output>.<host>-<pid>.partial.<ext>`` (a companion of
 that partial file, e.g. adapted weights), ``.<output>.<host>-<pid>.tmp<suffix>``
-(the output being written, renamed into place when complete). A file is
+(the output being written, renamed into place when complete), ``.<output>.lock``
+(held by the one process writing that output, :class:`OutputLock`). A file is
 stale when the process that made it runs no longer on this machine (or it is
 this process itself, left by an earlier failure of the same file). Files
 from other machines are left alone: their processes cannot be checked from
@@ -112,6 +113,9 @@ def remove_stale_files(out_dir: Path) -> list[Path]:
     if not out_dir.is_dir():
         return removed
     for path in out_dir.iterdir():
+        if _LOCK.match(path.name) and remove_unheld_lock(path):
+            removed.append(path)
+            continue
         hidden = classify(path)
         if hidden is not None and hidden.kind in ("tmp", "old") and hidden.stale:
             remove(path)
@@ -124,3 +128,120 @@ def remove_stale(out: Path) -> None:
     for hidden in hidden_files(out):
         if hidden.stale:
             remove(hidden.path)
+
+
+_LOCK = re.compile(r"^\..+\.lock$")
+
+
+def remove_unheld_lock(path: Path) -> bool:
+    """Delete a lock file no process holds (left by a killed run); True if it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not _try_lock(fd):
+            return False
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            path.unlink(missing_ok=True)
+        return same
+    finally:
+        os.close(fd)
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of output ``out``: whoever holds a lock on it is the one writer of ``out`` and its partial file."""
+    return out.with_name(f".{out.name}.lock")
+
+
+class OutputLock:
+    """An exclusive lock on one output, held by a live process (a context manager).
+
+    Held from the check of an existing output to the rename of the new one and
+    the removal of its partial file, so two batches never write one output and
+    the check and the rename cannot interleave with another writer. The lock
+    is an OS lock (``flock`` on POSIX, ``msvcrt.locking`` on Windows) on the
+    file ``.<output>.lock``: the OS releases it when its process ends, killed
+    or not, so there is no stale lock to detect. ``on_wait(message)`` is called
+    once when another process holds it; this one then waits.
+    """
+
+    def __init__(self, out: Path, on_wait=None):
+        self.path, self.on_wait, self._fd = lock_path(out), on_wait, None
+
+    def __enter__(self) -> OutputLock:
+        waited = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if not _try_lock(fd):
+                    if not waited and self.on_wait is not None:
+                        self.on_wait(f"{self.path.name[1:-5]} is being written by another process "
+                                     f"({_owner(fd)}); waiting for it")
+                    waited = True
+                    _lock(fd)
+                # the file may have been removed by the holder we waited for: then lock the new one
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{HOST}-{os.getpid()}\n".encode())
+                    self._fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def __exit__(self, *exc) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while locked: a waiter notices the removal and locks a new file
+        except OSError:  # Windows: an open file cannot be removed; the next run removes it
+            pass
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _owner(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+    import time
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _lock(fd: int) -> None:
+        while not _try_lock(fd):
+            time.sleep(0.5)
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)

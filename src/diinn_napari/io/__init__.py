@@ -9,7 +9,8 @@ Two levels, as tifffile has (``imread`` / ``TiffFile``):
   and evaluation: :func:`find_images`, :func:`read_image`, :func:`image_planes`;
 * the format objects (:func:`format_for`, :class:`ImageFormat`) for control.
 
-Formats: :mod:`.tiff` (ImageJ, OME, plain) and :mod:`.png` (PNG, JPEG). A
+Formats: :mod:`.geotiff` (GeoTIFF, multiband TIFF, COG output), :mod:`.tiff` (ImageJ, OME,
+plain) and :mod:`.png` (PNG, JPEG). A
 new format is one module with an object satisfying :class:`ImageFormat`,
 registered with :func:`register` and imported below.
 :func:`atomic_write` is how files that must never be seen half-written
@@ -28,8 +29,9 @@ import numpy as np
 # each format registers itself on import; the import order is the order formats are asked in
 from . import tiff  # noqa: F401,I001
 from . import png  # noqa: F401
+from . import geotiff  # noqa: F401  (registers itself first: asked before TIFF)
 from .atomic import atomic_write, current_umask, fsync_folder, publish
-from .base import (ImageFormat, ImageInfo, PlaneSource, format_for, format_of, formats, is_colour, is_image, register,
+from .base import (ImageFormat, ImageInfo, PlaneSource, drop_invalid_sizes, format_for, format_of, formats, is_colour, is_image, register,
                    sample_layout, suffixes)
 from .record import RECORD_KEY, RECORD_TAG, read_record
 from .whole import find_images, image_planes, image_suffixes, read_image
@@ -43,7 +45,8 @@ __all__ = ["ImageFormat", "ImageInfo", "PlaneSource", "RECORD_KEY", "RECORD_TAG"
 def read_info(path: str | Path) -> ImageInfo:
     """Axes, shape, dtype, physical sizes and metadata of an image file; a ValueError naming it if unreadable."""
     path = Path(path)
-    return format_for(path).read_info(path)
+    # every format's sizes pass the same check (idempotent: a format may already have applied it)
+    return drop_invalid_sizes(format_for(path).read_info(path))
 
 
 def open_planes(info: ImageInfo) -> PlaneSource:

@@ -22,6 +22,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class ImageInfo:
         the format that wrote or read it is :func:`format_of`.
     axes: tifffile letters, e.g. "TZCYX", "YXS" (S: samples of a colour pixel).
     pixel_size: (y, x) in ``unit``; z_spacing in the same unit.
+    nodata: the value that marks pixels without data (GDAL_NODATA), or None.
     metadata: what only its format reads and writes back (ImageJ keys, TIFF
         tags), carried unchanged from an input to its output.
     """
@@ -52,7 +54,10 @@ class ImageInfo:
     z_spacing: float | None = None
     time_interval: float | None = None
     channel_names: list[str] | None = None
+    nodata: float | None = None  # the value of pixels without data (NaN included), or None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # what the reader dropped or doubted (e.g. an invalid physical size), for the user: the batch tool reports them
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rgb(self) -> bool:
@@ -94,7 +99,35 @@ class ImageInfo:
         if self.pixel_size is not None:
             size = (self.pixel_size[0] * self.yx[0] / new_yx[0], self.pixel_size[1] * self.yx[1] / new_yx[1])
         return dataclasses.replace(self, path=Path(path), shape=tuple(int(n) for n in shape), dtype=np.dtype(dtype),
-                                   pixel_size=size, z_spacing=self.z_spacing if z_spacing is None else z_spacing)
+                                   pixel_size=size, z_spacing=self.z_spacing if z_spacing is None else z_spacing,
+                                   warnings=[])
+
+
+def _valid_size(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def drop_invalid_sizes(info: ImageInfo) -> ImageInfo:
+    """Drop physical sizes that are not finite numbers > 0 (0, -1, NaN, inf), each with a warning in ``info.warnings``.
+
+    Every format's reader calls it, so an invalid size is never divided,
+    planned with or copied into an output.
+    """
+    name = info.path.name
+    if info.pixel_size is not None and not all(_valid_size(v) for v in info.pixel_size):
+        info.warnings.append(f"{name}: invalid pixel size {tuple(info.pixel_size)} ignored (the file is read as "
+                             "uncalibrated in X and Y)")
+        info.pixel_size = None
+    if info.z_spacing is not None and not _valid_size(info.z_spacing):
+        info.warnings.append(f"{name}: invalid Z spacing {info.z_spacing!r} ignored")
+        info.z_spacing = None
+    if info.time_interval is not None and not _valid_size(info.time_interval):
+        info.warnings.append(f"{name}: invalid time interval {info.time_interval!r} ignored")
+        info.time_interval = None
+    return info
 
 
 def is_colour(axes: str, shape: tuple[int, ...]) -> bool:
@@ -102,15 +135,36 @@ def is_colour(axes: str, shape: tuple[int, ...]) -> bool:
     return axes.endswith("S") and shape[-1] in (3, 4)
 
 
-def sample_layout(name: str, axes: str, shape: tuple[int, ...]) -> bool:
-    """The one rule for samples per pixel: True for RGB/RGBA, False for none; other counts are refused.
+def sample_layout(name: str, axes: str, shape: tuple[int, ...], *, photometric: int | None = None,
+                  interpretation: list[str | None] | None = None, extrasamples: tuple[int, ...] = ()) -> str:
+    """The one rule for samples per pixel: "gray" (none), "colour" (RGB / RGBA) or "bands".
 
-    Every format's reader applies it, so the batch tool and training/evaluation
-    agree on what a file is.
+    Samples are colour only when the file says so consistently:
+    ``photometric`` RGB (TIFF code 2), GDAL's colour interpretation of the
+    first three (``interpretation``, lower case, None where not stated) red,
+    green and blue where present, and every further sample alpha both by the
+    TIFF ExtraSamples (1 or 2) and by GDAL (alpha or not stated): RGB or RGBA.
+    Every other sample is a band (minisblack with any number of samples, RGB
+    plus near-infrared, ...): bands go through the gray model one by one, each
+    with its own intensity fit. Files without a photometric interpretation
+    (PNG, JPEG, arrays) are colour with 3 or 4 samples. Every format's reader
+    applies it, so the batch tool, the widget, training and evaluation agree.
     """
-    if axes.endswith("S") and not is_colour(axes, shape):
-        raise ValueError(f"{name}: {shape[-1]} samples per pixel; only gray, RGB (3) and RGBA (4) are supported")
-    return is_colour(axes, shape)
+    if not axes.endswith("S"):
+        return "gray"
+    count = int(shape[-1])
+    if photometric is None:
+        return "colour" if count in (3, 4) else "bands"
+    if photometric != 2 or count not in (3, 4):
+        return "bands"
+    said = list(interpretation or []) + [None] * count
+    if any(said[i] not in (None, colour) for i, colour in enumerate(("red", "green", "blue"))):
+        return "bands"
+    if count == 4:
+        extra = tuple(extrasamples) + (0,)
+        if extra[0] not in (1, 2) or said[3] not in (None, "alpha"):
+            return "bands"
+    return "colour"
 
 
 @runtime_checkable

@@ -64,7 +64,9 @@ class PngFormat:
     def read_info(self, path: Path) -> ImageInfo:
         array = read_pixels(path)
         axes = array_axes(array)
-        sample_layout(path.name, axes, array.shape)
+        if sample_layout(path.name, axes, array.shape) == "bands":
+            raise ValueError(f"{path.name}: {array.shape[-1]} samples per pixel; a PNG or JPEG is read as gray, RGB (3) "
+                             "or RGBA (4)")
         return ImageInfo(path, "png" if path.suffix.lower() == ".png" else "jpeg", axes, array.shape, array.dtype)
 
     def open_planes(self, info: ImageInfo) -> OnePlane:

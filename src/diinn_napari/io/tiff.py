@@ -9,8 +9,10 @@ tag of the first page.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
+import zlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 import tifffile
 
 from . import record as settings_record
-from .base import ImageInfo, register, sample_layout
+from .base import ImageInfo, drop_invalid_sizes, register, sample_layout
 
 # ImageJ metadata that stays valid when only X and Y are resampled
 IMAGEJ_KEEP = ("unit", "spacing", "finterval", "fps", "Labels", "Ranges", "LUTs", "mode", "Info", "Properties", "loop",
@@ -96,6 +98,12 @@ class TiffPlanes:
                     f"shape {page_shape} for a series of shape {tuple(self.shape)}, axes {info.axes}, compressed "
                     "or not contiguous); save it as one page per plane (ImageJ or OME-TIFF) first"
                 )
+        except ValueError:
+            self.close()
+            raise
+        except HEADER_ERRORS as err:
+            self.close()
+            raise ValueError(f"{info.path.name}: cannot read this TIFF ({type(err).__name__}: {err})") from err
         except BaseException:
             self.close()
             raise
@@ -117,6 +125,13 @@ class TiffPlanes:
         if self._tif is None:
             raise ValueError(f"{self.info.path.name}: the reader is closed")
         index = tuple(int(i) for i in index)
+        try:
+            return self._read(index)
+        except HEADER_ERRORS as err:
+            raise ValueError(f"{self.info.path.name}: plane {index} cannot be read ({type(err).__name__}: {err}); "
+                             "the file is damaged") from err
+
+    def _read(self, index: tuple[int, ...]) -> np.ndarray:
         flat = int(np.ravel_multi_index(index, self.info.leading)) if self.info.leading else 0
         if self._mode == "page":
             return self._series[flat].asarray().reshape(self.info.plane_shape)
@@ -136,6 +151,96 @@ class TiffPlanes:
         if self._cache is None or self._cache[0] != number:
             self._cache = (number, self._series[number].asarray().reshape(-1))
         return self._cache[1]
+
+
+# what tifffile raises, directly or from the struct, zlib and numpy calls under it, on a damaged header or data
+HEADER_ERRORS = (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, AttributeError, TypeError,
+                 RuntimeError, struct.error, EOFError, OverflowError, MemoryError, zlib.error)
+
+
+class _Refused(ValueError):
+    """A TIFF that opens but cannot be processed as it is (planes missing, an unknown codec): the message says why."""
+
+
+class _TiffLog(logging.Handler):
+    """Collects what tifffile logs while a file is opened (it logs, not raises, what it repaired or guessed)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _TiffLog:
+        logger = logging.getLogger("tifffile")
+        logger.addHandler(self)
+        self._propagate, logger.propagate = logger.propagate, False  # said by us, in the file's result
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("tifffile")
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+
+
+def _codec_error(page, name: str) -> str | None:
+    """Why ``page``'s compression cannot be decoded here, or None when it can."""
+    code = page.compression
+    try:
+        tifffile.TIFF.DECOMPRESSORS[code]
+    except KeyError as err:
+        label = f"{getattr(code, 'name', code)} ({int(code)})"
+        if "imagecodecs" in str(err):
+            return f"{name}: its compression {label} needs the imagecodecs package: pip install imagecodecs"
+        return f"{name}: unsupported compression {label}; save it uncompressed or as LZW/Deflate/ZSTD"
+    return None
+
+
+def _check_complete(tif: tifffile.TiffFile, series, info: ImageInfo, log: list[str]) -> None:
+    """Refuse a file whose planes are not all there (truncated, an OME plane count above its pages, zero planes)
+    or not decodable; follow an OME plane count below the pages with a warning."""
+    name = info.path.name
+    if 0 in info.shape or info.n_planes == 0:
+        raise _Refused(f"{name} holds no planes (shape {tuple(info.shape)}); nothing to process")
+    size = info.path.stat().st_size
+    if info.kind == "imagej":
+        images = (tif.imagej_metadata or {}).get("images")
+        if isinstance(images, int) and images > info.n_planes:
+            raise _Refused(f"{name} is truncated: its ImageJ metadata says {images} planes, only {info.n_planes} "
+                           f"can be read from its {size} bytes; {images - info.n_planes} plane(s) are missing")
+    pages = list(series.pages)
+    missing = sum(page is None for page in pages)
+    if missing:
+        raise _Refused(f"{name}: its metadata describes {len(pages)} pages (shape {tuple(info.shape)}), "
+                       f"{missing} of them are not in the file; the file is truncated or its OME metadata is wrong")
+    if info.kind == "ome" and len(tif.series) == 1 and len(tif.pages) > len(pages):
+        info.warnings.append(f"{name}: its OME metadata describes {info.n_planes} planes but the file has "
+                             f"{len(tif.pages)} pages; following the OME metadata (pages after "
+                             f"{len(pages)} are not read)")
+    for message in log:
+        text = message.split("> ", 1)[-1]
+        if "missing" in text or "invalid page offset" in text:
+            raise _Refused(f"{name}: {text}; the file is truncated or damaged")
+        if "expected" not in text:  # what tifffile repaired or guessed, said with the file's result
+            info.warnings.append(f"{name}: tifffile: {text}")
+    error = _codec_error(series.keyframe, name)
+    if error:
+        raise _Refused(error)
+    # every plane's bytes must be in the file: a cut file is refused here, before any work or partial file
+    if series.dataoffset is not None and len(pages) * math.prod(series.keyframe.shape) != math.prod(info.shape):
+        end = series.dataoffset + math.prod(info.shape) * info.dtype.itemsize
+        if end > size:
+            raise _Refused(f"{name} is truncated: its pixel data ends at byte {end}, the file has {size} bytes")
+    for number, page in enumerate(pages):
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            raise _Refused(f"{name} is truncated: plane data of page {number + 1} of {len(pages)} ends at byte "
+                           f"{max(ends)}, the file has {size} bytes")
+        if getattr(page, "compression", 1) != series.keyframe.compression:
+            error = _codec_error(page, name)
+            if error:
+                raise _Refused(error)
 
 
 def drop_tags(path: Path, codes: Iterable[int]) -> None:
@@ -183,7 +288,7 @@ class TiffFormat:
 
     def read_info(self, path: Path) -> ImageInfo:
         try:
-            with tifffile.TiffFile(path) as tif:
+            with _TiffLog() as log, tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 info = ImageInfo(path, "tiff", series.axes, tuple(series.shape), np.dtype(series.dtype))
                 page = tif.pages[0]
@@ -209,9 +314,25 @@ class TiffFormat:
                     info.unit = ij.get("unit", info.unit)
                     info.z_spacing = ij.get("spacing")
                     info.time_interval = ij.get("finterval")
-        except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as err:
+                _check_complete(tif, series, info, log.messages)
+        except _Refused:
+            raise
+        except HEADER_ERRORS as err:
             raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
-        sample_layout(path.name, info.axes, info.shape)
+        if sample_layout(path.name, info.axes, info.shape) == "bands":
+            # plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first
+            raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel in an {info.kind.upper()} file; "
+                             "only gray, RGB (3) and RGBA (4) are read from ImageJ and OME-TIFF (save the bands as a "
+                             "channel axis)")
+        drop_invalid_sizes(info)
+        if info.pixel_size is None:
+            info.metadata["has_resolution"] = False  # an invalid calibration is not written back
+        imagej = info.metadata.get("imagej")
+        if imagej is not None:  # the ImageJ keys are written back as they are: no invalid size among them
+            if info.z_spacing is None:
+                imagej.pop("spacing", None)
+            if info.time_interval is None:
+                imagej.pop("finterval", None)
         return info
 
     def open_planes(self, info: ImageInfo) -> TiffPlanes:

@@ -44,7 +44,10 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
         axes = array_axes(array)
     else:
         array, axes = format_for(path).read_array(path)
-    is_rgb = sample_layout(path.name, axes, array.shape)
+    layout = sample_layout(path.name, axes, array.shape)
+    if layout == "bands":  # every band a gray plane (GeoTIFFs are read with their bands first already)
+        array, layout = np.moveaxis(array, -1, -3), "gray"
+    is_rgb = layout == "colour"
     if is_rgb:
         array = array[..., :3]
     return array, is_rgb
