@@ -238,6 +238,7 @@ class Engine:
             )
         dtype = s.output_dtype(image.dtype)
         compute = compute_dtype(dtype)
+        render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -253,7 +254,7 @@ class Engine:
                 for i, window in enumerate(tiles):
                     check_cancel(cancel, done, total, "tiles")
                     with torch_threads(s.threads):
-                        sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
+                        sr, correction = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
                                                  bounds=bounds, trust=return_trust)
                     y0, y1, x0, x1 = window
@@ -321,10 +322,11 @@ class Engine:
         compute = compute_dtype(dtype)
         plane, missing = fill_nodata(plane, s.nodata, rgb)
         mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+        render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
-            sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
-                            AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                            bounds=bounds)
+            sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
+                           AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                           bounds=bounds)
         check_output_finite(sr)
         out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
@@ -553,6 +555,52 @@ def _without_outliers(lr: np.ndarray, box: tuple[int, int, int, int], clamp: tup
     seen, excess = replace_outliers(lr[:, a0 : min(h, t1 + 1), b0 : min(w, s1 + 1)], clamp, size=(1, 3, 3))
     inner = (slice(None), slice(t0 - a0, t1 - a0), slice(s0 - b0, s1 - b0))
     return seen[inner], excess[inner]
+
+
+# The 8 symmetries of the square as (transpose, flip Y, flip X), applied in that order to the (C, h, w) plane.
+SYMMETRIES = tuple(itertools.product((False, True), repeat=3))
+
+
+def _flip_range(n: int, a: int, b: int, flip: bool) -> tuple[int, int]:
+    return (n - b, n - a) if flip else (a, b)
+
+
+def _ensemble_render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mode, autocast_dtype, **kwargs):
+    """:func:`_render` for the geometric self-ensemble: the mean of the 8 flipped/transposed decodings, mapped back.
+
+    Each member decodes the same window of the *global* output grid of its
+    transformed plane (a transpose swaps Y and X, their sizes and scales; a
+    flip mirrors the window), so a tiled run still equals the whole-image
+    run. The trust map, when asked, is the mean of the members' corrections.
+    """
+    (h, w), (H, W) = lr_shape, out_shape
+    y0, y1, x0, x1 = window
+    total = correction = None
+    for transpose, flip_y, flip_x in SYMMETRIES:
+        plane = lr.transpose(0, 2, 1) if transpose else lr
+        (th, tw), (tH, tW) = ((w, h), (W, H)) if transpose else ((h, w), (H, W))
+        (a0, a1), (b0, b1) = ((x0, x1), (y0, y1)) if transpose else ((y0, y1), (x0, x1))
+        if flip_y:
+            plane = plane[:, ::-1]
+        if flip_x:
+            plane = plane[:, :, ::-1]
+        win = (*_flip_range(tH, a0, a1, flip_y), *_flip_range(tW, b0, b1, flip_x))
+        sr, corr = _render(net, np.ascontiguousarray(plane), (th, tw), (tH, tW), win, device, mode, autocast_dtype,
+                           **kwargs)
+        members = [sr] if corr is None else [sr, corr]
+        back = []
+        for m in members:  # undo in the reverse order: flips, then the transpose
+            if flip_x:
+                m = m[:, :, ::-1]
+            if flip_y:
+                m = m[:, ::-1]
+            back.append(m.transpose(0, 2, 1) if transpose else m)
+        total = back[0].astype(np.float64) if total is None else total + back[0]
+        if corr is not None:
+            correction = back[1].astype(np.float64) if correction is None else correction + back[1]
+    n = len(SYMMETRIES)
+    mean = (total / n).astype(np.float32)
+    return mean, None if correction is None else (correction / n).astype(np.float32)
 
 
 @torch.no_grad()

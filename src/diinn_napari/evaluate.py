@@ -120,7 +120,7 @@ def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
 
 def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consistency: int = DEFAULT_CONSISTENCY,
             limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto",
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", ensemble: bool = False) -> dict:
     """Scores of one HR image (C, H, W) in [0, 1] at one scale, for the model and for bicubic.
 
     The LR is the training degradation of ``hr``; the model runs through the
@@ -136,7 +136,7 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
     bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
     lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
     sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
-                 consistency=consistency, device=device, precision=precision)
+                 consistency=consistency, device=device, precision=precision, ensemble=ensemble)
     sr = _channels_first(sr, channels == 3)
     ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
     value_range = robust_range(hr)
@@ -150,7 +150,7 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
 
 def evaluate(files: list[Path], scales: list[float], model="default", protocol: str = "diinn", device: str = "auto",
              channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", ensemble: bool = False) -> dict:
     """Per-scale mean and per-image PSNR/SSIM (and LR-PSNR), bias and clipping of the model and of bicubic.
 
     ``consistency`` is the engine's back-projection setting (see
@@ -170,12 +170,12 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,
-               "images": [str(f) for f, _, _ in images], "scales": {}}
+               "ensemble": ensemble, "images": [str(f) for f, _, _ in images], "scales": {}}
     for scale in scales:
         rows = []
         for path, hr, limits in images:
             rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits),
-                                                        device=device, precision=precision)})
+                                                        device=device, precision=precision, ensemble=ensemble)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda:N' or 'mps'")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="the engine's precision: fp32 (exact), bf16 (CPU with avx512_bf16/AMX, or CUDA), fp16 (CUDA)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="the geometric self-ensemble: mean of the 8 flipped/transposed runs (about 8x the time)")
     p.add_argument("--json", default=None, help="write the full results (per image and mean) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     a = p.parse_args(argv)
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                                     precision=a.precision, out_dtype=a.out_dtype)
         else:
             results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency,
-                               precision=a.precision)
+                               precision=a.precision, ensemble=a.ensemble)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
