@@ -250,6 +250,9 @@ class Engine:
             expected = leading + (H, W) + ((int(image.shape[-1]),) if rgb else ())
             if tuple(sink.shape) != expected:
                 raise ValueError(f"out has shape {tuple(sink.shape)}; the output needs {expected}")
+        if sink is not None and hasattr(sink, "write_block"):
+            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel)
+            return
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -260,6 +263,7 @@ class Engine:
                 plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
                 if sink is None:
                     out = np.empty((channels + alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
@@ -298,6 +302,68 @@ class Engine:
                         out[:channels, nodata_on_output(missing, (H, W))] = cast(np.float32(s.nodata), dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
                                trust if finished else None)
+
+    def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel) -> Iterator[Step]:
+        """:meth:`steps` into a block sink (:class:`~diinn_napari.io.omezarr.BlockStore`): whole blocks, resumable.
+
+        Each block (a level-0 chunk) is decoded in windows of at most
+        :data:`BLOCK_WINDOW` output pixels a side (and at most the tile's
+        output), cast into one block buffer and handed over whole; blocks the
+        sink holds already are skipped, and a plane whose blocks are all done
+        is not read. The windows depend only on the block grid, so a resumed
+        run gives the bits an uninterrupted one gives.
+        """
+        s = self.settings
+        (h, w), (H, W) = lr_shape, out_shape
+        channels = 3 if rgb else 1
+        alpha = rgb and int(image.shape[-1]) == 4
+        compute = compute_dtype(dtype)
+        render = _ensemble_render if s.ensemble else _render
+        with self.model(rgb) as net:
+            dev = next(net.parameters()).device
+            tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
+            side = max(16, min(BLOCK_WINDOW, int(np.ceil(tile * max(H / h, W / w)))))
+            blocks = sink.block_windows()
+            per_block = [_split_window(b, side) for b in blocks]
+            total = sum(len(p) for p in per_block) * int(np.prod(leading, dtype=np.int64))
+            done = 0
+            for index in np.ndindex(*leading):
+                todo = [(b, parts) for b, parts in zip(blocks, per_block) if not sink.is_done(index, b)]
+                done += sum(len(parts) for b, parts in zip(blocks, per_block) if sink.is_done(index, b))
+                if not todo:
+                    if progress is not None:
+                        progress(done, total)
+                    yield Step(done, total, index, None)
+                    continue
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
+                check_finite(plane, where=f" in plane {index}" if index else "")
+                mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
+                mask = resize_mask(plane[..., 3], (H, W), dtype) if alpha else None
+                for block, parts in todo:
+                    y0, y1, x0, x1 = block
+                    buffer = np.empty((channels + alpha, y1 - y0, x1 - x0), dtype)
+                    for window in parts:
+                        check_cancel(cancel, done, total, "tiles")
+                        with torch_threads(s.threads):
+                            sr, _ = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
+                                           consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                                           bounds=bounds)
+                        check_output_finite(sr, f" in plane {index}" if index else "")
+                        a0, a1, b0, b1 = window
+                        buffer[:channels, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = cast(mapping.denormalize(sr, compute), dtype)
+                        del sr
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+                        if window is not parts[-1]:
+                            yield Step(done, total, index, None)
+                    if missing is not None:
+                        buffer[:channels, nodata_on_output(missing, (H, W), block)] = cast(np.float32(s.nodata), dtype)
+                    if alpha:
+                        buffer[3] = mask[y0:y1, x0:x1]
+                    sink.write_block(index, block, buffer.transpose(1, 2, 0) if rgb else buffer[0])
+                    yield Step(done, total, index, None)
 
     def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         """Every finished output plane in turn, as ``(leading_index, plane)``; arguments as :meth:`steps`."""
@@ -366,6 +432,7 @@ class Engine:
         compute = compute_dtype(dtype)
         plane, missing = fill_nodata(plane, s.nodata, rgb)
         mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+        lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
         render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
@@ -500,6 +567,15 @@ def _owned_range(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
     return int(np.searchsorted(idx, lo, "left")), int(np.searchsorted(idx, hi, "left"))
 
 
+BLOCK_WINDOW = 512  # the largest output window (a side) decoded at once into a block sink: bounds the working set
+
+
+def _split_window(window: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
+    """``window`` cut into windows of at most ``side`` x ``side``, row by row."""
+    y0, y1, x0, x1 = window
+    return [(a, min(y1, a + side), b, min(x1, b + side)) for a in range(y0, y1, side) for b in range(x0, x1, side)]
+
+
 def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Output windows (y0, y1, x0, x1) covering the output once: the pixels nearest to one LR tile each."""
     rows = [(r, min(r + tile, h)) for r in range(0, h, tile)]
@@ -553,9 +629,32 @@ def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype, m
     """
     colour = plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
     mapping = fit_intensity(colour if missing is None or missing.all() else colour[~missing], intensity)
-    lr = mapping.normalize(colour)
-    lr = lr.transpose(2, 0, 1) if rgb else lr[None]
+    lr = _Normalised(colour, mapping, rgb)
     return mapping, lr, valid_range(mapping, dtype), data_bounds(lr, colour.dtype, mapping)
+
+
+class _Normalised:
+    """The normalised (C, Y, X) float32 view of a plane, made crop by crop when indexed.
+
+    ``lr[:, t0:t1, s0:s1]`` equals the same slice of the whole normalised
+    plane (the map is elementwise) without a float32 copy of the plane: tiles
+    read what they need, so the engine's memory follows the tile, not the input.
+    """
+
+    def __init__(self, colour: np.ndarray, mapping, rgb: bool):
+        self.colour, self.mapping, self.rgb = colour, mapping, rgb
+        h, w = colour.shape[:2]
+        self.shape = (colour.shape[-1], h, w) if rgb else (1, h, w)
+        self.ndim = 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        channels, rows, cols = key
+        crop = self.mapping.normalize(self.colour[rows, cols])
+        return (crop.transpose(2, 0, 1) if self.rgb else crop[None])[channels]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:, :, :]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 class DataBounds(NamedTuple):
@@ -586,9 +685,13 @@ _BOUND_SAMPLES = 1 << 20  # statistics of big planes from a regular subsample
 def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
     """:class:`DataBounds` of a normalised (C, Y, X) plane whose input had ``dtype`` and intensity map ``mapping``."""
     channels = lr.shape[0]
-    stride = max(1, int(np.sqrt(lr[0].size / _BOUND_SAMPLES)))
-    sample = lr[:, ::stride, ::stride].reshape(channels, -1).astype(np.float64)
-    lo, hi = np.percentile(sample, (0.1, 99.9), axis=1)
+    stride = max(1, int(np.sqrt(lr.shape[1] * lr.shape[2] / _BOUND_SAMPLES)))
+    if isinstance(lr, _Normalised) and lr.colour.dtype.kind in "ui" and lr.colour.dtype.itemsize <= 2:
+        lo, hi = _integer_percentiles(lr, stride, (0.1, 99.9))
+        sample = None
+    else:
+        sample = lr[:, ::stride, ::stride].reshape(channels, -1).astype(np.float64)
+        lo, hi = np.percentile(sample, (0.1, 99.9), axis=1)
     if np.dtype(dtype).kind in "ui":  # one count, in normalised units
         step = np.full(channels, 1.0 / abs(mapping.hi - mapping.lo))
     else:  # a float plane quantised to few values: the smallest gap between them
@@ -602,6 +705,36 @@ def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
     floor = lo - np.minimum(0.45 * step, 0.005 * spread)
     return DataBounds(floor, step, few, spread)
 
+
+
+def _integer_percentiles(lr: _Normalised, stride: int, percents) -> tuple[np.ndarray, np.ndarray]:
+    """``np.percentile`` of the normalised subsample ``lr[:, ::stride, ::stride]`` (float64, linear), per channel,
+    for an 8- or 16-bit integer plane, from a histogram of its values: the same numbers without a float copy.
+
+    The normalisation is monotone, so the order statistics of the normalised
+    sample are the normalised order statistics of the integers; the two around
+    each percentile are then interpolated by ``np.percentile`` itself.
+    """
+    colour = lr.colour
+    info = np.iinfo(colour.dtype)
+    out = np.empty((len(percents), lr.shape[0]))
+    rows = max(1, (1 << 22) // max(1, colour.shape[1] // stride))  # about 4 Mi samples per band
+    for c in range(lr.shape[0]):
+        counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+        for r in range(0, colour.shape[0], rows * stride):
+            band = colour[r:r + rows * stride:stride, ::stride]
+            band = band[..., c] if lr.rgb else band
+            counts += np.bincount((band.astype(np.int32) - int(info.min)).ravel(), minlength=counts.size)
+        cumulative = np.cumsum(counts)
+        n = int(cumulative[-1])
+        for i, percent in enumerate(percents):
+            virtual = (n - 1) * np.true_divide(percent, 100)
+            before = int(np.floor(virtual))
+            after = min(before + 1, n - 1)
+            ends = np.searchsorted(cumulative, [before, after], side="right") + int(info.min)
+            values = lr.mapping.normalize(ends.astype(colour.dtype)).astype(np.float64)
+            out[i, c] = np.quantile(values, virtual - before) if after > before else values[0]
+    return out[0], out[1]
 
 
 def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -675,6 +808,7 @@ def _ensemble_render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, de
     """
     (h, w), (H, W) = lr_shape, out_shape
     y0, y1, x0, x1 = window
+    lr = np.asarray(lr)  # the members flip and transpose the whole plane
     total = correction = None
     for transpose, flip_y, flip_x in SYMMETRIES:
         plane = lr.transpose(0, 2, 1) if transpose else lr

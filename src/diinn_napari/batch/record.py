@@ -76,19 +76,23 @@ def file_identity(path: Path) -> dict:
     return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}
 
 
-def pixel_digest(planes: Iterable[np.ndarray]) -> dict:
+def pixel_digest(planes: Iterable[np.ndarray], count: int | None = None) -> dict:
     """The checksum of an output's pixels: SHA-256 of its planes in file order, each as C-order native-endian bytes.
+
+    ``planes`` may also be row bands of the planes, in order (the same bytes,
+    the same checksum: a store is checked without holding a plane); then
+    ``count`` gives the number of planes.
 
     Recorded in the output when it is written and verified before an existing
     output is skipped, so a torn file (cut short, or partly zeroed by a crash
     of the disk's cache) is never taken as done.
     """
-    digest, count = hashlib.sha256(), 0
+    digest, seen = hashlib.sha256(), 0
     for plane in planes:
         plane = np.asarray(plane)
         digest.update(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("=")).tobytes())
-        count += 1
-    return {"sha256": digest.hexdigest(), "planes": count}
+        seen += 1
+    return {"sha256": digest.hexdigest(), "planes": seen if count is None else count}
 
 
 def compared(record: dict) -> dict:

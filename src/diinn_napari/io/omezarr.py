@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import struct
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 
 from ..settings import overlay_placement
 from . import record as settings_record
+from .atomic import fsync_file, fsync_folder
 from .base import ImageInfo, register
 
 KIND = "ome-zarr"
@@ -154,13 +158,25 @@ def pyramid_shapes(yx: tuple[int, int], smallest: int = SMALLEST) -> list[tuple[
 
 
 def halve(plane: np.ndarray) -> np.ndarray:
-    """Y and X halved by the mean of each 2 x 2 block (float64; an odd edge row or column averages what it has)."""
-    data = np.asarray(plane, np.float64)
+    """Y and X halved by the mean of each 2 x 2 block (an odd edge row or column averages what it has).
+
+    float32 for 8- and 16-bit integers and float32 (exact for the integers:
+    a sum of four fits float32's mantissa), float64 otherwise. Four strided
+    quarter-size sums, so the working memory is about one output level, not a
+    float copy of the input.
+    """
+    data = np.asarray(plane)
+    wide = data.dtype == np.float64 or (data.dtype.kind in "iu" and data.dtype.itemsize > 2)
+    work = np.float64 if wide else np.float32
     y, x = data.shape[-2:]
     if y % 2 or x % 2:  # edge-replicate to even sizes: the last block's mean is over its real pixels only
         data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, y % 2), (0, x % 2)], mode="edge")
-    h, w = data.shape[-2] // 2, data.shape[-1] // 2
-    return data.reshape(data.shape[:-2] + (h, 2, w, 2)).mean(axis=(-3, -1))
+    total = data[..., 0::2, 0::2].astype(work)
+    total += data[..., 1::2, 0::2]
+    total += data[..., 0::2, 1::2]
+    total += data[..., 1::2, 1::2]
+    total *= work(0.25)
+    return total
 
 
 def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -294,21 +310,24 @@ class PyramidWriter:
         self.arrays[0][index] = plane
         level = plane
         for array in self.arrays[1:]:
-            level = halve(level)
-            array[index] = _cast(level, self.info.dtype)
+            level = _cast(halve(level), self.info.dtype)  # each level from the one above as stored
+            array[index] = level
 
-    def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray) -> None:
-        """A region of one plane at (y0, x0) of level 0 and the matching regions of the lower levels."""
+    def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray, *,
+                     levels_only: bool = False) -> None:
+        """A region of one plane at (y0, x0) of level 0 and the matching regions of the lower levels
+        (``levels_only``: level 0 holds it already)."""
         index = tuple(int(i) for i in index)
         h, w = data.shape[-2:]
-        self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
+        if not levels_only:
+            self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
         level = data
         for k, array in enumerate(self.arrays[1:], start=1):
             if y0 % 2 ** k or x0 % 2 ** k:
                 raise ValueError(f"region at ({y0}, {x0}) is not aligned to level {k}")
-            level = halve(level)
+            level = _cast(halve(level), self.info.dtype)
             ly, lx = y0 >> k, x0 >> k
-            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = _cast(level, self.info.dtype)
+            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = level
 
 
 def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
@@ -490,11 +509,172 @@ class PyramidSink:
     def _finish(self, index: tuple[int, ...], y0: int, x0: int) -> None:
         by, bx = self.block
         data = np.asarray(self.array[index + (slice(y0, y0 + by), slice(x0, x0 + bx))])
-        level = data
-        for k, array in enumerate(self.writer.arrays[1:], start=1):
-            level = halve(level)
-            ly, lx = y0 >> k, x0 >> k
-            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = _cast(level, self.dtype)
+        self.writer.write_region(index, y0, x0, data, levels_only=True)
+
+
+class BlockStore:
+    """A multiscale OME-Zarr image written one whole level-0 chunk (a *block*) at a time, resumable.
+
+    The engine (:meth:`diinn_napari.Engine.steps` with ``out=``) asks it for
+    :meth:`block_windows`, skips the blocks :meth:`is_done` names, and hands
+    every finished block to :meth:`write_block`: level 0's chunk is written
+    whole (never read back), the matching regions of the lower levels are
+    made from it, the chunk files are flushed to disk, then the block is
+    added to a ledger in the store (``.diinn-blocks``: one CRC-checked record
+    per block, flushed). A store left by a crash, a kill or a cancel is
+    opened again with :meth:`open` and the run goes on at the first block
+    the ledger lacks; the result is the same bit for bit (the same windows
+    are decoded). The header file (``.diinn-header``) holds what the blocks
+    were made with: :meth:`open` refuses a store of other work. :meth:`finish`
+    removes both files once every block is in.
+    """
+
+    LEDGER, HEADER = ".diinn-blocks", ".diinn-header"
+    _RECORD = struct.Struct("<QI")
+
+    def __init__(self, writer: PyramidWriter, header: bytes, *, durable: bool = True):
+        self.writer, self.array, self.header, self.durable = writer, writer.arrays[0], header, durable
+        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.root = Path(str(writer.group.store.root))  # a local store (the group opened from a path)
+        self.block = tuple(int(n) for n in self.array.chunks[-2:])
+        step = 2 ** (len(writer.arrays) - 1)
+        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+            raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
+        H, W = self.shape[-2:]
+        self._windows = [(y, min(H, y + self.block[0]), x, min(W, x + self.block[1]))
+                         for y in range(0, H, self.block[0]) for x in range(0, W, self.block[1])]
+        self._number = {w: i for i, w in enumerate(self._windows)}
+        self._leading = tuple(self.shape[:-2])
+        self.done: set[int] = set()
+
+    # ---- making and opening
+    @classmethod
+    def create(cls, path: str | Path, info: ImageInfo, header: bytes, record: dict | None = None, *,
+               chunks: tuple[int, int] | None = None, zarr_format: int | None = None, durable: bool = True) -> BlockStore:
+        """A new store at ``path`` (replacing anything there) for the image ``info`` describes."""
+        levels = len(pyramid_shapes(info.yx))
+        ngff = info.metadata.get("ngff") or {}
+        chunks = block_chunks(chunks or tuple(ngff.get("chunks_yx") or (DEFAULT_CHUNK, DEFAULT_CHUNK)), levels)
+        writer = PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks)
+        store = cls(writer, header, durable=durable)
+        root = Path(path)
+        (root / cls.HEADER).write_bytes(header)
+        (root / cls.LEDGER).write_bytes(b"")
+        if durable:
+            for folder, _, names in os.walk(root):
+                for name in names:
+                    fsync_file(Path(folder) / name)
+                fsync_folder(folder)
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, info: ImageInfo, header: bytes, *, durable: bool = True) -> BlockStore | None:
+        """The store at ``path`` with its finished blocks, or None when it is not this work (another header) or
+        not a complete store (made before its header was written)."""
+        root = Path(path)
+        try:
+            if (root / cls.HEADER).read_bytes() != header:
+                return None
+            writer = PyramidWriter.open(root, info)
+        except (OSError, ValueError, KeyError):
+            return None
+        if tuple(writer.arrays[0].shape) != tuple(info.shape) or np.dtype(writer.arrays[0].dtype) != info.dtype:
+            return None
+        store = cls(writer, header, durable=durable)
+        store.done = store._read_ledger()
+        return store
+
+    @staticmethod
+    def stored_header(path: str | Path) -> bytes | None:
+        """The header of the store at ``path``, or None."""
+        try:
+            return (Path(path) / BlockStore.HEADER).read_bytes()
+        except OSError:
+            return None
+
+    def _read_ledger(self) -> set[int]:
+        done, size = set(), self._RECORD.size
+        try:
+            data = (self.root / self.LEDGER).read_bytes()
+        except OSError:
+            return done
+        total = self.blocks_total
+        for offset in range(0, len(data) - size + 1, size):
+            number, crc = self._RECORD.unpack_from(data, offset)
+            if zlib.crc32(data[offset:offset + 8]) != crc or number >= total:
+                break  # a torn last record
+            done.add(int(number))
+        return done
+
+    # ---- what the engine asks
+    @property
+    def blocks_total(self) -> int:
+        return len(self._windows) * int(np.prod(self._leading, dtype=np.int64))
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        """The level-0 chunks of one plane as output windows (y0, y1, x0, x1), row by row."""
+        return list(self._windows)
+
+    def _flat(self, index: tuple[int, ...], window) -> int:
+        plane = int(np.ravel_multi_index(tuple(int(i) for i in index), self._leading)) if self._leading else 0
+        return plane * len(self._windows) + self._number[tuple(int(v) for v in window)]
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self._flat(index, window) in self.done
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray) -> None:
+        """Block ``window`` of plane ``index``: level 0 whole, the lower levels' regions, flushed, then recorded."""
+        index = tuple(int(i) for i in index)
+        y0, y1, x0, x1 = window
+        if data.shape[-2:] != (y1 - y0, x1 - x0):
+            raise ValueError(f"block {window} needs shape {(y1 - y0, x1 - x0)}, got {data.shape}")
+        self.writer.write_region(index, y0, x0, data)
+        number = self._flat(index, window)
+        root = self.root
+        if self.durable:
+            for k, array in enumerate(self.writer.arrays):
+                coords = index + ((y0 >> k) // int(array.chunks[-2]), (x0 >> k) // int(array.chunks[-1]))
+                chunk = root / array.path / array.metadata.encode_chunk_key(coords)
+                if chunk.exists():  # an all-zero chunk is not stored
+                    fsync_file(chunk)
+                    fsync_folder(chunk.parent)
+        record = struct.pack("<Q", number)
+        with open(root / self.LEDGER, "ab") as fh:
+            fh.write(self._RECORD.pack(number, zlib.crc32(record)))
+            fh.flush()
+            if self.durable:
+                os.fsync(fh.fileno())
+        self.done.add(number)
+
+    def finish(self, record: dict | None = None) -> None:
+        """Every block is in: store the final ``record`` (if given) and remove the ledger and header files."""
+        missing = self.blocks_total - len(self.done)
+        if missing:
+            raise RuntimeError(f"{missing} of {self.blocks_total} blocks are not written yet")
+        if record is not None:
+            self.writer.group.attrs[settings_record.RECORD_KEY] = record
+        (self.root / self.LEDGER).unlink(missing_ok=True)
+        (self.root / self.HEADER).unlink(missing_ok=True)
+
+
+def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
+    """Level-0 chunk sides rounded up to a multiple of ``2 ** (levels - 1)``, so blocks make exact lower levels."""
+    step = 2 ** max(0, levels - 1)
+    return tuple(int(-(-max(int(c), 1) // step) * step) for c in chunks)
+
+
+def level0(info: ImageInfo):
+    """The level-0 zarr array of the image ``info`` describes (read only)."""
+    return _zarr().open_group(str(info.path), mode="r")[info.metadata["ngff"]["dataset"]]
+
+
+def pixel_bands(array, index: tuple[int, ...] = (), budget: int = 4 << 20):
+    """Plane ``index`` of a zarr array as row bands of at most ``budget`` bytes, in order (C-order bytes of the
+    plane when concatenated: a checksum of the plane without holding it)."""
+    H, W = array.shape[-2:]
+    rows = max(1, budget // max(1, W * np.dtype(array.dtype).itemsize))
+    for y in range(0, H, rows):
+        yield np.asarray(array[tuple(index) + (slice(y, min(H, y + rows)),)])
 
 
 def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str | None = None,
