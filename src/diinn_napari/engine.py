@@ -567,7 +567,7 @@ def _owned_range(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
     return int(np.searchsorted(idx, lo, "left")), int(np.searchsorted(idx, hi, "left"))
 
 
-BLOCK_WINDOW = 512  # the largest output window (a side) decoded at once into a block sink: bounds the working set
+BLOCK_WINDOW = 256  # the largest output window (a side) decoded at once into a block sink: bounds the working set
 
 
 def _split_window(window: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:

@@ -43,6 +43,7 @@ from .base import ImageInfo, register
 KIND = "ome-zarr"
 SMALLEST = 512  # pyramid levels stop once the larger of Y and X is at most this
 DEFAULT_CHUNK = 1024  # level-0 chunk side in Y and X for outputs of non-zarr inputs
+BLOCK_CHUNK = 512  # the same for a BlockStore (one block in memory at a time: its working set follows this)
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 # NGFF units are UDUNITS-2 names; ImageInfo.unit uses the short symbols TIFF and the rest of the package use
 _TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer", "mm": "millimeter",
@@ -554,7 +555,7 @@ class BlockStore:
         """A new store at ``path`` (replacing anything there) for the image ``info`` describes."""
         levels = len(pyramid_shapes(info.yx))
         ngff = info.metadata.get("ngff") or {}
-        chunks = block_chunks(chunks or tuple(ngff.get("chunks_yx") or (DEFAULT_CHUNK, DEFAULT_CHUNK)), levels)
+        chunks = block_chunks(chunks or tuple(ngff.get("chunks_yx") or (BLOCK_CHUNK, BLOCK_CHUNK)), levels)
         writer = PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks)
         store = cls(writer, header, durable=durable)
         root = Path(path)
