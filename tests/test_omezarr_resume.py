@@ -114,3 +114,33 @@ def test_rerun_with_other_settings_discards_the_partial_store_naming_the_differe
     refused = subprocess.run(batch_command(src, out, gray_weights), capture_output=True, text=True)
     assert refused.returncode == 1
     assert "made with other settings (model:" in refused.stdout
+
+
+def test_block_store_resumes_in_process_ignores_a_torn_ledger_record_and_refuses_other_work(tmp_path, rng, model):
+    from diinn_napari import Engine, RunSettings
+    from diinn_napari.engine import Cancelled
+    from diinn_napari.io import ImageInfo
+
+    image = rng.integers(0, 4000, (2, 30, 34), dtype=np.uint16)
+    settings = RunSettings(scale=2.5, model=model, tile_size=8)
+    shape = (2,) + settings.output_yx(image.shape[-2:])
+    info = ImageInfo(tmp_path / "a.ome.zarr", "ome-zarr", "ZYX", shape, np.dtype(np.uint16))
+    clean = BlockStore.create(tmp_path / "clean.ome.zarr", info, b"work\n", chunks=(16, 16))
+    list(Engine(settings).steps(image, out=clean))
+    assert len(clean.done) == clean.blocks_total == 2 * 5 * 6  # 75 x 85 in blocks of 16
+
+    store = BlockStore.create(info.path, info, b"work\n", chunks=(16, 16))
+    with pytest.raises(Cancelled):  # stopped midway, as a cancel does
+        for step in Engine(settings).steps(image, out=store, cancel=lambda: len(store.done) >= 20):
+            pass
+    assert len(store.done) == 20
+    with open(info.path / BlockStore.LEDGER, "ab") as fh:
+        fh.write(b"\x01\x02\x03")  # a torn last record
+    assert BlockStore.open(info.path, info, b"other work\n") is None
+    again = BlockStore.open(info.path, info, b"work\n")
+    assert len(again.done) == 20
+    steps = list(Engine(settings).steps(image, out=again))
+    assert steps[-1].done == steps[-1].total and len(again.done) == again.blocks_total
+    again.finish({"made": "here"})
+    assert not (info.path / BlockStore.LEDGER).exists()
+    np.testing.assert_array_equal(zarr.open_group(str(info.path))["0"][...], clean.array[...])
