@@ -10,7 +10,8 @@ that run (read from /proc/self/status VmHWM after the model, the input and
 the store exist), against the size of the result. Target: growth <= 10 % of
 the result. ``--rows R`` (store sink) stops after R rows of blocks and
 extrapolates the time to the whole result (the working set is one block's:
-it is reached in the first row and does not grow with the result).
+it is reached in the first row and does not grow with the result); ``--blocks N``
+stops after N blocks.
 
     nice -n 10 python benchmarks/bench_zarr_memory.py --size 8192 --scale 4
     nice -n 10 python benchmarks/bench_zarr_memory.py --size 32768 --scale 8   # long
@@ -51,7 +52,7 @@ def run_store(image, scale, net, a, path):
     info = ImageInfo(path, "ome-zarr", "YX", out_yx, image.dtype)
     store = BlockStore.create(path, info, b"benchmark\n")
     per_row = -(-out_yx[1] // store.block[1])
-    limit = None if a.rows is None else a.rows * per_row
+    limit = a.blocks if getattr(a, "blocks", None) else (None if a.rows is None else a.rows * per_row)
     for step in Engine(settings).steps(image, out=store):
         if limit is not None and len(store.done) >= limit:
             break
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=1024, help="output side of the warm-up run (one block)")
     p.add_argument("--rows", type=int, default=None,
                    help="store sink: stop after this many block rows and extrapolate the time to the whole result")
+    p.add_argument("--blocks", type=int, default=None, help="store sink: stop after this many blocks (as --rows)")
     a = p.parse_args()
 
     import torch
@@ -90,7 +92,7 @@ def main() -> None:
             upscale(image[:warm, :warm], a.scale, model=net, tile_size=a.tile, threads=a.threads, consistency=0,
                     out=folder / "warm.ome.zarr")
         else:
-            run_store(image[:warm, :warm], a.scale, net, argparse.Namespace(**{**vars(a), "rows": None}),
+            run_store(image[:warm, :warm], a.scale, net, argparse.Namespace(**{**vars(a), "rows": None, "blocks": None}),
                       folder / "warm.ome.zarr")
         shutil.rmtree(folder / "warm.ome.zarr")
         reset_peak()
