@@ -10,11 +10,12 @@ import tifffile
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.crs import CRS  # noqa: E402
-from rasterio.enums import ColorInterp  # noqa: E402
+from rasterio.enums import ColorInterp, MaskFlags  # noqa: E402
 from rasterio.transform import Affine  # noqa: E402
 
 from diinn_napari import io  # noqa: E402
 from diinn_napari.engine import fill_nodata, nodata_on_output, upscale  # noqa: E402
+from diinn_napari.io.geotiff import GEOTIFF, GeoPlanes  # noqa: E402
 
 H, W = 36, 44
 
@@ -43,6 +44,24 @@ def write_raster(path, data, *, crs="EPSG:32614", transform=Affine(30.0, 0, 5000
             dst.colorinterp = colorinterp
         dst.set_band_description(1, "first band")
     return path
+
+
+def write_masked(path, data, valid, **options):
+    """A GeoTIFF with a GDAL internal mask (a mask IFD, as GDAL writes it with GDAL_TIFF_INTERNAL_MASK=YES)."""
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                           dtype=data.dtype, crs="EPSG:32614", transform=Affine(30.0, 0, 500000.0, 0, -30.0, 4200000.0),
+                           **options) as dst:
+            dst.write(data)
+            dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+    with rasterio.open(path) as src:  # what GDAL sees: one mask for the dataset
+        assert src.mask_flag_enums[0] == [MaskFlags.per_dataset]
+    return path
+
+
+def tilted_edge(h=H, w=W):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return xx <= 0.6 * w + 0.3 * yy  # True: the scene, False: beyond its tilted edge
 
 
 def run_batch(inputs, out, *options):
@@ -259,3 +278,86 @@ def test_gdal_tags_tifffile_cannot_parse_give_no_warning_on_the_terminal_and_are
         assert dst.nodata == 0 and dst.crs == CRS.from_epsg(32614)
         assert_same_place(src, dst)
         assert (dst.read(1)[:, :12] == 0).all()
+
+
+@pytest.mark.parametrize("interleave", ["pixel", "band"])
+def test_an_internal_mask_is_left_out_of_the_fit_filled_and_written_back_scaled(tmp_path, gray_weights, interleave):
+    valid = tilted_edge()
+    data = scene(3)
+    outputs = []
+    for name, outside in (("bright", 65535), ("dark", 0)):  # what lies under the mask must not matter
+        data[:, ~valid] = outside
+        path = write_masked(tmp_path / f"{name}.tif", data, valid, interleave=interleave)
+        assert io.read_info(path).nodata is None and io.format_for(path).name == "geotiff"
+        run_batch([path], tmp_path / "up", "--scale", "2", "--model", gray_weights)
+        outputs.append(tmp_path / "up" / f"{name}.tif")
+    expected_valid = ~nodata_on_output(~valid, (2 * H, 2 * W))  # the nearest input pixel's, as for nodata
+    for out_path in outputs:
+        with rasterio.open(outputs[0].parent.parent / out_path.name) as src, rasterio.open(out_path) as dst:
+            assert dst.mask_flag_enums == tuple([MaskFlags.per_dataset] for _ in range(3))
+            for b in range(1, 4):
+                assert np.array_equal(dst.read_masks(b) > 0, expected_valid)
+            assert dst.profile["interleave"] == interleave and dst.count == 3
+            assert_same_place(src, dst)
+            assert_band_means(src, dst)  # masked reads: the mean of the pixels with data
+            assert (dst.read()[:, ~expected_valid] == 0).all()  # no data there: 0 (no nodata value declared)
+    with rasterio.open(outputs[0]) as bright, rasterio.open(outputs[1]) as dark:
+        assert np.array_equal(bright.read(), dark.read())
+
+
+def test_the_mask_is_treated_as_nodata_by_the_engine(model):
+    y, x = np.mgrid[0:48, 0:48]
+    plane = (2000 + 10 * x + 5 * y).astype(np.uint16)
+    valid = x <= 20 + 0.5 * y
+    with_nodata = np.where(valid, plane, 0).astype(np.uint16)
+    by_mask = upscale(np.where(valid, plane, 60000).astype(np.uint16), 2, model=model, mask=valid)
+    by_nodata = upscale(with_nodata, 2, model=model, nodata=0)
+    assert np.array_equal(by_mask, by_nodata)
+    stack = upscale(np.stack([plane, plane]), 2, model=model, mask=np.stack([valid, np.ones_like(valid)]))
+    assert np.array_equal(stack[0], by_nodata) and (stack[1] > 0).all()  # one mask per plane
+    with pytest.raises(ValueError, match="mask has shape"):
+        upscale(plane, 2, model=model, mask=valid[:10])
+
+
+def test_an_internal_mask_survives_the_cog_copy(tmp_path, gray_weights):
+    valid = tilted_edge()
+    path = write_masked(tmp_path / "cogmask.tif", scene(2), valid, interleave="band")
+    run_batch([path], tmp_path / "up", "--scale", "8", "--cog", "--model", gray_weights)  # above one 256 tile: overviews
+    out_path = tmp_path / "up" / "cogmask.tif"
+    with rasterio.open(out_path) as dst:
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and dst.overviews(1)
+        assert dst.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        assert np.array_equal(dst.read_masks(1) > 0, ~nodata_on_output(~valid, (8 * H, 8 * W)))
+    cogeo = pytest.importorskip("rio_cogeo.cogeo")
+    is_valid, errors, _ = cogeo.cog_validate(str(out_path))
+    assert is_valid, errors
+
+
+@pytest.mark.parametrize("options", [dict(interleave="band"), dict(interleave="pixel"),
+                                     dict(tiled=True, blockxsize=16, blockysize=16, compress="deflate", interleave="pixel"),
+                                     dict(tiled=True, blockxsize=16, blockysize=16, compress="deflate", interleave="band",
+                                          predictor=2)])
+def test_bands_are_read_one_at_a_time_as_gdal_reads_them(tmp_path, options):
+    data = scene(4)
+    path = write_raster(tmp_path / "bands.tif", data, **options)
+    info = io.read_info(path)
+    with GeoPlanes(info) as planes, rasterio.open(path) as src:
+        for b in range(4):
+            assert np.array_equal(planes[b], src.read(b + 1))
+        with pytest.raises(IndexError, match="outside its 4 bands"):
+            planes[4]
+    array, axes = GEOTIFF.read_array(path)
+    assert axes == "CYX" and np.array_equal(array, data)
+
+
+def test_one_band_of_separate_planes_is_read_without_the_others(tmp_path):
+    path = write_raster(tmp_path / "sep.tif", scene(3), interleave="band")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[2], page.databytecounts[2]
+    with open(path, "r+b") as fh:  # damage the third band's data: the first two still read
+        fh.seek(offset)
+        fh.write(b"\xff" * count)
+    info = io.read_info(path)
+    with GeoPlanes(info) as planes, rasterio.open(path) as src:
+        assert np.array_equal(planes[0], src.read(1)) and np.array_equal(planes[1], src.read(2))
