@@ -62,6 +62,7 @@ GDAL_METADATA, GDAL_NODATA = 42112, 42113
 RECORD_ITEM = "DIINN_NAPARI_RECORD"  # the settings record as a GDAL metadata item (what a COG keeps)
 _RASTER_TYPE_KEY, _MODEL_TYPE_KEY, _LINEAR_UNITS_KEY = 1025, 1024, 3076
 _LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "US survey ft"}
+_READ_BUFFER = 1 << 20  # bytes of strips or tiles read at a time (tifffile reads 256 MiB; it holds ~3x that)
 _MASK_SEARCH = 40  # pages looked at for an internal mask: GDAL's overviews and their masks come first at most
 
 
@@ -261,7 +262,8 @@ def read_band(tif: tifffile.TiffFile, band: int | None) -> np.ndarray:
     fh = tif.filehandle
     offsets = [page.dataoffsets[i] for i in chosen]
     counts = [page.databytecounts[i] for i in chosen]
-    for data, index in fh.read_segments(offsets, counts, indices=list(chosen), sort=True, lock=fh.lock):
+    for data, index in fh.read_segments(offsets, counts, indices=list(chosen), sort=True, lock=fh.lock,
+                                        buffersize=_READ_BUFFER):
         segment, (_s, _d, y, x, _c), _shape = page.decode(data, index, **decodeargs)
         if segment is None:
             continue
