@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "downsampled with the training degradation gives back the input (0 = off; default: "
                               f"{DEFAULT_CONSISTENCY}, and 0 with --isotropic, whose planes may be axially blurred)"
                               "%(default).0s")
+    quality.add_argument("--ensemble", action="store_true",
+                         help="geometric self-ensemble: every tile decoded for the 8 flips and transposes, mapped back "
+                              "and averaged (about 8x the time for a small PSNR gain, docs/quality.md); not with "
+                              "--isotropic")
     quality.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
                          help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
 
@@ -175,6 +179,9 @@ def _check_options(p: argparse.ArgumentParser, a: argparse.Namespace, n_inputs: 
     if not a.isotropic and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         p.error(f"{flags} go with --isotropic (Z resampling); --scale and --pixel-size size Y and X")
+    if a.ensemble and a.isotropic:
+        p.error("--ensemble is for plane-wise upscaling (--scale, --pixel-size); --isotropic fuses its XZ and YZ "
+                "decodings already: drop --ensemble")
     if not a.adapt_steps:
         for name in ("axial_sigma", "save_model"):
             if getattr(a, name) is not None:
@@ -222,7 +229,8 @@ def settings_from(a: argparse.Namespace) -> Settings:
     consistency = a.consistency if a.consistency is not None else 0 if a.isotropic else DEFAULT_CONSISTENCY
     run = RunSettings(scale=a.scale, pixel_size=a.pixel_size, model=a.model, device=a.device,
                       tile_size=a.tile_size or None, intensity=a.intensity, threads=a.threads, precision=a.precision,
-                      out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency)
+                      out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency,
+                      ensemble=a.ensemble)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
                     overwrite=a.overwrite, cog=a.cog)
