@@ -54,6 +54,7 @@ def write_masked(path, data, valid, **options):
                            **options) as dst:
             dst.write(data)
             dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+            dst.set_band_description(1, "first band")
     with rasterio.open(path) as src:  # what GDAL sees: one mask for the dataset
         assert src.mask_flag_enums[0] == [MaskFlags.per_dataset]
     return path
@@ -243,7 +244,7 @@ def test_nodata_is_filled_before_the_network_so_a_scene_edge_does_not_darken_its
     assert np.array_equal(missing, edge)
 
 
-def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_channel_axis(tmp_path):
+def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_leading_axis(tmp_path):
     from diinn_napari._reader import get_reader
 
     rotated = Affine.translation(500000.0, 4200000.0) @ Affine.rotation(15) @ Affine.scale(30.0, -30.0)
@@ -252,13 +253,18 @@ def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_chann
     assert reader is not None and get_reader(str(tmp_path / "bands.png")) is None
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, scene(1)[0])
-    assert get_reader(str(plain)) is None  # not georeferenced: napari's own reader
+    assert get_reader(str(plain)) is None  # one gray band, not georeferenced: napari's own reader
     [(data, kwargs, kind)] = reader(str(path))
-    assert kind == "image" and data.shape == (3, H, W) and kwargs["channel_axis"] == 0
+    assert kind == "image" and data.shape == (3, H, W) and kwargs["axis_labels"] == ("band", "y", "x")
+    assert kwargs["metadata"]["bands"] == ["first band", "band 2", "band 3"] and not kwargs["rgb"]
     with rasterio.open(path) as src:
         for row, col in [(0, 0), (5, 7), (H - 1, W - 1)]:
             x, y = src.xy(row, col)  # the map position of the pixel's centre
-            assert np.allclose(kwargs["affine"] @ [row, col, 1], [-y, x, 1])
+            assert np.allclose(kwargs["affine"] @ [2, row, col, 1], [2, -y, x, 1])  # the band axis untouched
+    unreferenced = tmp_path / "six.tif"
+    tifffile.imwrite(unreferenced, np.moveaxis(scene(6), 0, -1), photometric="minisblack", planarconfig="contig")
+    [(data, kwargs, _)] = get_reader(str(unreferenced))(str(unreferenced))  # bands by the rule, not a 3D stack
+    assert data.shape == (6, H, W) and "affine" not in kwargs and "scale" not in kwargs
 
 
 def test_gdal_tags_tifffile_cannot_parse_give_no_warning_on_the_terminal_and_are_kept(tmp_path, gray_weights):
@@ -361,3 +367,83 @@ def test_one_band_of_separate_planes_is_read_without_the_others(tmp_path):
     info = io.read_info(path)
     with GeoPlanes(info) as planes, rasterio.open(path) as src:
         assert np.array_equal(planes[0], src.read(1)) and np.array_equal(planes[1], src.read(2))
+
+
+# ---- the widget: a GeoTIFF opened in napari as a user opens it, run with the Run button ----------------------
+def open_in_napari(viewer, path):
+    """File > Open with the plugin's reader (napari asks which reader when more than one takes a .tif)."""
+    layers = viewer.open(str(path), plugin="diinn-napari")
+    assert len(layers) == 1
+    return layers[0]
+
+
+def test_a_multiband_geotiff_in_the_widget_is_upscaled_band_by_band_and_keeps_its_meaning(
+        make_napari_viewer, qtbot, gray_weights, tmp_path):
+    pytest.importorskip("napari")
+    from test_widget import open_widget, run
+
+    import diinn_napari.engine as engine
+    from diinn_napari.weights import load_weights
+
+    valid = tilted_edge()
+    data = scene(4)
+    data[:, ~valid] = 60000  # under the internal mask: must not matter
+    data[:, :3, :] = 0  # and a nodata strip along the top
+    path = write_masked(tmp_path / "bands.tif", data, valid, interleave="pixel", nodata=0)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.add_model_file(gray_weights)
+    layer = open_in_napari(viewer, path)
+    assert layer.data.shape == (4, H, W) and not layer.rgb
+    assert layer.metadata["bands"] == ["first band", "band 2", "band 3", "band 4"]
+    np.testing.assert_allclose(layer.scale, (1, 30, 30))
+    np.testing.assert_allclose(layer.translate, (0, -(4200000.0 - 15), 500000.0 + 15))
+    widget.layer.value = layer
+    widget.factor_y.value = 2
+    assert widget.plan().run.model == gray_weights and widget.plan().run.nodata == 0
+    run(qtbot, widget)
+    out = viewer.layers["bands x2 DIINN"]
+    assert out.data.shape == (4, 2 * H, 2 * W) and out.data.dtype == np.uint16
+    # the band meaning, and the place: pixel centres on the source's grid, the transform scaled
+    assert out.metadata["bands"] == layer.metadata["bands"] and out.metadata["nodata"] == 0
+    np.testing.assert_allclose(out.scale, (1, 15, 15))
+    np.testing.assert_allclose(out.translate, (0, -(4200000.0 - 7.5), 500000.0 + 7.5))
+    assert out.metadata["transform"] == (15.0, 0.0, 500000.0, 0.0, -15.0, 4200000.0)
+    expected_valid = ~nodata_on_output(~valid, (2 * H, 2 * W))
+    assert np.array_equal(out.metadata["mask"], expected_valid)
+    # each band through the gray model with its own intensity fit: what upscale gives for that band alone,
+    # and what the batch tool writes for the file
+    model = load_weights(gray_weights)
+    for b in range(4):
+        alone = engine.upscale(data[b], 2, model=model, nodata=0, mask=valid)
+        assert np.array_equal(out.data[b], alone), b
+    run_batch([path], path.parent / "up", "--scale", "2", "--model", gray_weights)
+    with rasterio.open(path.parent / "up" / "bands.tif") as dst:
+        assert np.array_equal(dst.read(), out.data)
+        assert np.array_equal(dst.read_masks(1) > 0, expected_valid)
+
+
+def test_a_declared_rgb_geotiff_in_the_widget_goes_through_the_rgb_model(make_napari_viewer, qtbot, rgb_weights,
+                                                                        tmp_path):
+    pytest.importorskip("napari")
+    from test_widget import open_widget, run
+
+    import diinn_napari.engine as engine
+    from diinn_napari.weights import load_weights
+
+    data = scene(3, np.uint8)
+    path = write_raster(tmp_path / "rgb.tif", data, photometric="RGB")
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    layer = open_in_napari(viewer, path)
+    assert layer.rgb and layer.data.shape == (H, W, 3)
+    widget.layer.value = layer
+    assert widget.plan().run.model == "rgb"
+    widget.add_model_file(rgb_weights)
+    widget.factor_y.value = 2
+    run(qtbot, widget)
+    out = viewer.layers["rgb x2 DIINN"]
+    assert out.rgb and out.data.shape == (2 * H, 2 * W, 3)
+    np.testing.assert_allclose(out.scale, (15, 15))
+    expected = engine.upscale(np.moveaxis(data, 0, -1), 2, model=load_weights(rgb_weights), rgb=True)
+    assert np.array_equal(out.data, expected)

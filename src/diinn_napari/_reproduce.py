@@ -49,6 +49,8 @@ def _settings_args(record: dict) -> list[str]:
             f"precision={record['precision']!r}", f"consistency={record['consistency']!r}"]
     if record.get("ensemble"):
         args.append("ensemble=True")
+    if record.get("nodata") is not None:  # a GeoTIFF's (the batch tool reads it from the file itself)
+        args.append(f"nodata=float({str(record['nodata'])!r})")
     clamp = record.get("outlier_clamp")
     if clamp is not None and tuple(clamp) != OUTLIER_CLAMP or clamp is None and "outlier_clamp" in record:
         args.append(f"outlier_clamp={None if clamp is None else tuple(clamp)!r}")
