@@ -59,6 +59,7 @@ class Source:
     result_of: str | None = None
     nodata: float | None = None
     mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    reader: str | None = None  # the plugin napari read ``path`` with (layer.source.reader_plugin)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
@@ -76,6 +77,7 @@ class Source:
         """The source of a napari image layer (its level 0 when multiscale)."""
         data = layer.data[0] if layer.multiscale else layer.data
         path = getattr(getattr(layer, "source", None), "path", None)
+        reader = getattr(getattr(layer, "source", None), "reader_plugin", None)
         meta = layer.metadata if isinstance(layer.metadata, dict) else {}
         made = meta.get("diinn")
         result_of = str(made.get("source", "?")) if isinstance(made, dict) else None
@@ -85,7 +87,8 @@ class Source:
         mask = meta.get("mask")
         mask = mask if isinstance(mask, np.ndarray) and mask.shape == yx else None  # one for every plane
         return cls(layer.name, tuple(data.shape), data.dtype, bool(layer.rgb), tuple(layer.scale), tuple(layer.translate),
-                   None if path is None else str(path), result_of, nodata, mask)
+                   None if path is None else str(path), result_of, nodata, mask,
+                   None if path is None or reader is None else str(reader))
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -189,7 +192,8 @@ def plan_run(source: Source, request: Request) -> RunPlan:
     ratio = (out[0] / in_yx[0], out[1] / in_yx[1])
     record = {"source": source.name, "size_mode": request.size_mode, "size_ratio": list(ratio), **run.record(),
               "output_dtype": str(dtype), "trust_map": bool(request.trust_map), "plane_only": bool(request.plane_only),
-              "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb}
+              "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb,
+              "source_reader": source.reader, "source_mask": source.mask is not None}
     if request.plane_only:
         record["plane"] = list(_plane(request.plane, shape))
     return RunPlan(source, in_yx, out, ratio, tuple(leading) + out + colour, dtype, run, record,

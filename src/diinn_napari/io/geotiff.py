@@ -363,6 +363,7 @@ class GeoTiffFormat:
             return False
 
     def read_info(self, path: Path) -> ImageInfo:
+        path = Path(path)
         try:
             with tifffile.TiffFile(path) as tif:
                 page, series = tif.pages[0], tif.series[0]
@@ -422,7 +423,7 @@ class GeoTiffFormat:
 
         Band by band into one array: the scene is held once.
         """
-        info = self.read_info(path)
+        info = self.read_info(Path(path))
         with GeoPlanes(info) as planes:
             if info.axes != "CYX":
                 return planes[()], info.axes
@@ -433,7 +434,7 @@ class GeoTiffFormat:
 
     def read_mask(self, path: Path) -> np.ndarray | None:
         """The (Y, X) bool mask of pixels holding data (the GDAL internal mask), or None if the file has none."""
-        with GeoPlanes(self.read_info(path)) as planes:
+        with GeoPlanes(self.read_info(Path(path))) as planes:
             return planes.data_mask()
 
     def output_name(self, path: Path) -> str:
