@@ -319,6 +319,11 @@ def test_the_mask_is_treated_as_nodata_by_the_engine(model):
     by_mask = upscale(np.where(valid, plane, 60000).astype(np.uint16), 2, model=model, mask=valid)
     by_nodata = upscale(with_nodata, 2, model=model, nodata=0)
     assert np.array_equal(by_mask, by_nodata)
+    from diinn_napari.engine import upscale_window
+
+    window = upscale_window(np.where(valid, plane, 60000).astype(np.uint16), (96, 96), (10, 50, 20, 70), model=model,
+                            mask=valid)  # the napari preview: the same pixels as the run
+    assert np.array_equal(window, by_mask[10:50, 20:70])
     stack = upscale(np.stack([plane, plane]), 2, model=model, mask=np.stack([valid, np.ones_like(valid)]))
     assert np.array_equal(stack[0], by_nodata) and (stack[1] > 0).all()  # one mask per plane
     with pytest.raises(ValueError, match="mask has shape"):
