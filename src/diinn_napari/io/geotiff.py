@@ -252,7 +252,7 @@ def read_band(tif: tifffile.TiffFile, band: int | None) -> np.ndarray:
     if band is None:
         return page.asarray()
     separate, _depth, length, width, _contig = (int(n) for n in page.shaped)
-    out = np.zeros((length, width), page.dtype)  # a sparse (empty) strip or tile reads as 0, as GDAL reads it
+    out = np.zeros((length, width), page.dtype)  # a sparse (empty) strip or tile reads as 0 (GDAL: 0 or the nodata)
     count = len(page.dataoffsets)
     per_band = count // separate
     chosen = range(band * per_band, (band + 1) * per_band) if separate > 1 else range(count)
