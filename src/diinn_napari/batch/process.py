@@ -179,7 +179,8 @@ class PlaneWork:
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
         if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
             run = run.replace(nodata=info.nodata)
-        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
+        mask = io.data_mask(reader)  # a GeoTIFF's internal mask: its pixels without data, for every plane
+        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb, mask=mask):
             yield plane
 
     def finish(self, partial: PartialFile) -> None:
