@@ -106,7 +106,7 @@ def upscale_updates(data, plan: RunPlan) -> Updates:
     image = Assembly(plan.shape, fill=0)
     trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
     planes_done = 0
-    for step in Engine(plan.run).steps(data, rgb=rgb, return_trust=plan.trust_map):
+    for step in Engine(plan.run).steps(data, rgb=rgb, return_trust=plan.trust_map, mask=plan.source.mask):
         if not image.add(step):
             yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done)
             continue

@@ -216,7 +216,7 @@ class Engine:
             yield net
 
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-              cancel: CancelCheck | None = None, return_trust: bool = False, out=None) -> Iterator[Step]:
+              cancel: CancelCheck | None = None, return_trust: bool = False, out=None, mask=None) -> Iterator[Step]:
         """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
         A step that finishes a plane carries it (``step.plane``), so a GUI
@@ -234,6 +234,7 @@ class Engine:
         """
         s = self.settings
         leading, (h, w) = _spatial_layout(image, rgb)
+        masks = _plane_masks(mask, leading, (h, w))
         H, W = s.output_yx((h, w), input_pixel_size)
         channels = 3 if rgb else 1
         alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
@@ -251,7 +252,7 @@ class Engine:
             if tuple(sink.shape) != expected:
                 raise ValueError(f"out has shape {tuple(sink.shape)}; the output needs {expected}")
         if sink is not None and hasattr(sink, "write_block"):
-            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel)
+            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel, masks)
             return
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
@@ -260,7 +261,7 @@ class Engine:
             total = len(tiles) * int(np.prod(leading, dtype=np.int64))
             done = 0
             for index in np.ndindex(*leading):
-                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
                 lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
@@ -278,11 +279,11 @@ class Engine:
                     if sink is not None:
                         tile_out = cast(mapping.denormalize(sr, compute), dtype)
                         if missing is not None:
-                            tile_out[:, nodata_on_output(missing, (H, W), window)] = cast(np.float32(s.nodata), dtype)
+                            tile_out[:, nodata_on_output(missing, (H, W), window)] = _fill_value(s.nodata, dtype)
                         if alpha:  # the mask resized on the whole plane, then cut: the values of a plane run
                             if i == 0:
-                                mask = resize_mask(plane[..., 3], (H, W), dtype)
-                            tile_out = np.concatenate([tile_out, mask[None, y0:y1, x0:x1]])
+                                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype)
+                            tile_out = np.concatenate([tile_out, alpha_mask[None, y0:y1, x0:x1]])
                         sink[index + (slice(y0, y1), slice(x0, x1))] = tile_out.transpose(1, 2, 0) if rgb else tile_out[0]
                     else:
                         out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
@@ -299,11 +300,12 @@ class Engine:
                     if finished and alpha:
                         out[3] = resize_mask(plane[..., 3], (H, W), dtype)
                     if finished and missing is not None:
-                        out[:channels, nodata_on_output(missing, (H, W))] = cast(np.float32(s.nodata), dtype)
+                        out[:channels, nodata_on_output(missing, (H, W))] = _fill_value(s.nodata, dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
                                trust if finished else None)
 
-    def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel) -> Iterator[Step]:
+    def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel,
+                     masks) -> Iterator[Step]:
         """:meth:`steps` into a block sink (:class:`~diinn_napari.io.omezarr.BlockStore`): whole blocks, resumable.
 
         Each block (a level-0 chunk) is decoded in windows of at most
@@ -335,11 +337,11 @@ class Engine:
                         progress(done, total)
                     yield Step(done, total, index, None)
                     continue
-                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
                 lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
-                mask = resize_mask(plane[..., 3], (H, W), dtype) if alpha else None
+                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype) if alpha else None
                 for block, parts in todo:
                     y0, y1, x0, x1 = block
                     buffer = np.empty((channels + alpha, y1 - y0, x1 - x0), dtype)
@@ -359,9 +361,9 @@ class Engine:
                         if window is not parts[-1]:
                             yield Step(done, total, index, None)
                     if missing is not None:
-                        buffer[:channels, nodata_on_output(missing, (H, W), block)] = cast(np.float32(s.nodata), dtype)
+                        buffer[:channels, nodata_on_output(missing, (H, W), block)] = _fill_value(s.nodata, dtype)
                     if alpha:
-                        buffer[3] = mask[y0:y1, x0:x1]
+                        buffer[3] = alpha_mask[y0:y1, x0:x1]
                     sink.write_block(index, block, buffer.transpose(1, 2, 0) if rgb else buffer[0])
                     yield Step(done, total, index, None)
 
@@ -372,7 +374,7 @@ class Engine:
                 yield step.index, step.plane
 
     def run(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None, return_trust: bool = False, out=None):
+            cancel: CancelCheck | None = None, return_trust: bool = False, out=None, mask=None):
         """The whole result (and trust map with ``return_trust``); see :func:`upscale`.
 
         ``out``: a zarr array (or any array-like taking ``out[index] = tile``)
@@ -392,7 +394,7 @@ class Engine:
                                      "(..., Y, X, 3) as out instead of a path")
                 out = create_image(out, leading + (H, W), self.settings.output_dtype(image.dtype))
             for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
-                                out=out):
+                                out=out, mask=mask):
                 pass
             return getattr(out, "array", out)
         n_pixels = int(np.prod(leading, dtype=np.int64)) * H * W
@@ -406,18 +408,20 @@ class Engine:
         result = Assembly(leading + (H, W) + colour)
         trust = Assembly(leading + (H, W))
         for step in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
-                               return_trust=return_trust):
+                               return_trust=return_trust, mask=mask):
             if result.add(step) and return_trust:
                 trust.place(step.index, step.trust)
         return (result.result, trust.result) if return_trust else result.result
 
-    def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None) -> np.ndarray:
+    def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None,
+               mask=None) -> np.ndarray:
         """Output rows ``y0:y1`` and columns ``x0:x1`` of one plane: the pixels :meth:`run` gives there.
 
         The intensity map is fitted on the whole plane and the window decoded
         on the global output grid, at the cost of the window alone (the
         napari preview). ``plane`` is (Y, X), or (Y, X, 3|4) with ``rgb=True``;
-        ``window`` is (y0, y1, x0, x1) inside the output grid.
+        ``window`` is (y0, y1, x0, x1) inside the output grid; ``mask`` the
+        plane's (Y, X) mask of pixels holding data, or None.
         """
         s = self.settings
         plane = np.asarray(plane)
@@ -430,7 +434,7 @@ class Engine:
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
         dtype = s.output_dtype(plane.dtype)
         compute = compute_dtype(dtype)
-        plane, missing = fill_nodata(plane, s.nodata, rgb)
+        plane, missing = fill_nodata(plane, s.nodata, rgb, _plane_masks(mask, (), (h, w))(()))
         mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
         lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
         render = _ensemble_render if s.ensemble else _render
@@ -443,29 +447,30 @@ class Engine:
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         if missing is not None:
-            out[:3 if rgb else 1, nodata_on_output(missing, (H, W), (y0, y1, x0, x1))] = cast(np.float32(s.nodata), dtype)
+            out[:3 if rgb else 1, nodata_on_output(missing, (H, W), (y0, y1, x0, x1))] = _fill_value(s.nodata, dtype)
         return out.transpose(1, 2, 0) if rgb else out[0]
 
 
 
 def upscale_steps(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                  return_trust: bool = False, input_pixel_size=None, **options) -> Iterator[Step]:
+                  return_trust: bool = False, input_pixel_size=None, mask=None, **options) -> Iterator[Step]:
     """:meth:`Engine.steps` of ``settings`` with the keyword ``options`` (RunSettings fields) on top."""
     engine = Engine(_settings(settings, scale, options))
     return engine.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
-                        return_trust=return_trust)
+                        return_trust=return_trust, mask=mask)
 
 
 def iter_upscaled_planes(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
-                         input_pixel_size=None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+                         input_pixel_size=None, mask=None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Every output plane in turn as ``(leading_index, plane)`` (:meth:`Engine.planes`); one exists at a time."""
-    return Engine(_settings(settings, scale, options)).planes(image, rgb=rgb, input_pixel_size=input_pixel_size)
+    return Engine(_settings(settings, scale, options)).planes(image, rgb=rgb, input_pixel_size=input_pixel_size,
+                                                              mask=mask)
 
 
 def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            return_trust: bool = False, input_pixel_size=None, out=None, **options):
+            return_trust: bool = False, input_pixel_size=None, out=None, mask=None, **options):
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
@@ -491,6 +496,12 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
         ``consistency=0`` the correction one step would apply, |U(y - D(out))|.
         Large where the model disagrees with the measurement. For RGB, the
         largest over the colour channels.
+    mask: which pixels hold data (a GDAL internal mask): a (Y, X) bool
+        array-like, True where there is data, for every plane, or one per
+        plane shaped like the leading axes + (Y, X). Pixels without data are
+        treated as ``nodata`` ones: left out of the intensity fit, filled from
+        the nearest pixel with data before the network, and set to ``nodata``
+        (0 when there is none) where the nearest input pixel has no data.
 
     out: a zarr array of the output's shape (or any array-like that takes
         ``out[index] = tile``), or a path for a new multiscale OME-Zarr
@@ -502,7 +513,8 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
     pair ``(output, trust)``. For a lazy result of a dask array see :func:`upscale_lazy`.
     """
     return Engine(_settings(settings, scale, options)).run(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
-                                                           cancel=cancel, return_trust=return_trust, out=out)
+                                                           cancel=cancel, return_trust=return_trust, out=out,
+                                                           mask=mask)
 
 
 def upscale_lazy(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False, input_pixel_size=None,
@@ -555,9 +567,10 @@ def upscale_lazy(image, scale=None, *, settings: RunSettings | None = None, rgb:
 
 
 def upscale_window(plane, output_shape: tuple[int, int], window: tuple[int, int, int, int], *,
-                   settings: RunSettings | None = None, rgb: bool = False, **options) -> np.ndarray:
+                   settings: RunSettings | None = None, rgb: bool = False, mask=None, **options) -> np.ndarray:
     """Output rows ``y0:y1`` and columns ``x0:x1`` of ``plane`` upscaled to ``output_shape`` (:meth:`Engine.window`)."""
-    return Engine(_settings(settings, None, {**options, "output_shape": output_shape})).window(plane, window, rgb=rgb)
+    return Engine(_settings(settings, None, {**options, "output_shape": output_shape})).window(plane, window, rgb=rgb,
+                                                                                               mask=mask)
 
 
 # ---- tiles ---------------------------------------------------------------------------------------
@@ -590,20 +603,25 @@ def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int
     return grid
 
 
-def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False,
+                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """``plane`` with its nodata pixels filled from the nearest valid pixel, and the (Y, X) nodata mask.
 
     A pixel is nodata where it equals ``nodata`` (NaN: where it is NaN; RGB:
-    in every colour sample). Filling makes a scene edge no content for the
-    network, so the valid pixels next to it are not pulled towards the fill
-    value. The mask is None when nothing is missing (or ``nodata`` is None).
+    in every colour sample), or where ``mask`` ((Y, X) bool, True where a
+    pixel holds data: a GDAL internal mask) is False. Filling makes a scene
+    edge no content for the network, so the valid pixels next to it are not
+    pulled towards the fill value. The mask returned is None when nothing is
+    missing.
     """
-    if nodata is None:
-        return plane, None
-    colour = plane[..., :3] if rgb else plane
-    hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
-    missing = hit.all(-1) if rgb else hit
-    if not missing.any():
+    missing = None
+    if nodata is not None:
+        colour = plane[..., :3] if rgb else plane
+        hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
+        missing = hit.all(-1) if rgb else hit
+    if mask is not None:
+        missing = ~mask if missing is None else missing | ~mask
+    if missing is None or not missing.any():
         return plane, None
     if missing.all():  # nothing to fill from: a constant plane, all of it nodata again on output
         return np.zeros_like(plane), missing
@@ -611,6 +629,25 @@ def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False) -> t
 
     nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
     return plane[tuple(nearest)], missing
+
+
+def _plane_masks(mask, leading: tuple[int, ...], yx: tuple[int, int]):
+    """``index -> (Y, X) bool mask or None`` from :func:`upscale`'s ``mask`` (one for all planes, or one per plane)."""
+    if mask is None:
+        return lambda index: None
+    shape = tuple(int(n) for n in np.shape(mask))
+    if shape == tuple(yx):
+        shared = np.asarray(mask, dtype=bool)
+        return lambda index: shared
+    if shape == tuple(leading) + tuple(yx):
+        return lambda index: np.asarray(mask[index], dtype=bool)
+    raise ValueError(f"mask has shape {shape}: give one (Y, X) = {tuple(yx)} mask for every plane, "
+                     f"or one per plane, {tuple(leading) + tuple(yx)}")
+
+
+def _fill_value(nodata: float | None, dtype: np.dtype):
+    """What pixels without data become on output: ``nodata``, or 0 when only a mask marks them."""
+    return cast(np.float32(0.0 if nodata is None else nodata), dtype)
 
 
 def nodata_on_output(missing: np.ndarray, out_shape: tuple[int, int],

@@ -133,7 +133,8 @@ def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None
             run = run.replace(nodata=info.nodata)
         reported = start_planes
         try:
-            for step in engine.Engine(run).steps(_Planes(reader), rgb=info.rgb, out=store):
+            mask = io.data_mask(reader)  # a GeoTIFF's internal mask, as for plane outputs
+            for step in engine.Engine(run).steps(_Planes(reader), rgb=info.rgb, out=store, mask=mask):
                 finished = step.done * info.n_planes // step.total if step.total else info.n_planes
                 if progress and finished > reported:
                     progress(finished - reported)
@@ -247,7 +248,8 @@ class PlaneWork:
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
         if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
             run = run.replace(nodata=info.nodata)
-        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
+        mask = io.data_mask(reader)  # a GeoTIFF's internal mask: its pixels without data, for every plane
+        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb, mask=mask):
             yield plane
 
     def finish(self, partial: PartialFile) -> None:
