@@ -13,7 +13,7 @@ runs it with an ``Engine``; ``upscale`` is the one-call convenience over both.
 __version__ = "0.3.0"
 
 _LAZY = {
-    "engine": ("Engine", "upscale", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
+    "engine": ("Engine", "upscale", "upscale_lazy", "upscale_window", "iter_upscaled_planes", "upscale_steps", "Step", "Cancelled"),
     "settings": ("RunSettings",),
     "model": ("DIINN",),
     "weights": ("load_weights", "save_weights", "WeightsError"),

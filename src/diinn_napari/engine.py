@@ -216,7 +216,7 @@ class Engine:
             yield net
 
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-              cancel: CancelCheck | None = None, return_trust: bool = False, mask=None) -> Iterator[Step]:
+              cancel: CancelCheck | None = None, return_trust: bool = False, out=None, mask=None) -> Iterator[Step]:
         """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
         A step that finishes a plane carries it (``step.plane``), so a GUI
@@ -225,6 +225,12 @@ class Engine:
         plane exists at a time; ``max_output_pixels`` limits one output plane
         here. With ``return_trust=True`` the step that finishes a plane also
         carries its trust map (``step.trust``). Arguments as in :func:`upscale`.
+
+        ``out``: an array-like of the output's shape that takes
+        ``out[index + (ys, xs)] = tile`` (a zarr array, a
+        :class:`~diinn_napari.io.omezarr.PyramidSink`): every tile is written
+        there as it finishes and no output plane is held, so memory follows
+        the tile, whatever the output's size; steps then carry no plane.
         """
         s = self.settings
         leading, (h, w) = _spatial_layout(image, rgb)
@@ -240,6 +246,14 @@ class Engine:
         dtype = s.output_dtype(image.dtype)
         compute = compute_dtype(dtype)
         render = _ensemble_render if s.ensemble else _render
+        sink = out
+        if sink is not None:
+            expected = leading + (H, W) + ((int(image.shape[-1]),) if rgb else ())
+            if tuple(sink.shape) != expected:
+                raise ValueError(f"out has shape {tuple(sink.shape)}; the output needs {expected}")
+        if sink is not None and hasattr(sink, "write_block"):
+            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel, masks)
+            return
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -250,7 +264,9 @@ class Engine:
                 plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
-                out = np.empty((channels + alpha, H, W), dtype)
+                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
+                if sink is None:
+                    out = np.empty((channels + alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
                 for i, window in enumerate(tiles):
                     check_cancel(cancel, done, total, "tiles")
@@ -260,7 +276,17 @@ class Engine:
                                                  bounds=bounds, trust=return_trust)
                     y0, y1, x0, x1 = window
                     check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
-                    out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
+                    if sink is not None:
+                        tile_out = cast(mapping.denormalize(sr, compute), dtype)
+                        if missing is not None:
+                            tile_out[:, nodata_on_output(missing, (H, W), window)] = _fill_value(s.nodata, dtype)
+                        if alpha:  # the mask resized on the whole plane, then cut: the values of a plane run
+                            if i == 0:
+                                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype)
+                            tile_out = np.concatenate([tile_out, alpha_mask[None, y0:y1, x0:x1]])
+                        sink[index + (slice(y0, y1), slice(x0, x1))] = tile_out.transpose(1, 2, 0) if rgb else tile_out[0]
+                    else:
+                        out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
                         trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
@@ -268,12 +294,78 @@ class Engine:
                     if progress is not None:
                         progress(done, total)
                     finished = i == len(tiles) - 1
+                    if sink is not None:
+                        yield Step(done, total, index, None, trust if finished else None)
+                        continue
                     if finished and alpha:
                         out[3] = resize_mask(plane[..., 3], (H, W), dtype)
                     if finished and missing is not None:
                         out[:channels, nodata_on_output(missing, (H, W))] = _fill_value(s.nodata, dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
                                trust if finished else None)
+
+    def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel,
+                     masks) -> Iterator[Step]:
+        """:meth:`steps` into a block sink (:class:`~diinn_napari.io.omezarr.BlockStore`): whole blocks, resumable.
+
+        Each block (a level-0 chunk) is decoded in windows of at most
+        :data:`BLOCK_WINDOW` output pixels a side (and at most the tile's
+        output), cast into one block buffer and handed over whole; blocks the
+        sink holds already are skipped, and a plane whose blocks are all done
+        is not read. The windows depend only on the block grid, so a resumed
+        run gives the bits an uninterrupted one gives.
+        """
+        s = self.settings
+        (h, w), (H, W) = lr_shape, out_shape
+        channels = 3 if rgb else 1
+        alpha = rgb and int(image.shape[-1]) == 4
+        compute = compute_dtype(dtype)
+        render = _ensemble_render if s.ensemble else _render
+        with self.model(rgb) as net:
+            dev = next(net.parameters()).device
+            tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
+            side = max(16, min(BLOCK_WINDOW, int(np.ceil(tile * max(H / h, W / w)))))
+            blocks = sink.block_windows()
+            per_block = [_split_window(b, side) for b in blocks]
+            total = sum(len(p) for p in per_block) * int(np.prod(leading, dtype=np.int64))
+            done = 0
+            for index in np.ndindex(*leading):
+                todo = [(b, parts) for b, parts in zip(blocks, per_block) if not sink.is_done(index, b)]
+                done += sum(len(parts) for b, parts in zip(blocks, per_block) if sink.is_done(index, b))
+                if not todo:
+                    if progress is not None:
+                        progress(done, total)
+                    yield Step(done, total, index, None)
+                    continue
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
+                check_finite(plane, where=f" in plane {index}" if index else "")
+                mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
+                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype) if alpha else None
+                for block, parts in todo:
+                    y0, y1, x0, x1 = block
+                    buffer = np.empty((channels + alpha, y1 - y0, x1 - x0), dtype)
+                    for window in parts:
+                        check_cancel(cancel, done, total, "tiles")
+                        with torch_threads(s.threads):
+                            sr, _ = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
+                                           consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                                           bounds=bounds)
+                        check_output_finite(sr, f" in plane {index}" if index else "")
+                        a0, a1, b0, b1 = window
+                        buffer[:channels, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = cast(mapping.denormalize(sr, compute), dtype)
+                        del sr
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+                        if window is not parts[-1]:
+                            yield Step(done, total, index, None)
+                    if missing is not None:
+                        buffer[:channels, nodata_on_output(missing, (H, W), block)] = _fill_value(s.nodata, dtype)
+                    if alpha:
+                        buffer[3] = alpha_mask[y0:y1, x0:x1]
+                    sink.write_block(index, block, buffer.transpose(1, 2, 0) if rgb else buffer[0])
+                    yield Step(done, total, index, None)
 
     def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         """Every finished output plane in turn, as ``(leading_index, plane)``; arguments as :meth:`steps`."""
@@ -282,10 +374,29 @@ class Engine:
                 yield step.index, step.plane
 
     def run(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None, return_trust: bool = False, mask=None):
-        """The whole result (and trust map with ``return_trust``); see :func:`upscale`."""
+            cancel: CancelCheck | None = None, return_trust: bool = False, out=None, mask=None):
+        """The whole result (and trust map with ``return_trust``); see :func:`upscale`.
+
+        ``out``: a zarr array (or any array-like taking ``out[index] = tile``)
+        or a path: the result is written there tile by tile and returned
+        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is returned).
+        """
         leading, (h, w) = _spatial_layout(image, rgb)
         H, W = self.settings.output_yx((h, w), input_pixel_size)
+        if out is not None:
+            if return_trust:
+                raise ValueError("return_trust needs the result in memory; leave out=None for a trust map")
+            if isinstance(out, (str, os.PathLike)):
+                from .io.omezarr import create_image
+
+                if rgb:
+                    raise ValueError("an OME-Zarr image has no RGB sample axis; pass a zarr array of shape "
+                                     "(..., Y, X, 3) as out instead of a path")
+                out = create_image(out, leading + (H, W), self.settings.output_dtype(image.dtype))
+            for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
+                                out=out, mask=mask):
+                pass
+            return getattr(out, "array", out)
         n_pixels = int(np.prod(leading, dtype=np.int64)) * H * W
         if n_pixels > self.settings.max_output_pixels:
             raise ValueError(
@@ -325,6 +436,7 @@ class Engine:
         compute = compute_dtype(dtype)
         plane, missing = fill_nodata(plane, s.nodata, rgb, _plane_masks(mask, (), (h, w))(()))
         mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+        lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
         render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
             sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
@@ -335,7 +447,7 @@ class Engine:
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         if missing is not None:
-            out[:3 if rgb else 1, nodata_on_output(missing, (H, W))[y0:y1, x0:x1]] = _fill_value(s.nodata, dtype)
+            out[:3 if rgb else 1, nodata_on_output(missing, (H, W), (y0, y1, x0, x1))] = _fill_value(s.nodata, dtype)
         return out.transpose(1, 2, 0) if rgb else out[0]
 
 
@@ -358,7 +470,7 @@ def iter_upscaled_planes(image, scale=None, *, settings: RunSettings | None = No
 
 def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            return_trust: bool = False, input_pixel_size=None, mask=None, **options):
+            return_trust: bool = False, input_pixel_size=None, out=None, mask=None, **options):
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
@@ -391,12 +503,67 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
         the nearest pixel with data before the network, and set to ``nodata``
         (0 when there is none) where the nearest input pixel has no data.
 
+    out: a zarr array of the output's shape (or any array-like that takes
+        ``out[index] = tile``), or a path for a new multiscale OME-Zarr
+        image: tiles are written there as they finish, no output plane is
+        held in memory, and the zarr array is returned.
+
     Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
     dtype (``out_dtype``, else the input's); with ``return_trust=True`` the
-    pair ``(output, trust)``.
+    pair ``(output, trust)``. For a lazy result of a dask array see :func:`upscale_lazy`.
     """
     return Engine(_settings(settings, scale, options)).run(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
-                                                           cancel=cancel, return_trust=return_trust, mask=mask)
+                                                           cancel=cancel, return_trust=return_trust, out=out,
+                                                           mask=mask)
+
+
+def upscale_lazy(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False, input_pixel_size=None,
+                 chunks: tuple[int, int] | None = None, **options):
+    """The result of :func:`upscale` as a lazy dask array: one task per output block, each computed on its own.
+
+    A block is decoded by :meth:`Engine.window` from its plane, with the
+    intensity map fitted on the whole plane and the halo the model and the
+    back-projection need, on the global output grid. ``chunks=None``: the
+    blocks are the engine's own tiles (``tile_size``, else the automatic
+    size), and the result equals :func:`upscale`'s bit for bit; other
+    ``chunks`` (Y, X) give equal values without back-projection
+    (``consistency=0``) and values within rounding (1 in the last unit of an
+    integer output) with it, whose float sums then run over other windows.
+    ``image``: numpy or dask (..., Y, X) (or (..., Y, X, 3|4) with
+    ``rgb=True``); each block's task reads its plane (the output's size /
+    scale**2). Needs dask.
+    """
+    import dask
+    import dask.array as da
+
+    from .devices import pick_device
+
+    engine = Engine(_settings(settings, scale, options))
+    s = engine.settings
+    leading, (h, w) = _spatial_layout(image, rgb)
+    H, W = s.output_yx((h, w), input_pixel_size)
+    dtype = s.output_dtype(image.dtype)
+    colour = (int(image.shape[-1]),) if rgb else ()
+    if chunks is None:
+        device = next(s.model.parameters()).device if isinstance(s.model, torch.nn.Module) else pick_device(s.device)
+        tiles = _tile_grid(h, w, H, W, int(s.tile_size or auto_tile_size(device, max(H / h, W / w))))
+        ys = sorted({(t[0], t[1]) for t in tiles})
+        xs = sorted({(t[2], t[3]) for t in tiles})
+    else:
+        ys = [(y0, min(H, y0 + chunks[0])) for y0 in range(0, H, chunks[0])]
+        xs = [(x0, min(W, x0 + chunks[1])) for x0 in range(0, W, chunks[1])]
+    window = dask.delayed(engine.window, pure=True)
+    planes = []
+    for index in np.ndindex(*leading):
+        plane = image[index] if hasattr(image, "dask") else dask.delayed(np.asarray)(image[index])
+        rows = []
+        for y0, y1 in ys:
+            row = [da.from_delayed(window(plane, (y0, y1, x0, x1), rgb=rgb, input_pixel_size=input_pixel_size),
+                                   (y1 - y0, x1 - x0) + colour, dtype) for x0, x1 in xs]
+            rows.append(da.concatenate(row, axis=1))
+        planes.append(da.concatenate(rows, axis=0))
+    result = da.stack(planes) if leading else planes[0]
+    return result.reshape(leading + (H, W) + colour) if leading else result
 
 
 def upscale_window(plane, output_shape: tuple[int, int], window: tuple[int, int, int, int], *,
@@ -411,6 +578,15 @@ def _owned_range(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
     """Output pixels whose nearest LR pixel lies in [lo, hi): a contiguous range."""
     idx = nearest_lr_index(n_in, n_out)
     return int(np.searchsorted(idx, lo, "left")), int(np.searchsorted(idx, hi, "left"))
+
+
+BLOCK_WINDOW = 256  # the largest output window (a side) decoded at once into a block sink: bounds the working set
+
+
+def _split_window(window: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
+    """``window`` cut into windows of at most ``side`` x ``side``, row by row."""
+    y0, y1, x0, x1 = window
+    return [(a, min(y1, a + side), b, min(x1, b + side)) for a in range(y0, y1, side) for b in range(x0, x1, side)]
 
 
 def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -474,10 +650,12 @@ def _fill_value(nodata: float | None, dtype: np.dtype):
     return cast(np.float32(0.0 if nodata is None else nodata), dtype)
 
 
-def nodata_on_output(missing: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """The output pixels whose nearest input pixel is nodata (the engine's pixel-centre grid)."""
+def nodata_on_output(missing: np.ndarray, out_shape: tuple[int, int],
+                     window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The output pixels whose nearest input pixel is nodata (the engine's pixel-centre grid); of ``window`` alone when given."""
     (h, w), (H, W) = missing.shape, out_shape
-    return missing[np.ix_(nearest_lr_index(h, H), nearest_lr_index(w, W))]
+    y0, y1, x0, x1 = window if window is not None else (0, H, 0, W)
+    return missing[np.ix_(nearest_lr_index(h, H)[y0:y1], nearest_lr_index(w, W)[x0:x1])]
 
 
 def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype, missing: np.ndarray | None = None):
@@ -488,9 +666,32 @@ def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype, m
     """
     colour = plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
     mapping = fit_intensity(colour if missing is None or missing.all() else colour[~missing], intensity)
-    lr = mapping.normalize(colour)
-    lr = lr.transpose(2, 0, 1) if rgb else lr[None]
+    lr = _Normalised(colour, mapping, rgb)
     return mapping, lr, valid_range(mapping, dtype), data_bounds(lr, colour.dtype, mapping)
+
+
+class _Normalised:
+    """The normalised (C, Y, X) float32 view of a plane, made crop by crop when indexed.
+
+    ``lr[:, t0:t1, s0:s1]`` equals the same slice of the whole normalised
+    plane (the map is elementwise) without a float32 copy of the plane: tiles
+    read what they need, so the engine's memory follows the tile, not the input.
+    """
+
+    def __init__(self, colour: np.ndarray, mapping, rgb: bool):
+        self.colour, self.mapping, self.rgb = colour, mapping, rgb
+        h, w = colour.shape[:2]
+        self.shape = (colour.shape[-1], h, w) if rgb else (1, h, w)
+        self.ndim = 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        channels, rows, cols = key
+        crop = self.mapping.normalize(self.colour[rows, cols])
+        return (crop.transpose(2, 0, 1) if self.rgb else crop[None])[channels]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:, :, :]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 class DataBounds(NamedTuple):
@@ -521,9 +722,13 @@ _BOUND_SAMPLES = 1 << 20  # statistics of big planes from a regular subsample
 def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
     """:class:`DataBounds` of a normalised (C, Y, X) plane whose input had ``dtype`` and intensity map ``mapping``."""
     channels = lr.shape[0]
-    stride = max(1, int(np.sqrt(lr[0].size / _BOUND_SAMPLES)))
-    sample = lr[:, ::stride, ::stride].reshape(channels, -1).astype(np.float64)
-    lo, hi = np.percentile(sample, (0.1, 99.9), axis=1)
+    stride = max(1, int(np.sqrt(lr.shape[1] * lr.shape[2] / _BOUND_SAMPLES)))
+    if isinstance(lr, _Normalised) and lr.colour.dtype.kind in "ui" and lr.colour.dtype.itemsize <= 2:
+        lo, hi = _integer_percentiles(lr, stride, (0.1, 99.9))
+        sample = None
+    else:
+        sample = lr[:, ::stride, ::stride].reshape(channels, -1).astype(np.float64)
+        lo, hi = np.percentile(sample, (0.1, 99.9), axis=1)
     if np.dtype(dtype).kind in "ui":  # one count, in normalised units
         step = np.full(channels, 1.0 / abs(mapping.hi - mapping.lo))
     else:  # a float plane quantised to few values: the smallest gap between them
@@ -537,6 +742,36 @@ def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
     floor = lo - np.minimum(0.45 * step, 0.005 * spread)
     return DataBounds(floor, step, few, spread)
 
+
+
+def _integer_percentiles(lr: _Normalised, stride: int, percents) -> tuple[np.ndarray, np.ndarray]:
+    """``np.percentile`` of the normalised subsample ``lr[:, ::stride, ::stride]`` (float64, linear), per channel,
+    for an 8- or 16-bit integer plane, from a histogram of its values: the same numbers without a float copy.
+
+    The normalisation is monotone, so the order statistics of the normalised
+    sample are the normalised order statistics of the integers; the two around
+    each percentile are then interpolated by ``np.percentile`` itself.
+    """
+    colour = lr.colour
+    info = np.iinfo(colour.dtype)
+    out = np.empty((len(percents), lr.shape[0]))
+    rows = max(1, (1 << 22) // max(1, colour.shape[1] // stride))  # about 4 Mi samples per band
+    for c in range(lr.shape[0]):
+        counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+        for r in range(0, colour.shape[0], rows * stride):
+            band = colour[r:r + rows * stride:stride, ::stride]
+            band = band[..., c] if lr.rgb else band
+            counts += np.bincount((band.astype(np.int32) - int(info.min)).ravel(), minlength=counts.size)
+        cumulative = np.cumsum(counts)
+        n = int(cumulative[-1])
+        for i, percent in enumerate(percents):
+            virtual = (n - 1) * np.true_divide(percent, 100)
+            before = int(np.floor(virtual))
+            after = min(before + 1, n - 1)
+            ends = np.searchsorted(cumulative, [before, after], side="right") + int(info.min)
+            values = lr.mapping.normalize(ends.astype(colour.dtype)).astype(np.float64)
+            out[i, c] = np.quantile(values, virtual - before) if after > before else values[0]
+    return out[0], out[1]
 
 
 def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -610,6 +845,7 @@ def _ensemble_render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, de
     """
     (h, w), (H, W) = lr_shape, out_shape
     y0, y1, x0, x1 = window
+    lr = np.asarray(lr)  # the members flip and transpose the whole plane
     total = correction = None
     for transpose, flip_y, flip_x in SYMMETRIES:
         plane = lr.transpose(0, 2, 1) if transpose else lr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..intensity import INTENSITY_MODES
 from ..settings import DEFAULT_CONSISTENCY, OUTPUT_DTYPES, PRECISIONS, RunSettings
-from .inputs import check_output_names, collect_inputs
+from .inputs import OUTPUT_FORMATS, check_output_names, collect_inputs
 from .job import FUSIONS, Settings
 from .runners import run_batch
 from .summary import summary
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diinn_napari.batch", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     files = p.add_argument_group("input and output")
-    files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG)")
+    files.add_argument("inputs", nargs="+", help="files, folders or glob patterns (TIFF, OME-TIFF, ImageJ, PNG, JPEG, OME-Zarr .zarr folders)")
     files.add_argument("--out", required=True, type=Path,
                        help="output folder (required; created when the first output is written)")
     files.add_argument("--cog", action="store_true",
@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs, also those made with other settings (same settings are "
                             "skipped otherwise)")
+    files.add_argument("--format", choices=OUTPUT_FORMATS, default="auto",
+                       help="output format: auto (OME-Zarr for OME-Zarr inputs, TIFF for TIFF, PNG for PNG/JPEG), "
+                            "tiff (OME-Zarr inputs become OME-TIFF), or ome-zarr (a multiscale OME-Zarr image "
+                            "<name>.ome.zarr, NGFF 0.5; 0.4 for a 0.4 input)")
 
     size = p.add_argument_group("size (one of --scale, --pixel-size, --isotropic)")
     request = size.add_mutually_exclusive_group(required=True)
@@ -186,6 +190,8 @@ def _check_options(p: argparse.ArgumentParser, a: argparse.Namespace, n_inputs: 
         for name in ("axial_sigma", "save_model"):
             if getattr(a, name) is not None:
                 p.error(f"--{name.replace('_', '-')} goes with --adapt-steps N (N > 0)")
+    if a.cog and a.format == "ome-zarr":
+        p.error("--cog writes Cloud-Optimized GeoTIFFs and --format ome-zarr writes OME-Zarr; choose one")
     if a.save_model is not None and a.save_model.suffix == ".safetensors" and n_inputs > 1:
         p.error(f"--save-model {a.save_model} is one file, for {n_inputs} inputs; give a folder "
                 "(each file's weights go to <output name>.safetensors there)")
@@ -233,7 +239,7 @@ def settings_from(a: argparse.Namespace) -> Settings:
                       ensemble=a.ensemble)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
-                    overwrite=a.overwrite, cog=a.cog)
+                    out_format=a.format, overwrite=a.overwrite, cog=a.cog)
 
 
 class Terminated(KeyboardInterrupt):
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--cog writes through GDAL: install rasterio (pip install rasterio, or diinn-napari[geotiff])")
     try:
         settings = settings_from(a)
-        check_output_names(paths, settings.out_dir)
+        check_output_names(paths, settings.out_dir, settings.out_format)
     except ValueError as err:
         p.error(str(err))
     previous = _terminate_as_interrupt()

@@ -30,6 +30,7 @@ class Settings:
         axial_sigma None: from the Z step; see :func:`diinn_napari.adapt.adapt`).
     save_model: with adapt_steps, where the adapted weights go: a
         ``.safetensors`` file (one input) or a folder (``<output stem>.safetensors`` per file).
+    out_format: "auto" (each output in its input's format), "tiff" or "ome-zarr" (a multiscale OME-Zarr image).
     cog: write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, overviews, DEFLATE + predictor; needs rasterio).
     overwrite: replace existing outputs even when they were made with other settings.
     show_progress: a progress bar on stderr (only when stderr is a terminal).
@@ -45,6 +46,7 @@ class Settings:
     axial_sigma: float | None = None
     seed: int = 0
     save_model: Path | None = None
+    out_format: str = "auto"
     cog: bool = False
     overwrite: bool = False
     show_progress: bool = True
@@ -82,6 +84,8 @@ class Settings:
             object.__setattr__(self, "axial_sigma", float(self.axial_sigma))
         if self.save_model is not None:
             object.__setattr__(self, "save_model", Path(self.save_model))
+        if self.out_format not in ("auto", "tiff", "ome-zarr"):
+            raise ValueError(f"out_format must be 'auto', 'tiff' or 'ome-zarr', got {self.out_format!r}")
         if self.run.out_dtype is not None and self.run.out_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"the output dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.run.out_dtype!r}")
 

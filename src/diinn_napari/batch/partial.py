@@ -67,11 +67,11 @@ class PartialFile:
             if hidden.kind == "companion":
                 companions.append(hidden)
                 continue
-            units = probe._whole_units(hidden.path) if hidden.kind == "partial" else -1
+            units = probe._whole_units(hidden.path) if hidden.kind == "partial" and hidden.path.is_file() else -1
             if units >= 0:
                 candidates.append((units, hidden.path == mine, hidden.path))
-            else:  # other work (another input's content, other settings): never resumed into this output
-                hidden.path.unlink(missing_ok=True)
+            else:  # other work (another input's content, other settings, a store's folder): never resumed here
+                stale.remove(hidden.path)
                 probe.discarded += 1
         candidates.sort()
         best = candidates.pop() if candidates else None

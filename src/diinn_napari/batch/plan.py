@@ -8,6 +8,7 @@ not imported here except to resolve the model's weights file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ import numpy as np
 from .. import __version__, io
 from ..isotropic_plan import IsotropicPlan, IsotropicPlanError, plan_isotropic, volume_axes
 from ..settings import output_size
-from .inputs import output_path
+from .inputs import output_kind, output_path
 from .job import Settings
-from .record import compared, file_identity
+from .record import compared, content_size, file_identity
 
 # What the batch user can do about a refused isotropic plan (IsotropicPlanError.reason).
 _REMEDIES = {
@@ -154,7 +155,7 @@ def model_identity(model, channels: int) -> dict:
 
 def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset()) -> FilePlan:
     """Plan input ``path``: a ValueError naming the file when it cannot be processed as asked."""
-    out = output_path(path, settings.out_dir)
+    out = output_path(path, settings.out_dir, settings.out_format)
     if out.resolve() == path.resolve() or out.resolve() in {p.resolve() for p in inputs}:
         raise ValueError(f"output {out} would overwrite an input; choose another --out folder")
     info = io.read_info(path)
@@ -172,6 +173,7 @@ def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozense
         shape = list(info.shape)
         shape[volumes.z_axis] = volumes.z.planes
         output = info.output(out, tuple(shape), dtype, z_spacing=volumes.z.target)
+    output = converted(info, output, output_kind(info.kind, settings.out_format))
     if settings.cog:
         if info.kind != "geotiff":
             raise ValueError(f"{path.name}: --cog writes GeoTIFF outputs, and this is a {info.kind.upper()} file without "
@@ -183,6 +185,22 @@ def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozense
         if save_model.suffix != ".safetensors":
             save_model = save_model / f"{out.stem}.safetensors"
     return FilePlan(path, info, output, _record(info, output, settings, volumes), volumes, save_model)
+
+
+def converted(info: io.ImageInfo, output: io.ImageInfo, kind: str) -> io.ImageInfo:
+    """``output`` as an image of ``kind`` (another format: TIFF <-> OME-Zarr), with what that format's writer needs.
+
+    Every output keeps the source's Y/X size and pixel size (``source_yx``,
+    ``source_pixel_size``): a format that stores an origin (OME-Zarr's
+    translation) moves it by the pixel-centre rule of the napari overlay.
+    """
+    meta = {**output.metadata, "source_yx": list(info.yx), "source_pixel_size": info.pixel_size}
+    if kind != output.kind:
+        meta = {k: v for k, v in meta.items() if k in ("source_yx", "source_pixel_size")
+                or (kind == "ome-zarr" and k == "ngff")}
+        if kind == "ome-zarr" and info.rgb:
+            raise ValueError(f"{info.path.name}: RGB pixels have no OME-Zarr axis here; use --format tiff")
+    return dataclasses.replace(output, kind=kind, metadata=meta)
 
 
 def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volumes: VolumePlan | None) -> dict:
@@ -200,7 +218,7 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         # the content itself (a streamed SHA-256 of the bytes): a file of the same name and size, or one edited in
         # place, is other work, for the skip and for resuming a partial file (whose header holds this record)
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
-                  "bytes": info.path.stat().st_size, "sha256": file_identity(info.path)["sha256"]},
+                  "bytes": content_size(info.path), "sha256": file_identity(info.path)["sha256"]},
         "output_yx": list(output.yx),
         "model": model_identity(run.model, 3 if info.rgb else 1),
         "intensity": run.intensity,

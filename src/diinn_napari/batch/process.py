@@ -25,6 +25,7 @@ from .. import io
 from . import stale
 from .job import Result, Settings
 from .partial import PartialFile
+from .partial_store import PartialStore
 from .plan import FilePlan, VolumePlan, plan_file
 from .record import differences, pixel_digest
 
@@ -73,6 +74,8 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
                           "; ".join(["output exists, same settings, pixels verified", *notes]))
         notes.append(f"the existing output {damage}: recomputed")
         _say(f"{out}: {damage}; recomputing it")
+    if plan.output.kind == "ome-zarr" and plan.volumes is None:
+        return _process_store(plan, settings, progress, started, notes)
     work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
     per_unit = plan.info.n_planes // plan.count
     with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
@@ -102,6 +105,65 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
     return Result(path, "done", out, plan.output.shape, time.time() - started, "; ".join(notes))
 
 
+def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None, started: float,
+                   notes: list[str]) -> Result:
+    """An OME-Zarr output: blocks written by the engine straight into a partial store, resumed block by block.
+
+    No output plane is held (a result larger than memory works): the engine
+    decodes one level-0 chunk at a time into the hidden store, which lists
+    every flushed block; a killed or interrupted run goes on at the first
+    missing block. The pixel checksum is read back from the store in row
+    bands, then the folder is renamed into place.
+    """
+    from .. import engine  # torch loads here, in the worker
+    from ..io.omezarr import pixel_bands
+
+    path, out, info = plan.source, plan.output.path, plan.info
+    with io.open_planes(info) as reader:  # refuses an unreadable layout before a partial store exists
+        partial = PartialStore.claim(plan.output, plan.header_record)
+        for why in partial.discarded:
+            notes.append(f"a partial store of other work was discarded ({why})")
+        store = partial.store
+        per_plane = len(store.block_windows())
+        start_planes = len(store.done) // per_plane if per_plane else 0
+        if progress and start_planes:
+            progress(start_planes)
+        run = settings.run.replace(output_shape=plan.output.yx, out_dtype=plan.output.dtype.name)
+        if info.nodata is not None and run.nodata is None:
+            run = run.replace(nodata=info.nodata)
+        reported = start_planes
+        try:
+            mask = io.data_mask(reader)  # a GeoTIFF's internal mask, as for plane outputs
+            for step in engine.Engine(run).steps(_Planes(reader), rgb=info.rgb, out=store, mask=mask):
+                finished = step.done * info.n_planes // step.total if step.total else info.n_planes
+                if progress and finished > reported:
+                    progress(finished - reported)
+                reported = max(reported, finished)
+        except BaseException:
+            partial.discard_if_empty()
+            raise
+    level0 = store.array
+    leading = tuple(level0.shape[:-2])
+    record = dict(plan.record, pixels=pixel_digest(
+        (band for index in np.ndindex(*leading) for band in pixel_bands(level0, index)), count=info.n_planes))
+    partial.publish(record)
+    if partial.start:
+        notes.insert(0, f"resumed at block {partial.start + 1} of {store.blocks_total}")
+    return Result(path, "done", out, plan.output.shape, time.time() - started, "; ".join(notes))
+
+
+class _Planes:
+    """A reader as the (leading..., Y, X[, S]) array-like the engine reads one plane of at a time."""
+
+    def __init__(self, reader: io.PlaneSource):
+        self.reader, self.shape, self.dtype = reader, tuple(reader.info.shape), reader.info.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return self.reader[tuple(int(i) for i in index)]
+
+
 def check_same_work(plan: FilePlan) -> str | None:
     """Whether an existing output is this plan's work, complete: None if so.
 
@@ -128,8 +190,15 @@ def check_same_work(plan: FilePlan) -> str | None:
         if tuple(info.shape) != tuple(plan.output.shape) or info.dtype != plan.output.dtype:
             return (f"holds {tuple(info.shape)} {info.dtype}, not the {tuple(plan.output.shape)} "
                     f"{plan.output.dtype} it records (cut short)")
-        with io.open_planes(info) as reader:
-            found_digest = pixel_digest(reader[index] for index in np.ndindex(*info.leading))
+        if info.kind == "ome-zarr":  # a store: read in row bands, never a whole plane
+            from ..io.omezarr import level0, pixel_bands
+
+            array = level0(info)
+            found_digest = pixel_digest((band for index in np.ndindex(*info.leading)
+                                         for band in pixel_bands(array, index)), count=info.n_planes)
+        else:
+            with io.open_planes(info) as reader:
+                found_digest = pixel_digest(reader[index] for index in np.ndindex(*info.leading))
     except Exception as err:  # a torn file fails in many ways (tifffile, zlib, numpy): all mean "not complete"
         return f"cannot be read whole ({type(err).__name__}: {err}; cut short or damaged)"
     if found_digest != expected:

@@ -37,26 +37,62 @@ def _sha256(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def _folder_files(path: Path) -> list[tuple[str, Path]]:
+    """The files of a folder (a store: OME-Zarr) by relative POSIX path, sorted; links are followed as the reader does."""
+    return sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_sha256(path: str, stats: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, file in _folder_files(Path(path)):
+        digest.update(name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def content_size(path: Path) -> int:
+    """The bytes of a file, or of every file in a folder (a store)."""
+    if path.is_dir():
+        return sum(file.stat().st_size for _, file in _folder_files(path))
+    return path.stat().st_size
+
+
 def file_identity(path: Path) -> dict:
-    """A file by name and content hash (hashed once per size, modification and change time in a process)."""
+    """A file by name and content hash (hashed once per size, modification and change time in a process).
+
+    A folder (an OME-Zarr store) is hashed over its files' relative names and
+    contents in sorted order, so a chunk rewritten in place is other content.
+    """
     path = path.resolve()
+    if path.is_dir():
+        stats = tuple((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                      for name, st in ((n, f.stat()) for n, f in _folder_files(path)))
+        return {"file": path.name, "sha256": _folder_sha256(str(path), stats)}
     stat = path.stat()
     return {"file": path.name, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)}
 
 
-def pixel_digest(planes: Iterable[np.ndarray]) -> dict:
+def pixel_digest(planes: Iterable[np.ndarray], count: int | None = None) -> dict:
     """The checksum of an output's pixels: SHA-256 of its planes in file order, each as C-order native-endian bytes.
+
+    ``planes`` may also be row bands of the planes, in order (the same bytes,
+    the same checksum: a store is checked without holding a plane); then
+    ``count`` gives the number of planes.
 
     Recorded in the output when it is written and verified before an existing
     output is skipped, so a torn file (cut short, or partly zeroed by a crash
     of the disk's cache) is never taken as done.
     """
-    digest, count = hashlib.sha256(), 0
+    digest, seen = hashlib.sha256(), 0
     for plane in planes:
         plane = np.asarray(plane)
         digest.update(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("=")).tobytes())
-        count += 1
-    return {"sha256": digest.hexdigest(), "planes": count}
+        seen += 1
+    return {"sha256": digest.hexdigest(), "planes": seen if count is None else count}
 
 
 def compared(record: dict) -> dict:

@@ -26,7 +26,7 @@ def run_batch(paths: list[Path], settings: Settings, workers: int = 1, scheduler
     when two inputs would share an output, ImportError when ``scheduler`` is
     given without dask.distributed installed.
     """
-    check_output_names(paths, settings.out_dir)
+    check_output_names(paths, settings.out_dir, settings.out_format)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     remove_stale_files(settings.out_dir)

@@ -10,7 +10,7 @@ Two levels, as tifffile has (``imread`` / ``TiffFile``):
 * the format objects (:func:`format_for`, :class:`ImageFormat`) for control.
 
 Formats: :mod:`.geotiff` (GeoTIFF, multiband TIFF, COG output), :mod:`.tiff` (ImageJ, OME,
-plain) and :mod:`.png` (PNG, JPEG). A
+plain), :mod:`.png` (PNG, JPEG) and :mod:`.omezarr` (OME-Zarr folders, NGFF 0.4 and 0.5). A
 new format is one module with an object satisfying :class:`ImageFormat`,
 registered with :func:`register` and imported below.
 :func:`atomic_write` is how files that must never be seen half-written
@@ -30,6 +30,7 @@ import numpy as np
 from . import tiff  # noqa: F401,I001
 from . import png  # noqa: F401
 from . import geotiff  # noqa: F401  (registers itself first: asked before TIFF)
+from . import omezarr  # noqa: F401
 from .atomic import atomic_write, current_umask, fsync_folder, publish
 from .base import (ImageFormat, ImageInfo, PlaneSource, drop_invalid_sizes, format_for, format_of, formats, is_colour, is_image, register,
                    sample_layout, suffixes)

@@ -1,0 +1,710 @@
+"""OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3): read level 0, write a multiscale image plane by plane.
+
+Reading: the first multiscale image of a group, its level 0 (the full
+resolution), its axes (any valid subset of t, c, z, y, x, in the spec's
+order), the scale and translation of level 0 (the multiscale's own
+transformations applied on top), units and the omero channels. A
+bioformats2raw container (``"bioformats2raw.layout": 3``) holds images
+``0``, ``1``, ... : :meth:`OmeZarrFormat.images` lists them and the batch
+processes each as its own input, written to ``<container>_<n>.ome.zarr``.
+
+Writing (:class:`PyramidWriter`): planes arrive one at a time (or as
+regions); level 0 is written as it comes and every lower level (Y and X
+halved by a 2 x 2 mean, an antialiased box filter, until the larger side is
+512 pixels or less) is made from the plane in the same pass, so no second
+read of level 0 and never a whole volume in memory. The scale and
+translation of every level follow the pixel-centre rule of the napari
+overlay (:func:`diinn_napari.settings.overlay_placement`). Axes, units and
+omero channels are kept; the settings record is the image attribute
+``"diinn-napari"``. zarr v2 stores get NGFF 0.4 metadata, zarr v3 stores 0.5.
+
+zarr is imported only when a store is opened or written (``pip install
+'diinn-napari[zarr]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..settings import overlay_placement
+from . import record as settings_record
+from .atomic import fsync_file, fsync_folder
+from .base import ImageInfo, register
+
+KIND = "ome-zarr"
+SMALLEST = 512  # pyramid levels stop once the larger of Y and X is at most this
+DEFAULT_CHUNK = 1024  # level-0 chunk side in Y and X for outputs of non-zarr inputs
+BLOCK_CHUNK = 512  # the same for a BlockStore (one block in memory at a time: its working set follows this)
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+# NGFF units are UDUNITS-2 names; ImageInfo.unit uses the short symbols TIFF and the rest of the package use
+_TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer", "mm": "millimeter",
+            "cm": "centimeter", "m": "meter", "Å": "angstrom", "pm": "picometer", "inch": "inch", "s": "second",
+            "ms": "millisecond", "min": "minute", "h": "hour"}
+_FROM_NGFF = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+              "angstrom": "Å", "picometer": "pm", "inch": "inch"}
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError as err:
+        raise ImportError("OME-Zarr needs zarr 3: pip install 'diinn-napari[zarr]'") from err
+    return zarr
+
+
+def ngff_unit(unit: str | None) -> str | None:
+    """The NGFF (UDUNITS-2) name of a unit symbol; names already valid pass through."""
+    if unit is None:
+        return None
+    return _TO_NGFF.get(unit, unit)
+
+
+def _read_attrs(path: Path) -> tuple[dict | None, int | None]:
+    """A group's attributes and zarr format (2 or 3) from its JSON files, without importing zarr."""
+    try:
+        if (path / "zarr.json").is_file():
+            meta = json.loads((path / "zarr.json").read_text())
+            if meta.get("node_type") != "group":
+                return None, None
+            return meta.get("attributes", {}), 3
+        if (path / ".zgroup").is_file():
+            attrs = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+            return attrs, 2
+    except (OSError, ValueError):
+        return None, None
+    return None, None
+
+
+def _ome(attrs: dict) -> dict:
+    """The OME part of a group's attributes: ``attrs["ome"]`` in 0.5, the attributes themselves in 0.4."""
+    return attrs.get("ome", attrs) if isinstance(attrs.get("ome"), dict) else attrs
+
+
+def _transforms(transforms: list[dict] | None, n: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * n, [0.0] * n
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            scale = [float(v) for v in t["scale"]]
+        elif t.get("type") == "translation" and "translation" in t:
+            translation = [float(v) for v in t["translation"]]
+        elif t.get("type") not in ("identity", None):
+            raise ValueError(f"coordinate transformation {t.get('type')!r} (only scale and translation are supported)")
+    return scale, translation
+
+
+def level0_transform(multiscale: dict, n: int) -> tuple[list[float], list[float]]:
+    """Scale and translation of level 0: its own, then the multiscale's (NGFF applies them in that order)."""
+    scale, translation = _transforms(multiscale["datasets"][0].get("coordinateTransformations"), n)
+    outer_scale, outer_translation = _transforms(multiscale.get("coordinateTransformations"), n)
+    scale = [s * o for s, o in zip(scale, outer_scale)]
+    translation = [t * o + ot for t, o, ot in zip(translation, outer_scale, outer_translation)]
+    return scale, translation
+
+
+def _axes(multiscale: dict, ndim: int, name: str) -> list[dict]:
+    axes = multiscale.get("axes")
+    if axes is None:  # NGFF 0.3 and older: 5D tczyx; fewer axes drop from the front
+        axes = [{"name": a} for a in "tczyx"[5 - ndim:]]
+    axes = [{"name": a} if isinstance(a, str) else dict(a) for a in axes]
+    names = "".join(a["name"].lower() for a in axes)
+    if len(axes) != ndim or not names.endswith("yx") or any(a not in "tczyx" for a in names) or len(set(names)) != ndim:
+        raise ValueError(f"{name}: axes {names!r} for an array of {ndim} dimensions; DIINN reads images with axes "
+                         "that are a subset of t, c, z, y, x ending in y, x")
+    if names != "".join(a for a in "tczyx" if a in names):
+        raise ValueError(f"{name}: axes {names!r} are not in the NGFF order t, c, z, y, x")
+    return axes
+
+
+class OmeZarrPlanes:
+    """Array-like over level 0's planes: ``reader[index]`` reads one (Y, X) plane (its chunks only)."""
+
+    def __init__(self, info: ImageInfo):
+        self.info, self.shape, self.dtype = info, info.shape, info.dtype
+        group = _zarr().open_group(str(info.path), mode="r")
+        self._array = group[info.metadata["ngff"]["dataset"]]
+
+    def __getitem__(self, index: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(self._array[tuple(int(i) for i in index)])
+
+    def region(self, index: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+        """One window of one plane (a cluster worker reads no more than its block needs)."""
+        return np.asarray(self._array[tuple(int(i) for i in index) + (ys, xs)])
+
+    def close(self) -> None:
+        self._array = None
+
+    def __enter__(self) -> OmeZarrPlanes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pyramid_shapes(yx: tuple[int, int], smallest: int = SMALLEST) -> list[tuple[int, int]]:
+    """(Y, X) of every level: level 0, then each halved (rounding up) until the larger side is <= ``smallest``."""
+    shapes = [tuple(int(n) for n in yx)]
+    while max(shapes[-1]) > smallest and min(shapes[-1]) > 1:
+        y, x = shapes[-1]
+        shapes.append(((y + 1) // 2, (x + 1) // 2))
+    return shapes
+
+
+def halve(plane: np.ndarray) -> np.ndarray:
+    """Y and X halved by the mean of each 2 x 2 block (an odd edge row or column averages what it has).
+
+    float32 for 8- and 16-bit integers and float32 (exact for the integers:
+    a sum of four fits float32's mantissa), float64 otherwise. Four strided
+    quarter-size sums, so the working memory is about one output level, not a
+    float copy of the input.
+    """
+    data = np.asarray(plane)
+    wide = data.dtype == np.float64 or (data.dtype.kind in "iu" and data.dtype.itemsize > 2)
+    work = np.float64 if wide else np.float32
+    y, x = data.shape[-2:]
+    if y % 2 or x % 2:  # edge-replicate to even sizes: the last block's mean is over its real pixels only
+        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, y % 2), (0, x % 2)], mode="edge")
+    total = data[..., 0::2, 0::2].astype(work)
+    total += data[..., 1::2, 0::2]
+    total += data[..., 0::2, 1::2]
+    total += data[..., 1::2, 1::2]
+    total *= work(0.25)
+    return total
+
+
+def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
+        info = np.iinfo(dtype) if dtype.kind != "b" else None
+        data = np.rint(data)
+        if info is not None:
+            data = np.clip(data, info.min, info.max)
+    return data.astype(dtype)
+
+
+def _output_axes(info: ImageInfo) -> list[dict]:
+    """The NGFF axes of an output: the input's when it was OME-Zarr, else from its tifffile letters."""
+    ngff = info.metadata.get("ngff")
+    if ngff is not None and len(ngff["axes"]) == len(info.shape):
+        return [dict(a) for a in ngff["axes"]]
+    letters = info.axes.lower()
+    if "s" in letters:
+        raise ValueError(f"{info.path.name}: colour samples (axes {info.axes}) have no OME-Zarr axis; "
+                         "write RGB images as TIFF (--format tiff)")
+    letters = letters.replace("q", "z").replace("i", "z")
+    if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
+        raise ValueError(f"{info.path.name}: axes {info.axes} cannot be written as OME-Zarr axes t, c, z, y, x")
+    if letters != "".join(a for a in "tczyx" if a in letters):
+        raise ValueError(f"{info.path.name}: axes {info.axes} are not in the OME-Zarr order T, C, Z, Y, X; "
+                         "write it as TIFF (--format tiff)")
+    unit = ngff_unit(info.unit)
+    axes = []
+    for a in letters:
+        axis: dict[str, Any] = {"name": a, "type": AXIS_TYPES[a]}
+        if a in "zyx" and unit is not None and unit in _FROM_NGFF:
+            axis["unit"] = unit
+        axes.append(axis)
+    return axes
+
+
+def output_transforms(info: ImageInfo, axes: list[dict]) -> tuple[list[float], list[float]]:
+    """Scale and translation of an output's level 0 (pixel sizes divided by the real size ratio, centres kept).
+
+    The input's transformation (``metadata["ngff"]``, or its pixel size) is
+    mapped with :func:`~diinn_napari.settings.overlay_placement`, the rule that
+    puts an upscaled napari layer over its source.
+    """
+    names = [a["name"].lower() for a in axes]
+    n = len(names)
+    ngff = info.metadata.get("ngff")
+    source_yx = info.metadata.get("source_yx") or list(info.yx)
+    ratio = [1.0] * n
+    ratio[-2], ratio[-1] = info.yx[0] / source_yx[0], info.yx[1] / source_yx[1]
+    if ngff is not None and len(ngff["scale"]) == n:
+        scale_in, translate_in = list(ngff["scale"]), list(ngff["translation"])
+    else:
+        scale_in, translate_in = [1.0] * n, [0.0] * n
+        source_size = info.metadata.get("source_pixel_size")
+        if source_size is None and info.pixel_size is not None:
+            source_size = (info.pixel_size[0] * ratio[-2], info.pixel_size[1] * ratio[-1])
+        if source_size is not None:
+            scale_in[-2], scale_in[-1] = float(source_size[0]), float(source_size[1])
+        if "t" in names and info.time_interval:
+            scale_in[names.index("t")] = float(info.time_interval)
+    if "z" in names and info.z_spacing is not None:
+        scale_in[names.index("z")] = float(info.z_spacing)  # Z resampled (--isotropic) or kept
+    if "translation" in info.metadata:  # given by the caller (the napari writer): the output's own
+        return scale_in, [float(v) for v in info.metadata["translation"]]
+    return overlay_placement(scale_in, translate_in, ratio)
+
+
+class PyramidWriter:
+    """An OME-Zarr image being written: level 0 plane by plane (or region by region), every lower level alongside.
+
+    ``PyramidWriter.create(path, info, record)`` makes the store and its
+    metadata; :meth:`write_plane` writes one plane of level 0 and the same
+    plane of every lower level. For block-wise writing (:meth:`write_region`),
+    a region aligned to the level-0 chunks of a size that divides by
+    ``2 ** levels`` gives exact lower levels too.
+    """
+
+    def __init__(self, group, info: ImageInfo, shapes: list[tuple[int, int]]):
+        self.group, self.info, self.shapes = group, info, shapes
+        self.arrays = [group[str(k)] for k in range(len(shapes))]
+
+    @classmethod
+    def create(cls, path: str | Path, info: ImageInfo, record: dict | None = None, *, zarr_format: int | None = None,
+               chunks: tuple[int, int] | None = None, smallest: int = SMALLEST) -> PyramidWriter:
+        """Create the store at ``path`` for the image ``info`` describes (shape, dtype, axes, sizes, metadata)."""
+        zarr = _zarr()
+        ngff = info.metadata.get("ngff") or {}
+        zarr_format = zarr_format or ngff.get("zarr_format") or 3
+        axes = _output_axes(info)
+        scale, translation = output_transforms(info, axes)
+        shapes = pyramid_shapes(info.yx, smallest)
+        chunk_yx = chunks or tuple(ngff.get("chunks_yx") or (DEFAULT_CHUNK, DEFAULT_CHUNK))
+        leading = tuple(info.shape[:-2])
+        group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+        datasets = []
+        for k, (y, x) in enumerate(shapes):
+            group.create_array(str(k), shape=leading + (y, x), dtype=info.dtype,
+                               chunks=(1,) * len(leading) + (min(chunk_yx[0], y), min(chunk_yx[1], x)),
+                               fill_value=0, **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2 else {}))
+            ratio = [1.0] * len(leading) + [y / shapes[0][0], x / shapes[0][1]]
+            level_scale, level_translation = overlay_placement(scale, translation, ratio)
+            datasets.append({"path": str(k), "coordinateTransformations": [
+                {"type": "scale", "scale": level_scale}, {"type": "translation", "translation": level_translation}]})
+        version = "0.5" if zarr_format == 3 else "0.4"
+        multiscale: dict[str, Any] = {"name": info.path.name, "axes": axes, "datasets": datasets,
+                                      "type": "mean", "metadata": {"method": "2 x 2 block mean",
+                                                                   "software": "diinn-napari"}}
+        ome: dict[str, Any] = {"multiscales": [multiscale]}
+        if version == "0.4":
+            multiscale["version"] = version
+        omero = _output_omero(info, axes)
+        if omero is not None:
+            ome["omero"] = omero
+        attrs: dict[str, Any] = {"ome": {"version": version, **ome}} if version == "0.5" else ome
+        if record is not None:
+            attrs[settings_record.RECORD_KEY] = record
+        group.attrs.update(attrs)
+        return cls(group, info, shapes)
+
+    @classmethod
+    def open(cls, path: str | Path, info: ImageInfo) -> PyramidWriter:
+        """An existing store made by :meth:`create` (a resumed or distributed write)."""
+        group = _zarr().open_group(str(path), mode="r+")
+        count = len(list(group.array_keys()))
+        return cls(group, info, pyramid_shapes(info.yx)[:count])
+
+    def write_plane(self, index: tuple[int, ...], plane: np.ndarray) -> None:
+        """Plane ``index`` (the leading axes) of level 0 and of every lower level."""
+        index = tuple(int(i) for i in index)
+        self.arrays[0][index] = plane
+        level = plane
+        for array in self.arrays[1:]:
+            level = _cast(halve(level), self.info.dtype)  # each level from the one above as stored
+            array[index] = level
+
+    def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray, *,
+                     levels_only: bool = False) -> None:
+        """A region of one plane at (y0, x0) of level 0 and the matching regions of the lower levels
+        (``levels_only``: level 0 holds it already)."""
+        index = tuple(int(i) for i in index)
+        h, w = data.shape[-2:]
+        if not levels_only:
+            self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
+        level = data
+        for k, array in enumerate(self.arrays[1:], start=1):
+            if y0 % 2 ** k or x0 % 2 ** k:
+                raise ValueError(f"region at ({y0}, {x0}) is not aligned to level {k}")
+            level = _cast(halve(level), self.info.dtype)
+            ly, lx = y0 >> k, x0 >> k
+            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = level
+
+
+def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
+    ngff = info.metadata.get("ngff")
+    names = [a["name"] for a in axes]
+    n_channels = info.shape[names.index("c")] if "c" in names else 1
+    if ngff is not None and ngff.get("omero"):
+        omero = json.loads(json.dumps(ngff["omero"]))
+        if len(omero.get("channels", [])) == n_channels:
+            return omero
+    if info.channel_names and len(info.channel_names) == n_channels:
+        return {"channels": [{"label": str(name), "active": True} for name in info.channel_names]}
+    return None
+
+
+class OmeZarrFormat:
+    """OME-Zarr images (the ``ImageFormat`` of ``.zarr`` folders)."""
+
+    name = "ome-zarr"
+    suffixes = (".zarr",)
+    kinds = (KIND,)
+    holds_stacks = True
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_dir():
+            return False
+        attrs, _ = _read_attrs(path)
+        if attrs is None:
+            return False
+        ome = _ome(attrs)
+        return "multiscales" in ome or "bioformats2raw.layout" in ome
+
+    def images(self, path: Path) -> list[Path]:
+        """The images of ``path``: itself, or each image of a bioformats2raw container (in series order)."""
+        attrs, _ = _read_attrs(path)
+        ome = _ome(attrs or {})
+        if "multiscales" in ome or "bioformats2raw.layout" not in ome:
+            return [path]
+        series = None
+        omeattrs, _ = _read_attrs(path / "OME")
+        if omeattrs is not None:
+            series = _ome(omeattrs).get("series")
+        if series is None:
+            series = sorted((p.name for p in path.iterdir() if p.name.isdigit() and self.detect(p)), key=int)
+        found = [path / str(s) for s in series if self.detect(path / str(s))]
+        if not found:
+            raise ValueError(f"{path.name}: a bioformats2raw container with no images")
+        return found
+
+    def read_info(self, path: Path) -> ImageInfo:
+        name = path.name
+        attrs, zarr_format = _read_attrs(path)
+        if attrs is None:
+            raise ValueError(f"{name}: not a zarr group")
+        ome = _ome(attrs)
+        if "multiscales" not in ome:
+            if "bioformats2raw.layout" in ome:
+                raise ValueError(f"{name}: a bioformats2raw container; give the folder itself to the batch tool "
+                                 f"(each image is an input) or one image, e.g. {name}/0")
+            raise ValueError(f"{name}: a zarr group without OME-Zarr multiscales metadata")
+        try:
+            multiscale = ome["multiscales"][0]
+            dataset = multiscale["datasets"][0]["path"]
+            array = _zarr().open_group(str(path), mode="r")[dataset]
+            shape, dtype = tuple(int(n) for n in array.shape), np.dtype(array.dtype)
+            chunks = tuple(int(n) for n in array.chunks)
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"{name}: incomplete OME-Zarr metadata ({type(err).__name__}: {err})") from err
+        axes = _axes(multiscale, len(shape), name)
+        names = "".join(a["name"].lower() for a in axes)
+        scale, translation = level0_transform(multiscale, len(shape))
+        info = ImageInfo(path, KIND, names.upper(), shape, dtype)
+        units = {a["name"].lower(): a.get("unit") for a in axes}
+        if any(scale[i] != 1.0 for i in (-2, -1)) or units.get("x"):
+            info.pixel_size = (scale[-2], scale[-1])
+        if units.get("x"):
+            info.unit = _FROM_NGFF.get(units["x"], units["x"])
+        if "z" in names:
+            info.z_spacing = scale[names.index("z")]
+        if "t" in names and (scale[names.index("t")] != 1.0 or units.get("t")):
+            info.time_interval = scale[names.index("t")]
+        omero = ome.get("omero")
+        if isinstance(omero, dict):
+            labels = [c.get("label") for c in omero.get("channels", [])]
+            if labels and all(labels):
+                info.channel_names = [str(label) for label in labels]
+        info.metadata["ngff"] = {"axes": axes, "scale": scale, "translation": translation, "dataset": dataset,
+                                 "zarr_format": zarr_format, "chunks_yx": list(chunks[-2:]),
+                                 "omero": omero if isinstance(omero, dict) else None,
+                                 "version": ome.get("version") or multiscale.get("version")}
+        return info
+
+    def open_planes(self, info: ImageInfo) -> OmeZarrPlanes:
+        return OmeZarrPlanes(info)
+
+    def read_array(self, path: Path) -> tuple[np.ndarray, str]:
+        info = self.read_info(path)
+        group = _zarr().open_group(str(path), mode="r")
+        return np.asarray(group[info.metadata["ngff"]["dataset"]][...]), info.axes
+
+    def output_name(self, path: Path) -> str:
+        parent_attrs, _ = _read_attrs(path.parent)
+        if parent_attrs is not None and "bioformats2raw.layout" in _ome(parent_attrs):
+            return f"{zarr_stem(path.parent)}_{path.name}.ome.zarr"
+        return path.name
+
+    def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
+        """Write ``planes`` (leading axes in C order) as a multiscale OME-Zarr image with its pyramid."""
+        writer = PyramidWriter.create(path, info, record)
+        for index, plane in zip(np.ndindex(*info.shape[:-2]), planes):
+            writer.write_plane(index, plane)
+
+    def read_record(self, path: Path) -> dict | None:
+        attrs, _ = _read_attrs(path)
+        value = (attrs or {}).get(settings_record.RECORD_KEY)
+        if isinstance(value, str):
+            return settings_record.decode(value)
+        return value if isinstance(value, dict) else None
+
+
+def zarr_stem(path: Path) -> str:
+    """A store's name without ``.ome.zarr`` / ``.zarr``."""
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def with_zarr_name(name: str) -> str:
+    """The OME-Zarr name of an output called ``name`` in another format (``a.tif`` -> ``a.ome.zarr``)."""
+    lower = name.lower()
+    if lower.endswith(".zarr"):
+        return name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] + ".ome.zarr"
+    return Path(name).stem + ".ome.zarr"
+
+
+
+class PyramidSink:
+    """Level 0 of a :class:`PyramidWriter` written piece by piece (any windows, e.g. the engine's tiles).
+
+    ``sink[index + (ys, xs)] = values`` writes level 0 there; once every pixel
+    of a block (the level-0 chunk, a multiple of ``2 ** (levels - 1)``) is
+    written, that block is read back alone and its lower-level regions are
+    written, so the pyramid fills in as tiles finish (no pass over the whole
+    level 0 at the end) and equals the one :meth:`PyramidWriter.write_plane`
+    makes. Memory: one block.
+    """
+
+    def __init__(self, writer: PyramidWriter):
+        self.writer, self.array = writer, writer.arrays[0]
+        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.block = tuple(int(n) for n in self.array.chunks[-2:])
+        step = 2 ** (len(writer.arrays) - 1)
+        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+            raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
+        self._covered: dict[tuple, int] = {}
+
+    def __setitem__(self, key: tuple, values: np.ndarray) -> None:
+        *index, ys, xs = key
+        index = tuple(int(i) for i in index)
+        self.array[key] = values
+        H, W = self.shape[-2:]
+        by, bx = self.block
+        for y in range(ys.start // by, (ys.stop - 1) // by + 1):
+            for x in range(xs.start // bx, (xs.stop - 1) // bx + 1):
+                y0, y1 = max(ys.start, y * by), min(ys.stop, (y + 1) * by)
+                x0, x1 = max(xs.start, x * bx), min(xs.stop, (x + 1) * bx)
+                cell = (index, y, x)
+                self._covered[cell] = self._covered.get(cell, 0) + (y1 - y0) * (x1 - x0)
+                full = (min(H, (y + 1) * by) - y * by) * (min(W, (x + 1) * bx) - x * bx)
+                if self._covered[cell] >= full:
+                    del self._covered[cell]
+                    self._finish(index, y * by, x * bx)
+
+    def _finish(self, index: tuple[int, ...], y0: int, x0: int) -> None:
+        by, bx = self.block
+        data = np.asarray(self.array[index + (slice(y0, y0 + by), slice(x0, x0 + bx))])
+        self.writer.write_region(index, y0, x0, data, levels_only=True)
+
+
+class BlockStore:
+    """A multiscale OME-Zarr image written one whole level-0 chunk (a *block*) at a time, resumable.
+
+    The engine (:meth:`diinn_napari.Engine.steps` with ``out=``) asks it for
+    :meth:`block_windows`, skips the blocks :meth:`is_done` names, and hands
+    every finished block to :meth:`write_block`: level 0's chunk is written
+    whole (never read back), the matching regions of the lower levels are
+    made from it, the chunk files are flushed to disk, then the block is
+    added to a ledger in the store (``.diinn-blocks``: one CRC-checked record
+    per block, flushed). A store left by a crash, a kill or a cancel is
+    opened again with :meth:`open` and the run goes on at the first block
+    the ledger lacks; the result is the same bit for bit (the same windows
+    are decoded). The header file (``.diinn-header``) holds what the blocks
+    were made with: :meth:`open` refuses a store of other work. :meth:`finish`
+    removes both files once every block is in.
+    """
+
+    LEDGER, HEADER = ".diinn-blocks", ".diinn-header"
+    _RECORD = struct.Struct("<QI")
+
+    def __init__(self, writer: PyramidWriter, header: bytes, *, durable: bool = True):
+        self.writer, self.array, self.header, self.durable = writer, writer.arrays[0], header, durable
+        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.root = Path(str(writer.group.store.root))  # a local store (the group opened from a path)
+        self.block = tuple(int(n) for n in self.array.chunks[-2:])
+        step = 2 ** (len(writer.arrays) - 1)
+        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+            raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
+        H, W = self.shape[-2:]
+        self._windows = [(y, min(H, y + self.block[0]), x, min(W, x + self.block[1]))
+                         for y in range(0, H, self.block[0]) for x in range(0, W, self.block[1])]
+        self._number = {w: i for i, w in enumerate(self._windows)}
+        self._leading = tuple(self.shape[:-2])
+        self.done: set[int] = set()
+
+    # ---- making and opening
+    @classmethod
+    def create(cls, path: str | Path, info: ImageInfo, header: bytes, record: dict | None = None, *,
+               chunks: tuple[int, int] | None = None, zarr_format: int | None = None, durable: bool = True) -> BlockStore:
+        """A new store at ``path`` (replacing anything there) for the image ``info`` describes."""
+        levels = len(pyramid_shapes(info.yx))
+        ngff = info.metadata.get("ngff") or {}
+        chunks = block_chunks(chunks or tuple(ngff.get("chunks_yx") or (BLOCK_CHUNK, BLOCK_CHUNK)), levels)
+        writer = PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks)
+        store = cls(writer, header, durable=durable)
+        root = Path(path)
+        (root / cls.HEADER).write_bytes(header)
+        (root / cls.LEDGER).write_bytes(b"")
+        if durable:
+            for folder, _, names in os.walk(root):
+                for name in names:
+                    fsync_file(Path(folder) / name)
+                fsync_folder(folder)
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, info: ImageInfo, header: bytes, *, durable: bool = True) -> BlockStore | None:
+        """The store at ``path`` with its finished blocks, or None when it is not this work (another header) or
+        not a complete store (made before its header was written)."""
+        root = Path(path)
+        try:
+            if (root / cls.HEADER).read_bytes() != header:
+                return None
+            writer = PyramidWriter.open(root, info)
+        except (OSError, ValueError, KeyError):
+            return None
+        if tuple(writer.arrays[0].shape) != tuple(info.shape) or np.dtype(writer.arrays[0].dtype) != info.dtype:
+            return None
+        store = cls(writer, header, durable=durable)
+        store.done = store._read_ledger()
+        return store
+
+    @staticmethod
+    def stored_header(path: str | Path) -> bytes | None:
+        """The header of the store at ``path``, or None."""
+        try:
+            return (Path(path) / BlockStore.HEADER).read_bytes()
+        except OSError:
+            return None
+
+    def _read_ledger(self) -> set[int]:
+        done, size = set(), self._RECORD.size
+        try:
+            data = (self.root / self.LEDGER).read_bytes()
+        except OSError:
+            return done
+        total = self.blocks_total
+        for offset in range(0, len(data) - size + 1, size):
+            number, crc = self._RECORD.unpack_from(data, offset)
+            if zlib.crc32(data[offset:offset + 8]) != crc or number >= total:
+                break  # a torn last record
+            done.add(int(number))
+        return done
+
+    # ---- what the engine asks
+    @property
+    def blocks_total(self) -> int:
+        return len(self._windows) * int(np.prod(self._leading, dtype=np.int64))
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        """The level-0 chunks of one plane as output windows (y0, y1, x0, x1), row by row."""
+        return list(self._windows)
+
+    def _flat(self, index: tuple[int, ...], window) -> int:
+        plane = int(np.ravel_multi_index(tuple(int(i) for i in index), self._leading)) if self._leading else 0
+        return plane * len(self._windows) + self._number[tuple(int(v) for v in window)]
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self._flat(index, window) in self.done
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray) -> None:
+        """Block ``window`` of plane ``index``: level 0 whole, the lower levels' regions, flushed, then recorded."""
+        index = tuple(int(i) for i in index)
+        y0, y1, x0, x1 = window
+        if data.shape[-2:] != (y1 - y0, x1 - x0):
+            raise ValueError(f"block {window} needs shape {(y1 - y0, x1 - x0)}, got {data.shape}")
+        self.writer.write_region(index, y0, x0, data)
+        number = self._flat(index, window)
+        root = self.root
+        if self.durable:
+            for k, array in enumerate(self.writer.arrays):
+                coords = index + ((y0 >> k) // int(array.chunks[-2]), (x0 >> k) // int(array.chunks[-1]))
+                chunk = root / array.path / array.metadata.encode_chunk_key(coords)
+                if chunk.exists():  # an all-zero chunk is not stored
+                    fsync_file(chunk)
+                    fsync_folder(chunk.parent)
+        record = struct.pack("<Q", number)
+        with open(root / self.LEDGER, "ab") as fh:
+            fh.write(self._RECORD.pack(number, zlib.crc32(record)))
+            fh.flush()
+            if self.durable:
+                os.fsync(fh.fileno())
+        self.done.add(number)
+
+    def finish(self, record: dict | None = None) -> None:
+        """Every block is in: store the final ``record`` (if given) and remove the ledger and header files."""
+        missing = self.blocks_total - len(self.done)
+        if missing:
+            raise RuntimeError(f"{missing} of {self.blocks_total} blocks are not written yet")
+        if record is not None:
+            self.writer.group.attrs[settings_record.RECORD_KEY] = record
+        (self.root / self.LEDGER).unlink(missing_ok=True)
+        (self.root / self.HEADER).unlink(missing_ok=True)
+
+
+def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
+    """Level-0 chunk sides rounded up to a multiple of ``2 ** (levels - 1)``, so blocks make exact lower levels."""
+    step = 2 ** max(0, levels - 1)
+    return tuple(int(-(-max(int(c), 1) // step) * step) for c in chunks)
+
+
+def level0(info: ImageInfo):
+    """The level-0 zarr array of the image ``info`` describes (read only)."""
+    return _zarr().open_group(str(info.path), mode="r")[info.metadata["ngff"]["dataset"]]
+
+
+def pixel_bands(array, index: tuple[int, ...] = (), budget: int = 4 << 20):
+    """Plane ``index`` of a zarr array as row bands of at most ``budget`` bytes, in order (C-order bytes of the
+    plane when concatenated: a checksum of the plane without holding it)."""
+    H, W = array.shape[-2:]
+    rows = max(1, budget // max(1, W * np.dtype(array.dtype).itemsize))
+    for y in range(0, H, rows):
+        yield np.asarray(array[tuple(index) + (slice(y, min(H, y + rows)),)])
+
+
+def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str | None = None,
+                 pixel_size: tuple[float, float] | None = None, unit: str | None = None,
+                 translation: list[float] | None = None, channel_names: list[str] | None = None,
+                 record: dict | None = None, chunks: tuple[int, int] = (DEFAULT_CHUNK, DEFAULT_CHUNK),
+                 zarr_format: int = 3) -> PyramidSink:
+    """A new multiscale OME-Zarr image at ``path`` to be filled piece by piece (``sink[...] = tile``).
+
+    axes: tifffile letters in T, C, Z, Y, X order (default: the last
+    ``len(shape)`` of "TCZYX"); ``pixel_size``/``unit``/``translation``: level
+    0's physical grid (translation per axis, NGFF's, i.e. the first pixel's centre).
+    """
+    axes = axes or "TCZYX"[5 - len(shape):]
+    info = ImageInfo(Path(path), KIND, axes.upper(), tuple(int(n) for n in shape), np.dtype(dtype),
+                     pixel_size=pixel_size, unit=unit, channel_names=channel_names)
+    if translation is not None:
+        info.metadata["translation"] = list(translation)
+    return PyramidSink(PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks))
+
+
+def open_multiscale(path: str | Path) -> list:
+    """The levels of an OME-Zarr image as lazy dask arrays, largest first (a napari multiscale layer's data)."""
+    import dask.array as da
+
+    info = OME_ZARR.read_info(Path(path))
+    group = _zarr().open_group(str(path), mode="r")
+    attrs = _ome(group.attrs.asdict())
+    return [da.from_zarr(group[d["path"]]) for d in attrs["multiscales"][0]["datasets"]] if info else []
+
+
+OME_ZARR = register(OmeZarrFormat())
