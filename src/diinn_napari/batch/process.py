@@ -25,7 +25,7 @@ from .. import io
 from . import stale
 from .job import Result, Settings
 from .partial import PartialFile
-from .plan import FilePlan, VolumePlan, plan_file
+from .plan import FilePlan, VolumePlan, plan_file, scale_for
 from .record import differences, pixel_digest
 
 Progress = Callable[[int], object]
@@ -90,6 +90,7 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
         except BaseException:
             partial.discard_if_empty()
             raise
+    notes += work.notes
     # the pixels' checksum, read back from the CRC-checked partial file, goes into the record the output carries;
     # a later skip verifies it
     record = dict(plan.record, pixels=pixel_digest(work.output_planes(partial)))
@@ -168,6 +169,16 @@ class PlaneWork:
 
     def __init__(self, plan: FilePlan, settings: Settings):
         self.plan, self.settings = plan, settings
+        self.adapted: list[bool] = []  # --self-adapt: per plane, whether the adapted copy beat the start on its strip
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.adapted:
+            return []
+        kept = self.adapted.count(False)
+        return [f"self-adapted to {len(self.adapted)} plane(s), {self.settings.self_adapt} steps each"
+                + (f"; on {kept} the adaptation did not beat the start on its check strip, so the start was used"
+                   if kept else "")]
 
     def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
         """The output planes from ``partial.start`` on."""
@@ -179,8 +190,29 @@ class PlaneWork:
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
         if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
             run = run.replace(nodata=info.nodata)
-        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb):
+        planes = _PlanesFrom(reader, partial.start)
+        if self.settings.self_adapt:
+            yield from self._adapted(planes, run)
+            return
+        for _, plane in engine.Engine(run).planes(planes, rgb=info.rgb):
             yield plane
+
+    def _adapted(self, planes: _PlanesFrom, run) -> Iterator[np.ndarray]:
+        """Each plane upscaled by a copy of the model adapted to that plane (``--self-adapt``).
+
+        Plane by plane, so a resumed file adapts its next plane as a fresh run would.
+        """
+        from .. import engine
+        from ..train.self_adapt import adapt_plane
+
+        info, steps = self.plan.info, self.settings.self_adapt
+        factors = scale_for(info, self.settings)
+        for i in range(planes.shape[0]):
+            plane = np.asarray(planes[i])
+            adapted = adapt_plane(plane, factors, run, steps, rgb=info.rgb)
+            self.adapted.append(adapted.improved)
+            (_, out), = engine.Engine(run.replace(model=adapted.model)).planes(plane, rgb=info.rgb)
+            yield out
 
     def finish(self, partial: PartialFile) -> None:
         pass
@@ -200,6 +232,7 @@ class VolumeWork:
     def __init__(self, plan: FilePlan, settings: Settings):
         self.plan, self.settings = plan, settings
         self.volumes: VolumePlan = plan.volumes
+        self.notes: list[str] = []
 
     def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
         """The output volumes from ``partial.start`` on, one input volume in memory at a time."""
