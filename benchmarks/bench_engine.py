@@ -5,6 +5,7 @@
     python benchmarks/bench_engine.py --threads 1,2          # thread counts, one run
     python benchmarks/bench_engine.py --modes fast,reference,textbook   # + the slower decoders
     python benchmarks/bench_engine.py --compare-src /tmp/old/src        # + another source tree, same run
+    python benchmarks/bench_engine.py --consistency 0,2     # the cost of the data-consistency step
     python benchmarks/bench_engine.py --big 1024,2048        # + BIG x BIG -> x4 jobs: time and max RSS
     python benchmarks/bench_engine.py --device cuda          # + the paper's Table 4 sizes on the GPU
     python benchmarks/bench_engine.py --json bench.json      # everything as JSON too
@@ -61,6 +62,8 @@ if a["precision"] != "fp32":
     kwargs["precision"] = a["precision"]
 if a.get("tile"):
     kwargs["tile_size"] = a["tile"]
+if a.get("consistency") is not None:
+    kwargs["consistency"] = a["consistency"]
 
 def sync():
     if dev.type == "cuda":
@@ -211,6 +214,8 @@ def main() -> None:
     p.add_argument("--compare-src", action="append", default=[],
                    help="also measure the package found in this source folder (e.g. an older checkout's src/)")
     p.add_argument("--big", default="", help="comma-separated BIG sizes: BIG x BIG -> x4 jobs, 1 repeat each")
+    p.add_argument("--consistency", default="",
+                   help="comma-separated back-projection settings to time, e.g. 0,2 (default: the engine's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write all results to this file")
     a = p.parse_args()
@@ -222,6 +227,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, default {torch.get_num_threads()} threads, device {a.device}")
     srcs = [None] + a.compare_src
     n = a.size
+    consistency = _ints(a.consistency) or [None]
     for threads in _ints(a.threads):
         for scale in _ints(a.scales):
             print(f"== {n}x{n} -> x{scale} ({n * scale}x{n * scale}), 1 channel, EDSR-baseline + 4 x 256 decoder,"
@@ -230,11 +236,13 @@ def main() -> None:
                 for precision in a.precision.split(","):
                     if mode != "fast" and precision != "fp32":
                         continue
-                    for src in srcs:
-                        name = f"{mode} {precision}" + (f" [{src}]" if src else "")
+                    for src, steps in ((src, k) for src in srcs for k in consistency):
+                        name = (f"{mode} {precision}" + (f" consistency {steps}" if steps is not None else "")
+                                + (f" [{src}]" if src else ""))
                         try:
                             r = measure(src, size=n, scale=scale, mode=mode, precision=precision, device=a.device,
-                                        repeat=a.repeat, threads=threads)
+                                        repeat=a.repeat, threads=threads,
+                                        **({} if steps is None else {"consistency": steps}))
                         except RuntimeError as err:  # e.g. an older tree without this precision: say so, go on
                             print(f"{name:<40} failed: {str(err).strip().splitlines()[-1]}", flush=True)
                             continue

@@ -1,16 +1,24 @@
-"""Fidelity of the gray model on held-aside scientific images: bias, clipping, PSNR vs bicubic, LR-consistency.
+"""Fidelity of the gray model: bias, clipping, holes, PSNR vs bicubic and LR-consistency, per image.
 
-    python benchmarks/fidelity.py ../shared/data/domains [--scales 2,3,4] [--consistency 0,2] [--crop 256]
-        [--model default] [--json fidelity.json]
+    python benchmarks/fidelity.py ../shared/data/domains [--scales 2,3,4] [--consistency 2] [--crop 256]
+        [--sets held,dark,synthetic] [--model default] [--json fidelity.json]
 
-Images: the files of ``DOMAINS/*`` that the model's weights metadata lists as
-held aside (``val_files``, matched by folder and file name), first plane of
-each (luminance for RGB files, rounded to their dtype), a centre crop of
-``--crop`` pixels; plus a synthetic sparse fluorescence plane
-(:func:`diinn_napari.quality.sparse_fluorescence`: Poisson spots on a dark,
-noisy background).
+Images (first plane of each file, luminance for RGB files rounded to their
+dtype, a centre crop of ``--crop`` pixels), in three sets:
 
-Two checks per image, scale and consistency setting, all in the image's own
+* ``held``: the files of ``DOMAINS/*`` the model never trained on: those its
+  weights metadata lists as held aside (``val_files``, matched by folder and
+  file name) and every file of a domain folder that is not among its
+  training ``data`` folders (e.g. ``transmitted/``);
+* ``dark``: dark-background fluorescence of ``DOMAINS/microscopy`` (median
+  within 10 % of the robust range above p0.1), trained on or not; the
+  hole checks need no generalisation;
+* ``synthetic``: :func:`~diinn_napari.quality.dark_fluorescence` (uint8 and
+  uint16), :func:`~diinn_napari.quality.sparse_fluorescence` and
+  :func:`~diinn_napari.quality.few_levels` planes (8 and 13 levels, 16-bit;
+  32 levels, 8-bit).
+
+Two checks per image, scale and consistency setting, in the image's own
 dtype and units, through the engine with its default intensity handling
 (the path a user takes):
 
@@ -19,8 +27,11 @@ dtype and units, through the engine with its default intensity handling
   to the crop's size. PSNR on the crop's robust range (p99.9 - p0.1), mean
   bias in % of it, and the fraction of pixels clipped at the dtype's limits
   where the crop is not.
-* real use: the crop itself upscaled, downsampled back, compared with the
-  crop (LR-consistency PSNR and bias; :func:`diinn_napari.evaluate.real_scores`).
+* real use: the crop itself upscaled (in its dtype, and as float32), then
+  downsampled back and compared with the crop: LR-consistency PSNR and bias;
+  undershoot (output below the crop's minimum minus 1 % of its robust range)
+  and new zeros (output at or below 0 where the input is above 0), for the
+  model and for bicubic (:func:`diinn_napari.evaluate.real_scores`).
 """
 
 from __future__ import annotations
@@ -37,16 +48,24 @@ import torch.nn.functional as F
 from diinn_napari.engine import get_model, upscale
 from diinn_napari.core import cast
 from diinn_napari.evaluate import load_native, real_scores
-from diinn_napari.quality import (clipped_fraction, downsample_array, mean_bias_percent, psnr, robust_range,
-                                  sparse_fluorescence)
+from diinn_napari.quality import (clipped_fraction, dark_fluorescence, downsample_array, few_levels,
+                                  mean_bias_percent, psnr, robust_range, sparse_fluorescence)
 from diinn_napari.weights import read_metadata, resolve
 
 
 def held_aside(domains: Path, model: str) -> list[Path]:
-    """Files under ``domains`` that the weights' metadata lists in ``val_files`` (matched by folder/name)."""
-    listed = read_metadata(resolve(model, 1)).get("val_files", [])
-    keys = {tuple(Path(f).parts[-2:]) for f in listed}
-    return sorted(p for p in domains.glob("*/*") if p.is_file() and tuple(p.parts[-2:]) in keys)
+    """Files under ``domains`` the model never trained on: its ``val_files`` and untrained domain folders."""
+    meta = read_metadata(resolve(model, 1))
+    keys = {tuple(Path(f).parts[-2:]) for f in meta.get("val_files", [])}
+    trained = {Path(d).name for d in meta.get("data", [])}
+    return sorted(p for p in domains.glob("*/*") if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png")
+                  and (tuple(p.parts[-2:]) in keys or p.parent.name not in trained))
+
+
+def is_dark_background(plane: np.ndarray) -> bool:
+    """Most pixels near the floor: median within 10 % of the robust range above p0.1."""
+    lo, median, hi = np.percentile(plane, (0.1, 50, 99.9))
+    return hi > lo and (median - lo) <= 0.1 * (hi - lo)
 
 
 def centre_crop(plane: np.ndarray, size: int) -> np.ndarray:
@@ -71,12 +90,35 @@ def ground_truth_scores(hr: np.ndarray, scale: float, net, consistency: int) -> 
     }
 
 
+def collect(domains: Path, model: str, sets: list[str], crop: int) -> list[tuple[str, str, np.ndarray]]:
+    """(set, name, plane) of every image of ``sets``."""
+    images = []
+    held = held_aside(domains, model)
+    if "held" in sets:
+        images += [("held", f"{f.parent.name}/{f.name}", centre_crop(load_native(f, 1), crop)) for f in held]
+    if "dark" in sets:
+        for f in sorted((domains / "microscopy").glob("*")):
+            plane = load_native(f, 1) if f.suffix.lower() in (".tif", ".tiff", ".png") else None
+            if plane is not None and is_dark_background(plane):
+                images.append(("dark" if f not in held else "dark,held", f"microscopy/{f.name}", centre_crop(plane, crop)))
+    if "synthetic" in sets:
+        images += [("synthetic", "dark_fluorescence uint16", dark_fluorescence((crop, crop), np.uint16, 1)),
+                   ("synthetic", "dark_fluorescence uint8", dark_fluorescence((crop, crop), np.uint8, 2)),
+                   ("synthetic", "sparse_fluorescence", sparse_fluorescence((crop, crop))),
+                   ("synthetic", "few_levels 8, uint16", few_levels((crop, crop), 8, np.uint16, 3)),
+                   ("synthetic", "few_levels 13, uint16", few_levels((crop, crop), 13, np.uint16, 4)),
+                   ("synthetic", "few_levels 32, uint8", few_levels((crop, crop), 32, np.uint8, 5))]
+    return images
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("domains", type=Path, help="folder with the domain folders (microscopy, thermal, satellite)")
+    p.add_argument("domains", type=Path, help="folder with the domain folders (microscopy, thermal, satellite, transmitted)")
     p.add_argument("--scales", default="2,3,4", help="comma-separated scales")
-    p.add_argument("--consistency", default="0,2", help="comma-separated back-projection settings to compare")
+    p.add_argument("--consistency", default="2", help="comma-separated back-projection settings to compare")
     p.add_argument("--crop", type=int, default=256, help="centre crop of each plane, in pixels")
+    p.add_argument("--sets", default="held,dark,synthetic", help="comma-separated: held, dark, synthetic")
+    p.add_argument("--no-ground-truth", action="store_true", help="real-use checks only (faster)")
     p.add_argument("--model", default="default", help="gray model: 'default', a bundled name or a weights file")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write all rows here")
@@ -85,36 +127,45 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in a.scales.split(",")]
     settings = [int(k) for k in a.consistency.split(",")]
     net = get_model(a.model, 1, "cpu")
-    files = held_aside(a.domains, a.model)
-    if not files:
-        print(f"error: no held-aside files of the model under {a.domains}", file=sys.stderr)
+    images = collect(a.domains, a.model, a.sets.split(","), a.crop)
+    if not images:
+        print(f"error: no images of the sets {a.sets} under {a.domains}", file=sys.stderr)
         return 2
-    images = [(f"{f.parent.name}/{f.name}", centre_crop(load_native(f, 1), a.crop)) for f in files]
-    images.append(("synthetic/sparse_fluorescence", sparse_fluorescence((a.crop, a.crop))))
     rows = []
-    head = (f"{'image':<52} {'dtype':>7} {'scale':>5} {'cons':>4} {'bicubic':>8} {'model':>7} {'gain':>6} "
-            f"{'bias %':>7} {'bic bias %':>10} {'clip %':>7} {'bic clip %':>10} {'real LR-PSNR':>12} {'real bias %':>11}")
-    print(head)
-    for name, plane in images:
+    print(f"{'set':<9} {'image':<46} {'dtype':>7} {'scale':>5} {'cons':>4} {'bicubic':>8} {'model':>7} {'gain':>6} "
+          f"{'bias %':>7} {'clip %':>7} {'bic clip %':>10} | {'LR-PSNR':>7} {'bias %':>7} {'under %':>7} "
+          f"{'float under %':>13} {'zeros %':>7} {'bic zeros %':>11}")
+    for group, name, plane in images:
         for scale in scales:
             for k in settings:
-                gt = ground_truth_scores(plane, scale, net, k)
+                gt = {} if a.no_ground_truth else ground_truth_scores(plane, scale, net, k)
                 real = real_scores(plane, scale, net, consistency=k)
-                row = {"image": name, "dtype": str(plane.dtype), "scale": scale, "consistency": k, **gt,
-                       "gain": gt["psnr"] - gt["bicubic_psnr"], "real_lr_psnr": real["lr_psnr"],
-                       "real_bias": real["bias"], "real_bicubic_lr_psnr": real["bicubic_lr_psnr"],
-                       "real_clipped": real["clipped"]}
+                floats = real_scores(plane, scale, net, consistency=k, out_dtype=np.float32)
+                row = {"set": group, "image": name, "dtype": str(plane.dtype), "scale": scale, "consistency": k, **gt,
+                       "gain": gt["psnr"] - gt["bicubic_psnr"] if gt else float("nan"),
+                       **{f"real_{key}": value for key, value in real.items()},
+                       "real_float_undershoot": floats["undershoot"], "real_float_new_zeros": floats["new_zeros"],
+                       "real_float_lr_psnr": floats["lr_psnr"], "real_float_bias": floats["bias"]}
                 rows.append(row)
-                print(f"{name[:52]:<52} {row['dtype']:>7} {scale:>5g} {k:>4} {gt['bicubic_psnr']:8.2f} {gt['psnr']:7.2f} "
-                      f"{row['gain']:+6.2f} {gt['bias']:+7.3f} {gt['bicubic_bias']:+10.3f} {100 * gt['clipped']:7.3f} "
-                      f"{100 * gt['bicubic_clipped']:10.3f} {real['lr_psnr']:12.2f} {real['bias']:+11.3f}", flush=True)
-    print("\nworst over images, per scale and consistency setting:")
-    print(f"{'scale':>5} {'cons':>4} {'min gain':>8} {'max |bias| %':>12} {'max clip %':>10} {'min real LR-PSNR':>16}")
-    for scale in scales:
-        for k in settings:
-            sel = [r for r in rows if r["scale"] == scale and r["consistency"] == k]
-            print(f"{scale:>5g} {k:>4} {min(r['gain'] for r in sel):+8.2f} {max(abs(r['bias']) for r in sel):12.3f} "
-                  f"{100 * max(r['clipped'] for r in sel):10.3f} {min(r['real_lr_psnr'] for r in sel):16.2f}")
+                nan = float("nan")
+                print(f"{group:<9} {name[:46]:<46} {row['dtype']:>7} {scale:>5g} {k:>4} {gt.get('bicubic_psnr', nan):8.2f} "
+                      f"{gt.get('psnr', nan):7.2f} {row['gain']:+6.2f} {gt.get('bias', nan):+7.3f} "
+                      f"{100 * gt.get('clipped', nan):7.3f} {100 * gt.get('bicubic_clipped', nan):10.3f} | "
+                      f"{real['lr_psnr']:7.2f} {real['bias']:+7.3f} {100 * real['undershoot']:7.3f} "
+                      f"{100 * floats['undershoot']:13.3f} {100 * real['new_zeros']:7.3f} "
+                      f"{100 * real['bicubic_new_zeros']:11.3f}", flush=True)
+    print("\nworst over images, per set, scale and consistency setting:")
+    print(f"{'set':<9} {'scale':>5} {'cons':>4} {'min gain':>8} {'max |bias| %':>12} {'max clip %':>10} "
+          f"{'min LR-PSNR':>11} {'max under %':>11} {'max float under %':>17} {'max zeros %':>11}")
+    for group in dict.fromkeys(r["set"] for r in rows):
+        for scale in scales:
+            for k in settings:
+                sel = [r for r in rows if r["set"] == group and r["scale"] == scale and r["consistency"] == k]
+                gains = [r["gain"] for r in sel if r["gain"] == r["gain"]]
+                print(f"{group:<9} {scale:>5g} {k:>4} {min(gains) if gains else float('nan'):+8.2f} "
+                      f"{max(abs(r.get('bias', 0)) for r in sel):12.3f} {100 * max(r.get('clipped', 0) for r in sel):10.3f} "
+                      f"{min(r['real_float_lr_psnr'] for r in sel):11.2f} {100 * max(r['real_undershoot'] for r in sel):11.3f} "
+                      f"{100 * max(r['real_float_undershoot'] for r in sel):17.3f} {100 * max(r['real_new_zeros'] for r in sel):11.3f}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0

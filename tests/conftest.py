@@ -40,3 +40,11 @@ def other_gray_weights(tmp_path_factory) -> str:
     """A second tiny gray model (seed 1): different weights, same architecture."""
     from diinn_napari.weights import save_weights
     return str(save_weights(tiny_model(seed=1), tmp_path_factory.mktemp("weights") / "other.safetensors"))
+
+
+@pytest.fixture(autouse=True)
+def remembered_settings(tmp_path, monkeypatch):
+    """The widget remembers its settings in a file of each test's own, never in the user's config folder."""
+    path = tmp_path / "diinn-widget.json"
+    monkeypatch.setenv("DIINN_NAPARI_SETTINGS", str(path))
+    return path

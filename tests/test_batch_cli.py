@@ -129,3 +129,11 @@ def test_a_run_where_the_model_fails_every_file_leaves_no_output_folder(tmp_path
     assert batch.main([str(src), "--scale", "2", "--out", str(tmp_path / "out"), "--model", str(gray_weights)]) == 1
     assert "1-channel" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_ensemble_with_isotropic_is_refused_before_creating_anything(tmp_path, image, gray_weights):
+    out = tmp_path / "out"
+    done = cli(str(image), "--isotropic", "--z-step", "2", "--ensemble", "--out", str(out), "--model", str(gray_weights))
+    assert done.returncode == 2
+    assert "--ensemble" in done.stderr and "--isotropic" in done.stderr
+    assert not out.exists()

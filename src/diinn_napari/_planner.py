@@ -41,7 +41,9 @@ class Source:
 
     shape: the data's shape, colour samples last when ``rgb``; scale and
     translate: napari's, one per spatial axis (the pixel size and the
-    position of pixel 0 in world units).
+    position of pixel 0 in world units); path: the file napari read it
+    from (``layer.source.path``), if any; result_of: for a layer that is
+    itself a DIINN result, the name of the layer it was made from.
     """
 
     name: str
@@ -50,6 +52,8 @@ class Source:
     rgb: bool = False
     scale: tuple[float, ...] | None = None
     translate: tuple[float, ...] | None = None
+    path: str | None = None
+    result_of: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
@@ -66,7 +70,11 @@ class Source:
     def of(cls, layer) -> Source:
         """The source of a napari image layer (its level 0 when multiscale)."""
         data = layer.data[0] if layer.multiscale else layer.data
-        return cls(layer.name, tuple(data.shape), data.dtype, bool(layer.rgb), tuple(layer.scale), tuple(layer.translate))
+        path = getattr(getattr(layer, "source", None), "path", None)
+        made = layer.metadata.get("diinn") if isinstance(layer.metadata, dict) else None
+        result_of = str(made.get("source", "?")) if isinstance(made, dict) else None
+        return cls(layer.name, tuple(data.shape), data.dtype, bool(layer.rgb), tuple(layer.scale), tuple(layer.translate),
+                   None if path is None else str(path), result_of)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -94,6 +102,7 @@ class Request:
     z_target: float = 0.0  # isotropic voxels: output Z step (0 = the XY pixel size)
     z_consistency: int = 0  # isotropic voxels: back-projection steps along Z
     adapt_steps: int = 0  # isotropic voxels: self-supervised steps on the stack first (0 = none)
+    ensemble: bool = False  # plane-wise modes: geometric self-ensemble (8 flips/transposes, about 8x the time)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,11 @@ class RunPlan:
     def describe(self, device: str) -> str:
         """The widget's info line: output shape, dtype, memory and device (and Z for isotropic voxels)."""
         text = f"output {' x '.join(map(str, self.shape))} {self.dtype}, {self.nbytes / 2**20:,.1f} MiB, on {device}"
+        if self.run.ensemble:
+            text += ", self-ensemble (about 8x the time)"
+        if self.source.result_of is not None:
+            text = (f"{self.source.name!r} is itself a DIINN result (of {self.source.result_of!r}): Run upscales the "
+                    f"upscaled image again; {text}")
         if self.isotropic is not None:
             text += f"; {self.isotropic.describe()}"
             if self.adapt_steps:
@@ -154,7 +168,7 @@ def plan_run(source: Source, request: Request) -> RunPlan:
         size = {"pixel_size": request.pixel_size}
     else:
         size = {"output_shape": tuple(request.output_shape)}
-    run = run_settings(source, request, request.consistency).replace(**size)
+    run = run_settings(source, request, request.consistency).replace(ensemble=bool(request.ensemble), **size)
     in_yx = tuple(shape[-2:])
     out = run.output_yx(in_yx, input_pixel_size=source.scale[-2:])
     run = run.replace(output_shape=out)  # the size this run resolved to
@@ -163,7 +177,10 @@ def plan_run(source: Source, request: Request) -> RunPlan:
     colour = (source.shape[-1],) if source.rgb else ()
     ratio = (out[0] / in_yx[0], out[1] / in_yx[1])
     record = {"source": source.name, "size_mode": request.size_mode, "size_ratio": list(ratio), **run.record(),
-              "output_dtype": str(dtype), "trust_map": bool(request.trust_map), "plane_only": bool(request.plane_only)}
+              "output_dtype": str(dtype), "trust_map": bool(request.trust_map), "plane_only": bool(request.plane_only),
+              "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb}
+    if request.plane_only:
+        record["plane"] = list(_plane(request.plane, shape))
     return RunPlan(source, in_yx, out, ratio, tuple(leading) + out + colour, dtype, run, record,
                    trust_map=bool(request.trust_map), plane_only=bool(request.plane_only),
                    plane=_plane(request.plane, shape), units_total=int(np.prod(leading, dtype=np.int64)))
@@ -209,7 +226,8 @@ def _isotropic_plan(source: Source, request: Request) -> RunPlan:
     record = {"source": name, "size_mode": ISOTROPIC, **run.record(), "spacing_in": list(iso.spacing),
               "z_step_in": iso.z_step, "z_step_out": iso.target, "target_z_step": target,
               "z_planes": [int(shape[-3]), iso.planes], "fusion": "mean", "output_dtype": str(dtype),
-              "adapt_steps": steps, "axial_sigma": sigma}
+              "adapt_steps": steps, "axial_sigma": sigma, "source_path": source.path, "source_shape": list(source.shape),
+              "rgb": source.rgb}
     yx = tuple(shape[-2:])
     return RunPlan(source, yx, yx, (1.0, 1.0), iso.output_shape, dtype, run, record, plane=_plane(request.plane, shape),
                    unit="rows", units_total=int(np.prod(shape[:-3], dtype=np.int64)) * int(shape[-2]),

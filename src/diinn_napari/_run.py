@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,7 +194,18 @@ class _Run:
         self.shown_end = False
         self.progress = None  # napari.utils.progress of the current phase
         self.phase: Phase | None = None
+        self.phase_start: tuple[float, int] | None = None  # (time, steps done) when the phase's first update came
         self.syncing = self.again = False
+
+
+def time_left(start: tuple[float, int] | None, now: float, done: int, total: int) -> str:
+    """", about 12 s left" from the pace since ``start`` (time, steps done then); "" until there is a pace."""
+    if start is None or done <= start[1] or total <= done:
+        return ""
+    seconds = (now - start[0]) / (done - start[1]) * (total - done)
+    if seconds >= 90:
+        return f", about {seconds / 60:.0f} min left"
+    return f", about {max(1, round(seconds))} s left"
 
 
 class RunController:
@@ -218,6 +230,7 @@ class RunController:
         self.worker_factory = worker_factory
         self.state = RunState.IDLE
         self._run: _Run | None = None
+        self.progress_text = ""  # what the activity bar says now (its description)
 
     @property
     def busy(self) -> bool:
@@ -326,12 +339,29 @@ class RunController:
             self._show_progress(run, run.last)
 
     def _show_progress(self, run: _Run, update: RunUpdate) -> None:
+        """The one place for progress: a bar of the current plane's tiles (of all steps for a single plane, of
+        the whole run for isotropic voxels), named with the planes done of planes and an estimate of the time left."""
         from napari.utils import progress
 
+        now = time.perf_counter()
         if run.progress is None or update.phase is not run.phase:
             self._close_progress(run)
-            run.progress, run.phase = progress(total=update.total, desc=f"DIINN {update.phase.value}"), update.phase
-        run.progress.update(update.done - run.progress.n)
+            run.progress, run.phase = progress(total=1, desc=f"DIINN {update.phase.value}"), update.phase
+            run.phase_start = (now, update.done)
+        n, total = update.done, update.total
+        planes = run.plan.units_total if run.plan.unit == "planes" and update.phase is Phase.UPSCALING else 1
+        desc = f"DIINN {update.phase.value}"
+        if planes > 1 and total % planes == 0:  # a stack: the bar counts the tiles of the current plane
+            per_plane = total // planes
+            current = min(n // per_plane, planes - 1) if n < total else planes - 1
+            n, total = n - current * per_plane, per_plane
+            desc += f", plane {current + 1} of {planes} ({run.units_done} done), tiles"
+        desc += time_left(run.phase_start, now, update.done, update.total)
+        self.progress_text = desc
+        if run.progress.total != total:
+            run.progress.total = total
+        run.progress.set_description(desc)
+        run.progress.update(n - run.progress.n)
 
     @staticmethod
     def _close_progress(run: _Run) -> None:

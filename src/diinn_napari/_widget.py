@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
+from . import _remember
 from ._layers import current_plane, is_preview, visible_corners
 from ._planner import AUTO_MODEL, DTYPES, ISOTROPIC, SIZE_MODES, Request, RunPlan, Source, plan_run, visible_window
 from ._preview import PreviewController
@@ -36,6 +37,18 @@ if TYPE_CHECKING:
     import napari
 
 BROWSE = "Browse..."
+RESULT_MARK = "  [DIINN result]"  # how the image selector marks a layer that is itself a DIINN result
+FOLLOW_DELAY_MS = 300  # follow the view: preview again this long after the last camera change
+# The controls whose values are remembered across napari sessions (by attribute name).
+REMEMBERED = ("size_mode", "factor_y", "factor_x", "same_factor", "pixel_size", "output_y", "output_x", "z_target",
+              "model", "z_consistency", "adapt", "adapt_steps", "device", "tile_size", "intensity", "out_dtype",
+              "precision", "consistency", "ensemble", "trust_map", "plane_only", "follow")
+
+
+def is_result(layer) -> bool:
+    """Whether a layer is itself a DIINN result (a run's output, not a preview)."""
+    meta = getattr(layer, "metadata", None)
+    return isinstance(meta, dict) and isinstance(meta.get("diinn"), dict) and not is_preview(layer)
 
 
 class DIINNWidget(Container):
@@ -47,29 +60,82 @@ class DIINNWidget(Container):
         self._model_files: list[str] = []
         self.controller = RunController(napari_viewer)
         self.previews = PreviewController(napari_viewer)
-        self.layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
-        self.model = ComboBox(label="model", choices=self._model_choices, value=AUTO_MODEL)
+        self.layer = ComboBox(label="image", choices=self._image_layers, nullable=True,
+                              tooltip=f"the source; a layer marked{RESULT_MARK} is itself a DIINN result")
+        self.model = ComboBox(label="model", choices=self._model_choices, value=AUTO_MODEL,
+                              tooltip="auto: the bundled gray or RGB model by the layer; or a weights file (Browse...)")
         self.info = Label(value="")
-        self.preview_button = PushButton(text="Preview (visible region)")
+        self.preview_button = PushButton(text="Preview (visible region)",
+                                         tooltip="decode what the canvas shows of the current plane, at the output size")
+        self.follow = CheckBox(text="follow the view", value=False,
+                               tooltip=f"preview again {FOLLOW_DELAY_MS} ms after the camera stops moving")
+        self.copy_python = PushButton(text="Copy as Python", tooltip="the upscale(...) call that makes the selected "
+                                                                     "DIINN layer (or the last result)")
+        self.copy_command = PushButton(text="Copy as command", tooltip="the python -m diinn_napari.batch line that "
+                                                                       "makes it from the source file")
         self.run_button = PushButton(text="Run")
-        self.extend([self.layer, *self._size_controls(), *self._isotropic_controls(), self.model, *self._options(),
-                     self.info, self.preview_button, self.run_button])
+        copies = Container(widgets=[self.copy_python, self.copy_command], layout="horizontal", labels=False)
+        copies.margins = (0, 0, 0, 0)
+        self.copied = ""  # the last text copied to the clipboard
+        size = self._size_controls()
+        self.advanced = Container(widgets=[*self._isotropic_controls(), *self._options()])
+        self.extend([self.layer, *size, self.model, self.info, self.preview_button, self.follow, copies,
+                     self.run_button])
+        self._defaults = {name: getattr(self, name).value for name in REMEMBERED}
+        self.advanced_group = self._collapsible(self.advanced, after=self.model)
         for control in (self.layer, self.size_mode, self.factor_y, self.factor_x, self.same_factor, self.pixel_size,
                         self.output_y, self.output_x, self.z_target, self.adapt, self.adapt_steps, self.device,
-                        self.out_dtype, self.plane_only):
+                        self.out_dtype, self.plane_only, self.ensemble):
             control.changed.connect(self._update)
         self.model.changed.connect(self._on_model)
         self.run_button.clicked.connect(self._on_run_button)
         self.preview_button.clicked.connect(self.preview)
+        self.copy_python.clicked.connect(lambda _=None: self.copy("python"))
+        self.copy_command.clicked.connect(lambda _=None: self.copy("command"))
+        self.restore_button.clicked.connect(self.restore_defaults)
         self.controller.state_changed.connect(self._on_state)
         self.previews.shown.connect(self._on_preview_shown)
         layers = napari_viewer.layers
         layers.events.inserted.connect(self._on_layers_changed)
         layers.events.removed.connect(self._on_layers_changed)
         layers.selection.events.active.connect(self._follow_selection)
+        self._follow_timer = self._camera_timer()
+        camera = napari_viewer.scene.camera if hasattr(napari_viewer, "scene") else napari_viewer.camera  # napari 0.9
+        camera.events.connect(self._on_camera)
+        napari_viewer.dims.events.current_step.connect(self._on_camera)
+        self.follow.changed.connect(self._on_follow)
+        self._restoring = True
+        self._restore(_remember.load())
+        self._restoring = False
+        for name in REMEMBERED:
+            getattr(self, name).changed.connect(self._remember)
         self._on_layers_changed()
         self._follow_selection()
         self._update()
+
+    def _collapsible(self, container: Container, after):
+        """Put ``container`` in a collapsed *Advanced* group below the control ``after`` (magicgui has no such group)."""
+        from superqt import QCollapsible
+
+        group = QCollapsible("Advanced")
+        group.setToolTip("tile size, intensity, dtype, precision, consistency, ensemble, trust map, device, ...")
+        group.addWidget(container.native)
+        group.collapse(animate=False)
+        layout = self._widget._layout
+        anchor = after.native
+        index = next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
+                     and (layout.itemAt(i).widget() is anchor or layout.itemAt(i).widget().isAncestorOf(anchor)))
+        layout.insertWidget(index + 1, group)
+        return group
+
+    def _camera_timer(self):
+        from qtpy.QtCore import QTimer
+
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.setInterval(FOLLOW_DELAY_MS)
+        timer.timeout.connect(self._on_camera_settled)
+        return timer
 
     # ---- the controls ------------------------------------------------------------------------------
     def _size_controls(self) -> list:
@@ -114,8 +180,13 @@ class DIINNWidget(Container):
                                            "the output gives back the input")
         self.trust_map = CheckBox(text="add a trust map layer (where the model disagreed with the data)", value=False)
         self.plane_only = CheckBox(text="only the plane on screen (quick look)", value=False)
+        self.ensemble = CheckBox(text="best quality: self-ensemble (about 8x the time)", value=False,
+                                 tooltip="mean of the outputs for the 8 flips and transposes of the input; a small "
+                                         "PSNR gain (docs/quality.md) at about 8 times the cost")
+        self.restore_button = PushButton(text="Restore defaults", tooltip="every control back to its default "
+                                                                          "(and forget the remembered settings)")
         return [self.device, self.tile_size, self.intensity, self.out_dtype, self.precision, self.consistency,
-                self.trust_map, self.plane_only]
+                self.ensemble, self.trust_map, self.plane_only, self.restore_button]
 
     def _update(self, _=None) -> None:
         """Show the controls the size mode uses, and what the next run will make."""
@@ -128,8 +199,8 @@ class DIINNWidget(Container):
         # isotropic voxels has its own consistency (default 0) and works on whole volumes: no plane, trust or preview
         self.z_target.visible = self.z_consistency.visible = self.adapt.visible = iso
         self.adapt_steps.visible = iso and self.adapt.value
-        self.consistency.visible = self.trust_map.visible = self.plane_only.visible = not iso
-        self.preview_button.enabled = not self.busy and not iso
+        self.consistency.visible = self.trust_map.visible = self.plane_only.visible = self.ensemble.visible = not iso
+        self.preview_button.enabled = self.follow.enabled = not self.busy and not iso
         try:
             plan = self.plan()
         except ValueError as err:
@@ -141,8 +212,12 @@ class DIINNWidget(Container):
                                         else self.device.value)
 
     # ---- choices -------------------------------------------------------------------------------------
-    def _image_layers(self, _=None) -> list[Image]:
+    def _images(self) -> list[Image]:
         return [layer for layer in self._viewer.layers if isinstance(layer, Image) and not is_preview(layer)]
+
+    def _image_layers(self, _=None) -> list[tuple[str, Image]]:
+        """The selector's choices: every image layer but previews; DIINN results marked as such."""
+        return [(layer.name + (RESULT_MARK if is_result(layer) else ""), layer) for layer in self._images()]
 
     def _on_layers_changed(self, _=None) -> None:
         self.reset_choices()
@@ -150,11 +225,12 @@ class DIINNWidget(Container):
             self._follow_selection()
 
     def _follow_selection(self, _=None) -> None:
-        """Preselect the selected image layer, or the only one."""
+        """Preselect the selected image layer, or the only one; never a DIINN result (the source stays the source:
+        napari selects a result when it is added). A result can still be chosen in the selector."""
         self.reset_choices()  # the selection can change before the layer list's events reach us
-        images = self._image_layers()
+        images = self._images()
         active = self._viewer.layers.selection.active
-        if active is not None and active in images:
+        if active is not None and active in images and not is_result(active):
             self.layer.value = active
         elif self.layer.value is None and len(images) == 1:
             self.layer.value = images[0]
@@ -196,7 +272,7 @@ class DIINNWidget(Container):
             trust_map=bool(self.trust_map.value), plane_only=bool(self.plane_only.value),
             plane=current_plane(layer, self._viewer.dims.point) if layer is not None else (),
             z_target=float(self.z_target.value), z_consistency=int(self.z_consistency.value),
-            adapt_steps=int(self.adapt_steps.value) if self.adapt.value else 0)
+            adapt_steps=int(self.adapt_steps.value) if self.adapt.value else 0, ensemble=bool(self.ensemble.value))
 
     def plan(self) -> RunPlan:
         """The plan of the next run, read from the controls now. Raises ValueError."""
@@ -256,10 +332,13 @@ class DIINNWidget(Container):
         plan = self._plan_or_notify()
         if plan is None:
             return False
+        self._request_preview(plan)
+        return True
+
+    def _request_preview(self, plan: RunPlan) -> None:
         window = self.preview_window(plan)
         self.previews.request(plan, self.layer.value, window)
         self.info.value = f"preview of output rows {window[0]}:{window[1]}, columns {window[2]}:{window[3]}..."
-        return True
 
     def _on_run_button(self, _=None) -> None:
         if self.busy:
@@ -278,3 +357,101 @@ class DIINNWidget(Container):
         meta = layer.metadata["diinn"]
         y0, y1, x0, x1 = meta["preview_window"]
         self.info.value = f"preview: {y1 - y0} x {x1 - x0} px in {meta['seconds']:.1f} s"
+
+    # ---- follow the view ---------------------------------------------------------------------------
+    def _on_camera(self, _=None) -> None:
+        if self.follow.value:
+            self._follow_timer.start()  # restarted by every change: fires once the camera has been still
+
+    def _on_follow(self, on: bool) -> None:
+        if on:
+            self._on_camera_settled()
+        else:
+            self._follow_timer.stop()
+
+    def _on_camera_settled(self) -> None:
+        """The camera stopped: preview the visible region again (quietly skipped when a preview cannot be made)."""
+        if not self.follow.value or self.busy or self.size_mode.value == ISOTROPIC or self.layer.value is None:
+            return
+        try:
+            plan = self.plan()
+        except ValueError:
+            return
+        self._request_preview(plan)
+
+    # ---- reproduce ----------------------------------------------------------------------------------
+    def reproduce_layer(self) -> Image | None:
+        """The layer the copy actions describe: the selected DIINN result, else the last result, else the image."""
+        active = self._viewer.layers.selection.active
+        for layer in (active, self.result, self.layer.value):
+            if layer is not None and is_result(layer):
+                return layer
+        return None
+
+    def reproduction(self, kind: str) -> str:
+        """The text *Copy as Python* (``kind`` "python") or *Copy as command* ("command") copies. Raises ValueError."""
+        from ._reproduce import ReproduceError, batch_command, python_code
+
+        layer = self.reproduce_layer()
+        if layer is None:
+            raise ReproduceError("no DIINN result to reproduce: press Run first, or select a DIINN layer")
+        if layer.metadata["diinn"].get("partial"):
+            raise ReproduceError(f"{layer.name!r} is a partial result (cancelled): the settings are in "
+                                 "metadata['diinn']; run it again to copy them")
+        record = layer.metadata["diinn"]
+        return python_code(record, layer.name) if kind == "python" else batch_command(record)
+
+    def copy(self, kind: str = "python") -> bool:
+        """What the copy buttons do: the text to the clipboard, and shown; False, with a notification, if none."""
+        from qtpy.QtWidgets import QApplication
+
+        try:
+            text = self.reproduction(kind)
+        except ValueError as err:
+            show_error(f"DIINN: {err}")
+            return False
+        QApplication.clipboard().setText(text)
+        self.copied = text
+        show_info(f"DIINN: copied to the clipboard:\n{text}")
+        self.info.value = "copied to the clipboard: " + ("the upscale(...) script" if kind == "python"
+                                                         else "the batch command")
+        return True
+
+    # ---- remembered settings ------------------------------------------------------------------------
+    def _remember(self, _=None) -> None:
+        if self._restoring:
+            return
+        values = {}
+        for name in REMEMBERED:
+            value = getattr(self, name).value
+            if name == "model" and value in (BROWSE, None):
+                value = AUTO_MODEL
+            values[name] = value
+        _remember.save(values)
+
+    def _restore(self, values: dict) -> None:
+        """Set the controls to remembered ``values``; a value a control no longer accepts is skipped."""
+        for name in REMEMBERED:
+            if name not in values:
+                continue
+            value = values[name]
+            try:
+                if name == "model" and value not in self._model_choices():
+                    from pathlib import Path
+
+                    if not Path(str(value)).is_file():
+                        continue
+                    self.add_model_file(str(value))
+                getattr(self, name).value = value
+            except (ValueError, TypeError, KeyError):
+                continue
+
+    def restore_defaults(self, _=None) -> None:
+        """What *Restore defaults* does: every control back to its default, remembered as such."""
+        self._restoring = True
+        try:
+            self._restore(self._defaults)
+        finally:
+            self._restoring = False
+        self._remember()
+        self._update()

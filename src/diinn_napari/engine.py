@@ -17,7 +17,14 @@ Fidelity, per tile and still equal to the whole-image result:
 * data consistency (``consistency`` = K back-projection steps): the network
   decodes its window widened by the halo K steps need, then
   ``x <- clip(x + U(y - D(x)))`` with D the training degradation
-  (:mod:`diinn_napari.quality`), U bicubic and clip the output dtype's range;
+  (:mod:`diinn_napari.quality`), U bicubic and clip the projection onto
+  ``[floor, dtype max]``: the floor is the plane's own p0.1 (less a fraction
+  of a count), not the dtype's minimum, so U's ringing around bright spots
+  cannot dig holes below the data (the network's output is projected too);
+* few-level planes (at most :data:`FEW_LEVELS` quantisation steps over the
+  robust range: dim data): the network's departure from bicubic is shrunk by
+  half a step and residuals within half a step count as consistent, so the
+  quantisation steps are not sharpened as if they were structure;
 * the trust map is the magnitude of that correction on the output grid.
 """
 
@@ -231,6 +238,7 @@ class Engine:
             )
         dtype = s.output_dtype(image.dtype)
         compute = compute_dtype(dtype)
+        render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -240,15 +248,15 @@ class Engine:
             for index in np.ndindex(*leading):
                 plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
                 check_finite(plane, where=f" in plane {index}" if index else "")
-                mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute, missing)
+                mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
                 out = np.empty((channels + alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
                 for i, window in enumerate(tiles):
                     check_cancel(cancel, done, total, "tiles")
                     with torch_threads(s.threads):
-                        sr, correction = _render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
+                        sr, correction = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
                                                  consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                                                 trust=return_trust)
+                                                 bounds=bounds, trust=return_trust)
                     y0, y1, x0, x1 = window
                     check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
                     out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
@@ -313,10 +321,12 @@ class Engine:
         dtype = s.output_dtype(plane.dtype)
         compute = compute_dtype(dtype)
         plane, missing = fill_nodata(plane, s.nodata, rgb)
-        mapping, lr, valid = _normalised(plane, rgb, s.intensity, compute, missing)
+        mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
+        render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
-            sr, _ = _render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
-                            AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid)
+            sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
+                           AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
+                           bounds=bounds)
         check_output_finite(sr)
         out = cast(mapping.denormalize(sr, compute), dtype)
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
@@ -445,7 +455,53 @@ def _normalised(plane: np.ndarray, rgb: bool, intensity: str, dtype: np.dtype, m
     mapping = fit_intensity(colour if missing is None or missing.all() else colour[~missing], intensity)
     lr = mapping.normalize(colour)
     lr = lr.transpose(2, 0, 1) if rgb else lr[None]
-    return mapping, lr, valid_range(mapping, dtype)
+    return mapping, lr, valid_range(mapping, dtype), data_bounds(lr, colour.dtype, mapping)
+
+
+class DataBounds(NamedTuple):
+    """What a plane's own values allow its output, in the normalised units, per channel: (C,) arrays.
+
+    ``floor``: the plane's p0.1 less a margin (0.45 of a quantisation step,
+    at most 0.5 % of the robust range), the lowest value the back-projection
+    may reach. ``step``: the quantisation step (one count for integer planes,
+    the smallest gap between values of a float plane with few values, else 0).
+    ``few``: the channel has at most ``FEW_LEVELS`` steps over its robust
+    range (p0.1 to p99.9), ``spread``, that range. Statistics of the whole plane, so every tile uses
+    the same bounds.
+    """
+
+    floor: np.ndarray
+    step: np.ndarray
+    few: np.ndarray
+    spread: np.ndarray
+
+
+# a plane with at most this many quantisation steps over its robust range is "few-level" (dim data)
+FEW_LEVELS = 64
+# network output up to this fraction of the robust range below the floor is lifted to it; deeper is kept
+DEEP = 0.02
+_BOUND_SAMPLES = 1 << 20  # statistics of big planes from a regular subsample
+
+
+def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
+    """:class:`DataBounds` of a normalised (C, Y, X) plane whose input had ``dtype`` and intensity map ``mapping``."""
+    channels = lr.shape[0]
+    stride = max(1, int(np.sqrt(lr[0].size / _BOUND_SAMPLES)))
+    sample = lr[:, ::stride, ::stride].reshape(channels, -1).astype(np.float64)
+    lo, hi = np.percentile(sample, (0.1, 99.9), axis=1)
+    if np.dtype(dtype).kind in "ui":  # one count, in normalised units
+        step = np.full(channels, 1.0 / abs(mapping.hi - mapping.lo))
+    else:  # a float plane quantised to few values: the smallest gap between them
+        step = np.zeros(channels)
+        for c in range(channels):
+            values = np.unique(sample[c])
+            if 1 < values.size <= 4 * FEW_LEVELS:
+                step[c] = float(np.diff(values).min())
+    spread = np.maximum(hi - lo, 1e-12)
+    few = (step > 0) & (spread <= FEW_LEVELS * step * (1 + 1e-6))
+    floor = lo - np.minimum(0.45 * step, 0.005 * spread)
+    return DataBounds(floor, step, few, spread)
+
 
 
 def resize_mask(mask: np.ndarray, out_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -501,10 +557,56 @@ def _without_outliers(lr: np.ndarray, box: tuple[int, int, int, int], clamp: tup
     return seen[inner], excess[inner]
 
 
+# The 8 symmetries of the square as (transpose, flip Y, flip X), applied in that order to the (C, h, w) plane.
+SYMMETRIES = tuple(itertools.product((False, True), repeat=3))
+
+
+def _flip_range(n: int, a: int, b: int, flip: bool) -> tuple[int, int]:
+    return (n - b, n - a) if flip else (a, b)
+
+
+def _ensemble_render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mode, autocast_dtype, **kwargs):
+    """:func:`_render` for the geometric self-ensemble: the mean of the 8 flipped/transposed decodings, mapped back.
+
+    Each member decodes the same window of the *global* output grid of its
+    transformed plane (a transpose swaps Y and X, their sizes and scales; a
+    flip mirrors the window), so a tiled run still equals the whole-image
+    run. The trust map, when asked, is the mean of the members' corrections.
+    """
+    (h, w), (H, W) = lr_shape, out_shape
+    y0, y1, x0, x1 = window
+    total = correction = None
+    for transpose, flip_y, flip_x in SYMMETRIES:
+        plane = lr.transpose(0, 2, 1) if transpose else lr
+        (th, tw), (tH, tW) = ((w, h), (W, H)) if transpose else ((h, w), (H, W))
+        (a0, a1), (b0, b1) = ((x0, x1), (y0, y1)) if transpose else ((y0, y1), (x0, x1))
+        if flip_y:
+            plane = plane[:, ::-1]
+        if flip_x:
+            plane = plane[:, :, ::-1]
+        win = (*_flip_range(tH, a0, a1, flip_y), *_flip_range(tW, b0, b1, flip_x))
+        sr, corr = _render(net, np.ascontiguousarray(plane), (th, tw), (tH, tW), win, device, mode, autocast_dtype,
+                           **kwargs)
+        members = [sr] if corr is None else [sr, corr]
+        back = []
+        for m in members:  # undo in the reverse order: flips, then the transpose
+            if flip_x:
+                m = m[:, :, ::-1]
+            if flip_y:
+                m = m[:, ::-1]
+            back.append(m.transpose(0, 2, 1) if transpose else m)
+        total = back[0].astype(np.float64) if total is None else total + back[0]
+        if corr is not None:
+            correction = back[1].astype(np.float64) if correction is None else correction + back[1]
+    n = len(SYMMETRIES)
+    mean = (total / n).astype(np.float32)
+    return mean, None if correction is None else (correction / n).astype(np.float32)
+
+
 @torch.no_grad()
 def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mode, autocast_dtype, *,
             consistency: int = 0, clamp: tuple[float, float] | None = OUTLIER_CLAMP,
-            valid: tuple[float, float] = (-np.inf, np.inf), trust: bool = False):
+            valid: tuple[float, float] = (-np.inf, np.inf), bounds: DataBounds | None = None, trust: bool = False):
     """Decode output ``window`` (y0, y1, x0, x1) of the global grid from the whole normalised plane ``lr`` (C, h, w).
 
     1. Outliers (values outside ``clamp``) are replaced, for the network, by
@@ -513,8 +615,14 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
     2. The network decodes the window widened by the halo the back-projection
        steps need (encoding the LR pixels that window depends on), so the
        result equals the whole-image result.
-    3. ``consistency`` back-projection steps against that same plane, each
-       followed by the projection onto ``valid`` (the output dtype's range).
+    3. Few-level channels (``bounds.few``): the network's detail over bicubic
+       soft-thresholded by half a quantisation step. The result is clipped to
+       ``valid`` and, where it lies less than ``DEEP`` of the robust range
+       below ``bounds.floor``, lifted to it. Each of the ``consistency``
+       back-projection steps against that same plane (residuals within half
+       a step are zero for few-level channels) is followed by the projection
+       onto ``[min(x_0, floor), valid[1]]``: the steps dig no lower than the
+       floor or than the network itself went.
     4. The outliers' excess over their replacement is added by bicubic
        interpolation: linear in the excess, spread no further than bicubic.
 
@@ -540,8 +648,35 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         features = net.encode(x)
         sr = net.decode_window(x, features, lr_shape, out_shape, (ya, yb, xa, xb), (t0, s0), mode)
     lo, hi = valid
-    sr = sr[0].float().clamp(lo, hi)
-    first, correction = sr, None
+    channels = x.shape[1]
+    floor = np.full(channels, lo) if bounds is None else np.maximum(bounds.floor, lo)
+    spread = np.zeros(channels) if bounds is None else bounds.spread
+    lower = torch.from_numpy(floor.astype(np.float32)).to(device)[:, None, None]
+    sr = sr[0].float()
+    # few-level channels: detail within half a quantisation step of bicubic is not in the data (it
+    # sharpens the steps themselves), so the network's departure from bicubic is shrunk by that much,
+    # and a residual within half a step of the measurement counts as consistent
+    few = [] if bounds is None else [c for c in range(channels) if bounds.few[c]]
+    dead = None
+    if few:
+        by = bicubic_matrix(h, H, ya, yb, t0, t1).to(device)
+        bx = bicubic_matrix(w, W, xa, xb, s0, s1).to(device)
+        base = by @ x[0, few].float() @ bx.t()
+        half = torch.from_numpy((0.5 * bounds.step[few]).astype(np.float32)).to(device)[:, None, None]
+        detail = sr[few] - base
+        sr[few] = base + torch.sign(detail) * torch.clamp(detail.abs() - half, min=0)
+        dead = torch.zeros(channels, 1, 1, device=device)
+        dead[few] = half
+    # the network's output a little below the floor (ringing in the background) is lifted to it; deeper
+    # is its own confident dark detail (a thin dark line the LR cannot show), kept; the back-projection
+    # may then go no lower than either (its bicubic U rings around bright spots: the holes)
+    sr = first = sr.clamp(lo, hi)  # the trust map: the correction relative to the network's own output
+    if not consistency:  # consistency 0: the network's own output, only the dtype's range
+        lower = lower.clamp(max=lo)
+    lift = (sr < lower) & (sr >= lower - torch.from_numpy(DEEP * spread).float().to(device)[:, None, None])
+    sr = torch.where(lift, lower.expand_as(sr), sr)
+    lower = torch.minimum(sr, lower)
+    correction = None
     y = x[0].float()  # the plane the network saw: consistency with it keeps outliers out of the back-projection
     for k in range(steps):
         (pa, pb), (qa, qb) = wy[k], wx[k]  # x lives on W_k
@@ -552,13 +687,16 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         uy = bicubic_matrix(h, H, na, nb, la, lb).to(device)
         ux = bicubic_matrix(w, W, ma, mb, ka, kb).to(device)
         residual = y[:, la - t0 : lb - t0, ka - s0 : kb - s0] - dy @ sr @ dx.t()
+        if dead is not None:  # inside the quantisation cell: consistent
+            residual = torch.sign(residual) * torch.clamp(residual.abs() - dead, min=0)
         step = uy @ residual @ ux.t()
         sr = sr[:, na - pa : nb - pa, ma - qa : mb - qa]
         first = first[:, na - pa : nb - pa, ma - qa : mb - qa]
+        lower = lower[:, na - pa : nb - pa, ma - qa : mb - qa]
         if k >= consistency:  # trust only: the correction the first step would apply, none applied
             correction = step.abs()
             break
-        sr = (sr + step).clamp(lo, hi)
+        sr = torch.maximum(sr + step, lower).clamp(max=hi)
     if trust and correction is None:
         correction = (sr - first).abs()
     if excess is not None:  # outliers: their excess travels the bicubic path, linearly

@@ -1,7 +1,7 @@
 """Evaluate a model against bicubic on a folder of HR images, for quality and for fidelity.
 
     python -m diinn_napari.evaluate --data DIR|FILE [--data ...] --scales 2,3,4,2.5,6 [--model M]
-        [--protocol diinn|liif] [--consistency N] [--real] [--json out.json] [--limit N]
+        [--protocol diinn|liif] [--consistency N] [--real [--out-dtype float32]] [--json out.json] [--limit N]
 
 LR images are made from each HR image by antialiased bicubic downsampling to
 round(H / s) (:func:`diinn_napari.quality.downsample`, the degradation the
@@ -21,8 +21,12 @@ puts at its limits where the HR pixel is inside them.
 ``--real``: no ground truth. Each image is upscaled itself, in its own dtype
 with the engine's default intensity handling (what a user gets), and the
 result is downsampled back with the degradation: PSNR (on the input's robust
-range) and mean bias against the input, the LR-consistency, and the fraction
-of output pixels clipped at the dtype's limits where the input is not.
+range) and mean bias against the input, the LR-consistency; the undershoot
+(fraction of output pixels below the plane's minimum minus 1 % of its robust
+range), the new zeros (pixels at or below 0 where the input is above 0) and
+the fraction clipped at the dtype's limits where the input is not, each for
+the model and for bicubic. ``--out-dtype float32`` shows the same on float
+output, where nothing is clipped.
 
 A 1-channel model is evaluated on the luminance of RGB images; a 3-channel
 model on RGB (grayscale images repeated to 3 channels).
@@ -47,7 +51,7 @@ from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance
 from .model.grid import nearest_lr_index
 from .quality import (clipped_fraction, downsample, dtype_limits, lr_consistency, mean_bias_percent,
-                      psnr, robust_range, ssim)
+                      new_zero_fraction, psnr, robust_range, ssim, undershoot_fraction)
 
 Y_WEIGHTS = np.array([65.738, 129.057, 25.064], dtype=np.float64) / 256
 
@@ -116,7 +120,7 @@ def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
 
 def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consistency: int = DEFAULT_CONSISTENCY,
             limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto",
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", ensemble: bool = False) -> dict:
     """Scores of one HR image (C, H, W) in [0, 1] at one scale, for the model and for bicubic.
 
     The LR is the training degradation of ``hr``; the model runs through the
@@ -132,7 +136,7 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
     bicubic = F.interpolate(lr[None], (H, W), mode="bicubic", align_corners=False)[0].numpy()
     lr_np = lr.numpy().transpose(1, 2, 0) if channels == 3 else lr.numpy()[0]
     sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
-                 consistency=consistency, device=device, precision=precision)
+                 consistency=consistency, device=device, precision=precision, ensemble=ensemble)
     sr = _channels_first(sr, channels == 3)
     ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
     value_range = robust_range(hr)
@@ -146,7 +150,7 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
 
 def evaluate(files: list[Path], scales: list[float], model="default", protocol: str = "diinn", device: str = "auto",
              channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", ensemble: bool = False) -> dict:
     """Per-scale mean and per-image PSNR/SSIM (and LR-PSNR), bias and clipping of the model and of bicubic.
 
     ``consistency`` is the engine's back-projection setting (see
@@ -166,12 +170,12 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,
-               "images": [str(f) for f, _, _ in images], "scales": {}}
+               "ensemble": ensemble, "images": [str(f) for f, _, _ in images], "scales": {}}
     for scale in scales:
         rows = []
         for path, hr, limits in images:
             rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits),
-                                                        device=device, precision=precision)})
+                                                        device=device, precision=precision, ensemble=ensemble)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -187,32 +191,45 @@ def _mean(rows: list[dict]) -> dict:
 
 def real_scores(image: np.ndarray, scale: float | tuple[float, float], net, rgb: bool = False,
                 consistency: int = DEFAULT_CONSISTENCY, device: str | torch.device = "auto",
-                precision: str = "fp32") -> dict:
+                precision: str = "fp32", out_dtype=None) -> dict:
     """Ground-truth-free fidelity of one plane: upscale it, downsample back, compare with it.
 
     ``image`` is (Y, X) or (Y, X, 3) in its own dtype; the engine runs with
-    its default intensity handling and output dtype (the user's path), on
-    ``device`` at ``precision``. Returns LR-consistency PSNR (dB on the input's robust range) and bias
-    (% of it) for the model and for bicubic, and the fraction of output
-    pixels at the dtype's limits whose nearest input pixel is inside them.
+    its default intensity handling and output dtype (the user's path; or
+    ``out_dtype``, e.g. float32, where nothing clips), on ``device`` at
+    ``precision``. Returns, for the model and for bicubic (cast to the same
+    dtype): LR-consistency PSNR (dB on the input's robust range) and bias
+    (% of it); ``undershoot``, the fraction of output pixels below the
+    plane's own minimum minus 1 % of its robust range (per channel: values
+    the data cannot have); ``new_zeros``, the fraction at or below 0 whose
+    nearest input pixel is above 0 (black holes); and ``clipped``, the
+    fraction at the dtype's limits whose nearest input pixel is inside them.
     """
-    out = upscale(image, scale, model=net, rgb=rgb, consistency=consistency, device=device, precision=precision)
+    out = upscale(image, scale, model=net, rgb=rgb, consistency=consistency, device=device, precision=precision,
+                  out_dtype=out_dtype)
     (h, w), (H, W) = image.shape[:2], out.shape[:2]
     lr = _channels_first(np.asarray(image, np.float32), rgb)
     value_range = robust_range(lr)
     bicubic = F.interpolate(torch.from_numpy(np.ascontiguousarray(lr))[None], (H, W), mode="bicubic",
                             align_corners=False)[0].numpy()
-    bicubic = cast(bicubic, image.dtype).astype(np.float32)  # as a file of the image's dtype would hold it
-    ours = lr_consistency(_channels_first(out, rgb).astype(np.float32), lr, value_range)
-    base = lr_consistency(bicubic, lr, value_range)
-    nearest = image[nearest_lr_index(h, H)][:, nearest_lr_index(w, W)]  # the input on the output grid
+    bicubic = cast(bicubic, out.dtype)  # as a file of the output's dtype would hold it
+    ours_cf = _channels_first(out, rgb)
+    ours = lr_consistency(ours_cf.astype(np.float32), lr, value_range)
+    base = lr_consistency(bicubic.astype(np.float32), lr, value_range)
+    nearest_native = image[nearest_lr_index(h, H)][:, nearest_lr_index(w, W)]  # the input on the output grid
+    nearest = _channels_first(nearest_native.astype(np.float32), rgb)
+    holes = {}
+    for key, result in (("", ours_cf), ("bicubic_", bicubic)):
+        holes[key + "undershoot"] = float(np.mean([undershoot_fraction(result[c], lr[c]) for c in range(len(lr))]))
+        holes[key + "new_zeros"] = new_zero_fraction(result, nearest)
     return {"lr_psnr": ours["psnr"], "bias": ours["bias"], "bicubic_lr_psnr": base["psnr"],
-            "bicubic_bias": base["bias"], "clipped": clipped_fraction(out, nearest.astype(out.dtype))}
+            "bicubic_bias": base["bias"], **holes,
+            "clipped": clipped_fraction(out, nearest_native.astype(out.dtype))}
 
 
 def evaluate_real(files: list[Path], scales: list[float], model="default", device: str = "auto",
                   channels: int | None = None, progress=None, consistency: int = DEFAULT_CONSISTENCY,
-                  precision: str = "fp32") -> dict:
+                  precision: str = "fp32", out_dtype=None) -> dict:
     """:func:`real_scores` for the first plane of every file at every scale, on ``device``: per image and mean."""
     net = get_model(model, channels or 1, device)
     channels = net.in_channels
@@ -221,12 +238,13 @@ def evaluate_real(files: list[Path], scales: list[float], model="default", devic
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": "real", "channels": channels, "consistency": consistency, "precision": precision,
+               "out_dtype": None if out_dtype is None else str(np.dtype(out_dtype)),
                "images": [str(f) for f, _ in images], "scales": {}}
     for scale in scales:
         rows = []
         for path, image in images:
             rows.append({"image": path.name, **real_scores(image, scale, net, channels == 3, consistency, device,
-                                                           precision)})
+                                                           precision, out_dtype)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -239,8 +257,10 @@ def format_table(results: dict, per_image: bool = False) -> str:
             f"consistency {results.get('consistency', 0)}")
     if results["protocol"] == "real":
         lines = [head, f"{'scale':>6} {'image':<28} {'bicubic LR-PSNR':>16} {'model LR-PSNR':>14} "
-                       f"{'bicubic bias %':>15} {'model bias %':>13} {'clipped %':>10}"]
-        fmt = "{:>6} {:<28} {bicubic_lr_psnr:16.2f} {lr_psnr:14.2f} {bicubic_bias:+15.3f} {bias:+13.3f} {clipped_pct:10.3f}"
+                       f"{'bicubic bias %':>15} {'model bias %':>13} {'clipped %':>10} {'undershoot %':>13} "
+                       f"{'bic undershoot %':>17} {'new zeros %':>12} {'bic new zeros %':>16}"]
+        fmt = ("{:>6} {:<28} {bicubic_lr_psnr:16.2f} {lr_psnr:14.2f} {bicubic_bias:+15.3f} {bias:+13.3f} {clipped_pct:10.3f} "
+               "{undershoot_pct:13.3f} {bicubic_undershoot_pct:17.3f} {new_zeros_pct:12.3f} {bicubic_new_zeros_pct:16.3f}")
     else:
         lines = [head, f"{'scale':>6} {'image':<28} {'bicubic PSNR':>13} {'model PSNR':>11} {'gain dB':>8} "
                        f"{'bicubic SSIM':>13} {'model SSIM':>11} {'LR-PSNR':>8} {'bias %':>8} {'clipped %':>10}"]
@@ -249,7 +269,9 @@ def format_table(results: dict, per_image: bool = False) -> str:
     for scale, r in results["scales"].items():
         rows = [("mean", r["mean"])] + ([(row["image"], row) for row in r["per_image"]] if per_image else [])
         for name, row in rows:
-            values = {**row, "clipped_pct": 100 * row["clipped"]}
+            values = {**row, **{f"{key}_pct": 100 * row[key] for key in
+                                ("clipped", "undershoot", "bicubic_undershoot", "new_zeros", "bicubic_new_zeros")
+                                if key in row}}
             values.setdefault("gain", row.get("psnr", 0) - row.get("bicubic_psnr", 0))
             lines.append(fmt.format(scale, name[:28], **values))
     return "\n".join(lines)
@@ -267,10 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="back-projection steps of the engine's data consistency (0 = off)")
     p.add_argument("--real", action="store_true",
                    help="no ground truth: upscale each image itself, downsample back, compare with it (LR-consistency)")
+    p.add_argument("--out-dtype", default=None, choices=["float32"],
+                   help="with --real: write float32 output (nothing clips; undershoot shows as negative values)")
     p.add_argument("--per-image", action="store_true", help="print a line per image, not only the means")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda:N' or 'mps'")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="the engine's precision: fp32 (exact), bf16 (CPU with avx512_bf16/AMX, or CUDA), fp16 (CUDA)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="the geometric self-ensemble: mean of the 8 flipped/transposed runs (about 8x the time)")
     p.add_argument("--json", default=None, help="write the full results (per image and mean) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     a = p.parse_args(argv)
@@ -286,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         files = [f for d in a.data for f in (find_images(d) if Path(d).is_dir() else [Path(d)])][: a.limit]
         if a.real:
             results = evaluate_real(files, scales, a.model, a.device, a.channels, consistency=a.consistency,
-                                    precision=a.precision)
+                                    precision=a.precision, out_dtype=a.out_dtype)
         else:
             results = evaluate(files, scales, a.model, a.protocol, a.device, a.channels, consistency=a.consistency,
-                               precision=a.precision)
+                               precision=a.precision, ensemble=a.ensemble)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

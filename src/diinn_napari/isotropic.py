@@ -144,6 +144,9 @@ def isotropic_steps(
         settings = RunSettings(model=model, device=device, tile_size=tile_size or None, intensity=intensity,
                                out_dtype=out_dtype, consistency=consistency,
                                outlier_clamp=OUTLIER_CLAMP if default_clamp else outlier_clamp)
+    if settings.ensemble:
+        raise ValueError("the geometric self-ensemble (ensemble=True) is for plane-wise upscaling; isotropic Z "
+                         "resampling fuses its XZ and YZ decodings already: drop ensemble")
     leading, (Z, Y, X) = check_volume(volume)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")

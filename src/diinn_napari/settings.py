@@ -139,6 +139,9 @@ class RunSettings:
         values clamped to it and the clamped-off excess (hot pixels, saturated
         spots) is added back by bicubic interpolation. None: no clamp.
     max_output_pixels: refuse outputs larger than this many pixels in all.
+    ensemble: geometric self-ensemble: every tile is decoded for the 8 flips
+        and transposes of the input, mapped back and averaged (about 8 times
+        the cost, for a small gain; see docs/quality.md). Tiled still equals whole.
     nodata: the value that marks pixels without data (a GeoTIFF's GDAL_NODATA;
         ``float("nan")`` for float rasters), or None. Such pixels are left out
         of the intensity fit and filled from the nearest valid pixel before the
@@ -159,6 +162,7 @@ class RunSettings:
     consistency: int = DEFAULT_CONSISTENCY
     outlier_clamp: tuple[float, float] | None = OUTLIER_CLAMP
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    ensemble: bool = False
     nodata: float | None = None
 
     def __post_init__(self) -> None:
@@ -202,6 +206,9 @@ class RunSettings:
                 raise ValueError(f"outlier_clamp must contain the normalised range 0..1 (low <= 0, high >= 1, finite), "
                                  f"got {self.outlier_clamp!r}")
             self._set("outlier_clamp", (lo, hi))
+        if not isinstance(self.ensemble, (bool, np.bool_)):
+            raise ValueError(f"ensemble must be True or False, got {self.ensemble!r}")
+        self._set("ensemble", bool(self.ensemble))
         if not self.max_output_pixels >= 1:
             raise ValueError(f"max_output_pixels must be >= 1, got {self.max_output_pixels!r}")
         if self.nodata is not None:

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "downsampled with the training degradation gives back the input (0 = off; default: "
                               f"{DEFAULT_CONSISTENCY}, and 0 with --isotropic, whose planes may be axially blurred)"
                               "%(default).0s")
+    quality.add_argument("--ensemble", action="store_true",
+                         help="geometric self-ensemble: every tile decoded for the 8 flips and transposes, mapped back "
+                              "and averaged (about 8x the time for a small PSNR gain, docs/quality.md); not with "
+                              "--isotropic")
     quality.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default="input",
                          help="output pixel type; 'input' keeps each file's own (float16 and float64 included)")
 
@@ -194,6 +198,9 @@ def _check_options(p: argparse.ArgumentParser, a: argparse.Namespace, n_inputs: 
         reason = refusal(a.scale)
         if reason is not None:
             p.error(f"--self-adapt: {reason}; leave --self-adapt out at this scale")
+    if a.ensemble and a.isotropic:
+        p.error("--ensemble is for plane-wise upscaling (--scale, --pixel-size); --isotropic fuses its XZ and YZ "
+                "decodings already: drop --ensemble")
     if not a.adapt_steps:
         for name in ("axial_sigma", "save_model"):
             if getattr(a, name) is not None:
@@ -241,7 +248,8 @@ def settings_from(a: argparse.Namespace) -> Settings:
     consistency = a.consistency if a.consistency is not None else 0 if a.isotropic else DEFAULT_CONSISTENCY
     run = RunSettings(scale=a.scale, pixel_size=a.pixel_size, model=a.model, device=a.device,
                       tile_size=a.tile_size or None, intensity=a.intensity, threads=a.threads, precision=a.precision,
-                      out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency)
+                      out_dtype=None if a.dtype == "input" else a.dtype, consistency=consistency,
+                      ensemble=a.ensemble)
     return Settings(a.out, run, isotropic=a.isotropic, z_step=a.z_step, target=a.target, fusion=a.fusion,
                     adapt_steps=a.adapt_steps, axial_sigma=a.axial_sigma, seed=a.seed, save_model=a.save_model,
                     overwrite=a.overwrite, cog=a.cog, self_adapt=a.self_adapt)

@@ -220,6 +220,8 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         record["isotropic"] = volumes.record()
     if run.precision != "fp32":
         record["precision"] = run.precision
+    if run.ensemble:
+        record["ensemble"] = True
     if info.nodata is not None:  # JSON has no NaN: the GDAL_NODATA text
         record["nodata"] = repr(info.nodata)
     if settings.cog:
