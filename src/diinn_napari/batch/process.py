@@ -25,7 +25,7 @@ from .. import io
 from . import stale
 from .job import Result, Settings
 from .partial import PartialFile
-from .plan import FilePlan, VolumePlan, plan_file, scale_for
+from .plan import FilePlan, VolumePlan, plan_file
 from .record import differences, pixel_digest
 
 Progress = Callable[[int], object]
@@ -206,7 +206,8 @@ class PlaneWork:
         from ..train.self_adapt import adapt_plane
 
         info, steps = self.plan.info, self.settings.self_adapt
-        factors = scale_for(info, self.settings)
+        # the real output/input ratio, as the widget adapts: the same plane gets the same copy from either
+        factors = tuple(o / i for o, i in zip(self.plan.output.yx, info.yx))
         for i in range(planes.shape[0]):
             plane = np.asarray(planes[i])
             adapted = adapt_plane(plane, factors, run, steps, rgb=info.rgb)
