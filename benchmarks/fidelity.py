@@ -1,7 +1,7 @@
 """Fidelity of the gray model: bias, clipping, holes, PSNR vs bicubic and LR-consistency, per image.
 
     python benchmarks/fidelity.py ../shared/data/domains [--scales 2,3,4] [--consistency 2] [--crop 256]
-        [--sets held,dark,synthetic] [--model default] [--json fidelity.json]
+        [--sets held,dark,synthetic] [--model default] [--json fidelity.json] [--baseline] [--no-real]
 
 Images (first plane of each file, luminance for RGB files rounded to their
 dtype, a centre crop of ``--crop`` pixels), in three sets:
@@ -32,11 +32,17 @@ dtype and units, through the engine with its default intensity handling
   undershoot (output below the crop's minimum minus 1 % of its robust range)
   and new zeros (output at or below 0 where the input is above 0), for the
   model and for bicubic (:func:`diinn_napari.evaluate.real_scores`).
+
+``--baseline`` also scores the ground truth with the step as it was before
+the data bounds (the projection onto the dtype's range only, no few-level
+handling: :func:`dtype_bounds_only`) and prints the gain's change; the gate
+is a change of no more than -0.02 dB. ``--no-real`` skips the real-use checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -45,12 +51,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import diinn_napari.engine as engine
 from diinn_napari.engine import get_model, upscale
 from diinn_napari.core import cast
 from diinn_napari.evaluate import load_native, real_scores
 from diinn_napari.quality import (clipped_fraction, dark_fluorescence, downsample_array, few_levels,
                                   mean_bias_percent, psnr, robust_range, sparse_fluorescence)
 from diinn_napari.weights import read_metadata, resolve
+
+
+@contextlib.contextmanager
+def dtype_bounds_only():
+    """The engine as it was before the data bounds: every plane's bounds unknown, so the back-projection is
+    projected onto the dtype's range only and few-level planes are not treated (``_render`` with ``bounds=None``)."""
+    saved = engine.data_bounds
+    engine.data_bounds = lambda *args: None
+    try:
+        yield
+    finally:
+        engine.data_bounds = saved
 
 
 def held_aside(domains: Path, model: str) -> list[Path]:
@@ -122,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default", help="gray model: 'default', a bundled name or a weights file")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write all rows here")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the ground truth with the step before the data bounds (dtype range only)")
+    p.add_argument("--no-real", action="store_true", help="ground-truth checks only (faster)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     scales = [float(s) for s in a.scales.split(",")]
@@ -139,33 +161,42 @@ def main(argv: list[str] | None = None) -> int:
         for scale in scales:
             for k in settings:
                 gt = {} if a.no_ground_truth else ground_truth_scores(plane, scale, net, k)
-                real = real_scores(plane, scale, net, consistency=k)
-                floats = real_scores(plane, scale, net, consistency=k, out_dtype=np.float32)
+                if a.baseline and gt:
+                    with dtype_bounds_only():
+                        gt["baseline_psnr"] = ground_truth_scores(plane, scale, net, k)["psnr"]
+                nan = float("nan")
+                blank = {"lr_psnr": nan, "bias": nan, "undershoot": nan, "new_zeros": nan, "bicubic_new_zeros": nan}
+                real = blank if a.no_real else real_scores(plane, scale, net, consistency=k)
+                floats = blank if a.no_real else real_scores(plane, scale, net, consistency=k, out_dtype=np.float32)
                 row = {"set": group, "image": name, "dtype": str(plane.dtype), "scale": scale, "consistency": k, **gt,
                        "gain": gt["psnr"] - gt["bicubic_psnr"] if gt else float("nan"),
+                       "gain_change": gt["psnr"] - gt["baseline_psnr"] if "baseline_psnr" in gt else float("nan"),
                        **{f"real_{key}": value for key, value in real.items()},
                        "real_float_undershoot": floats["undershoot"], "real_float_new_zeros": floats["new_zeros"],
                        "real_float_lr_psnr": floats["lr_psnr"], "real_float_bias": floats["bias"]}
                 rows.append(row)
-                nan = float("nan")
                 print(f"{group:<9} {name[:46]:<46} {row['dtype']:>7} {scale:>5g} {k:>4} {gt.get('bicubic_psnr', nan):8.2f} "
                       f"{gt.get('psnr', nan):7.2f} {row['gain']:+6.2f} {gt.get('bias', nan):+7.3f} "
                       f"{100 * gt.get('clipped', nan):7.3f} {100 * gt.get('bicubic_clipped', nan):10.3f} | "
                       f"{real['lr_psnr']:7.2f} {real['bias']:+7.3f} {100 * real['undershoot']:7.3f} "
                       f"{100 * floats['undershoot']:13.3f} {100 * real['new_zeros']:7.3f} "
-                      f"{100 * real['bicubic_new_zeros']:11.3f}", flush=True)
+                      f"{100 * real['bicubic_new_zeros']:11.3f}"
+                      + (f" | change {row['gain_change']:+.3f}" if a.baseline else ""), flush=True)
     print("\nworst over images, per set, scale and consistency setting:")
     print(f"{'set':<9} {'scale':>5} {'cons':>4} {'min gain':>8} {'max |bias| %':>12} {'max clip %':>10} "
-          f"{'min LR-PSNR':>11} {'max under %':>11} {'max float under %':>17} {'max zeros %':>11}")
+          f"{'min LR-PSNR':>11} {'max under %':>11} {'max float under %':>17} {'max zeros %':>11}"
+          + (f" {'min change':>10} {'mean change':>11}" if a.baseline else ""))
     for group in dict.fromkeys(r["set"] for r in rows):
         for scale in scales:
             for k in settings:
                 sel = [r for r in rows if r["set"] == group and r["scale"] == scale and r["consistency"] == k]
                 gains = [r["gain"] for r in sel if r["gain"] == r["gain"]]
+                changes = [r["gain_change"] for r in sel if r["gain_change"] == r["gain_change"]]
                 print(f"{group:<9} {scale:>5g} {k:>4} {min(gains) if gains else float('nan'):+8.2f} "
                       f"{max(abs(r.get('bias', 0)) for r in sel):12.3f} {100 * max(r.get('clipped', 0) for r in sel):10.3f} "
                       f"{min(r['real_float_lr_psnr'] for r in sel):11.2f} {100 * max(r['real_undershoot'] for r in sel):11.3f} "
-                      f"{100 * max(r['real_float_undershoot'] for r in sel):17.3f} {100 * max(r['real_new_zeros'] for r in sel):11.3f}")
+                      f"{100 * max(r['real_float_undershoot'] for r in sel):17.3f} {100 * max(r['real_new_zeros'] for r in sel):11.3f}"
+                      + (f" {min(changes):+10.3f} {np.mean(changes):+11.4f}" if a.baseline and changes else ""))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0

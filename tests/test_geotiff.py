@@ -10,11 +10,12 @@ import tifffile
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.crs import CRS  # noqa: E402
-from rasterio.enums import ColorInterp  # noqa: E402
+from rasterio.enums import ColorInterp, MaskFlags  # noqa: E402
 from rasterio.transform import Affine  # noqa: E402
 
 from diinn_napari import io  # noqa: E402
 from diinn_napari.engine import fill_nodata, nodata_on_output, upscale  # noqa: E402
+from diinn_napari.io.geotiff import GEOTIFF, GeoPlanes  # noqa: E402
 
 H, W = 36, 44
 
@@ -43,6 +44,25 @@ def write_raster(path, data, *, crs="EPSG:32614", transform=Affine(30.0, 0, 5000
             dst.colorinterp = colorinterp
         dst.set_band_description(1, "first band")
     return path
+
+
+def write_masked(path, data, valid, **options):
+    """A GeoTIFF with a GDAL internal mask (a mask IFD, as GDAL writes it with GDAL_TIFF_INTERNAL_MASK=YES)."""
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                           dtype=data.dtype, crs="EPSG:32614", transform=Affine(30.0, 0, 500000.0, 0, -30.0, 4200000.0),
+                           **options) as dst:
+            dst.write(data)
+            dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+            dst.set_band_description(1, "first band")
+    with rasterio.open(path) as src:  # what GDAL sees: one mask for the dataset
+        assert src.mask_flag_enums[0] == [MaskFlags.per_dataset]
+    return path
+
+
+def tilted_edge(h=H, w=W):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return xx <= 0.6 * w + 0.3 * yy  # True: the scene, False: beyond its tilted edge
 
 
 def run_batch(inputs, out, *options):
@@ -224,7 +244,7 @@ def test_nodata_is_filled_before_the_network_so_a_scene_edge_does_not_darken_its
     assert np.array_equal(missing, edge)
 
 
-def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_channel_axis(tmp_path):
+def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_leading_axis(tmp_path):
     from diinn_napari._reader import get_reader
 
     rotated = Affine.translation(500000.0, 4200000.0) @ Affine.rotation(15) @ Affine.scale(30.0, -30.0)
@@ -233,13 +253,18 @@ def test_the_napari_reader_places_a_geotiff_on_the_map_with_its_bands_on_a_chann
     assert reader is not None and get_reader(str(tmp_path / "bands.png")) is None
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, scene(1)[0])
-    assert get_reader(str(plain)) is None  # not georeferenced: napari's own reader
+    assert get_reader(str(plain)) is None  # one gray band, not georeferenced: napari's own reader
     [(data, kwargs, kind)] = reader(str(path))
-    assert kind == "image" and data.shape == (3, H, W) and kwargs["channel_axis"] == 0
+    assert kind == "image" and data.shape == (3, H, W) and kwargs["axis_labels"] == ("band", "y", "x")
+    assert kwargs["metadata"]["bands"] == ["first band", "band 2", "band 3"] and not kwargs["rgb"]
     with rasterio.open(path) as src:
         for row, col in [(0, 0), (5, 7), (H - 1, W - 1)]:
             x, y = src.xy(row, col)  # the map position of the pixel's centre
-            assert np.allclose(kwargs["affine"] @ [row, col, 1], [-y, x, 1])
+            assert np.allclose(kwargs["affine"] @ [2, row, col, 1], [2, -y, x, 1])  # the band axis untouched
+    unreferenced = tmp_path / "six.tif"
+    tifffile.imwrite(unreferenced, np.moveaxis(scene(6), 0, -1), photometric="minisblack", planarconfig="contig")
+    [(data, kwargs, _)] = get_reader(str(unreferenced))(str(unreferenced))  # bands by the rule, not a 3D stack
+    assert data.shape == (6, H, W) and "affine" not in kwargs and "scale" not in kwargs
 
 
 def test_gdal_tags_tifffile_cannot_parse_give_no_warning_on_the_terminal_and_are_kept(tmp_path, gray_weights):
@@ -259,3 +284,186 @@ def test_gdal_tags_tifffile_cannot_parse_give_no_warning_on_the_terminal_and_are
         assert dst.nodata == 0 and dst.crs == CRS.from_epsg(32614)
         assert_same_place(src, dst)
         assert (dst.read(1)[:, :12] == 0).all()
+
+
+@pytest.mark.parametrize("interleave", ["pixel", "band"])
+def test_an_internal_mask_is_left_out_of_the_fit_filled_and_written_back_scaled(tmp_path, gray_weights, interleave):
+    valid = tilted_edge()
+    data = scene(3)
+    outputs = []
+    for name, outside in (("bright", 65535), ("dark", 0)):  # what lies under the mask must not matter
+        data[:, ~valid] = outside
+        path = write_masked(tmp_path / f"{name}.tif", data, valid, interleave=interleave)
+        assert io.read_info(path).nodata is None and io.format_for(path).name == "geotiff"
+        run_batch([path], tmp_path / "up", "--scale", "2", "--model", gray_weights)
+        outputs.append(tmp_path / "up" / f"{name}.tif")
+    expected_valid = ~nodata_on_output(~valid, (2 * H, 2 * W))  # the nearest input pixel's, as for nodata
+    for out_path in outputs:
+        with rasterio.open(outputs[0].parent.parent / out_path.name) as src, rasterio.open(out_path) as dst:
+            assert dst.mask_flag_enums == tuple([MaskFlags.per_dataset] for _ in range(3))
+            for b in range(1, 4):
+                assert np.array_equal(dst.read_masks(b) > 0, expected_valid)
+            assert dst.profile["interleave"] == interleave and dst.count == 3
+            assert_same_place(src, dst)
+            assert_band_means(src, dst)  # masked reads: the mean of the pixels with data
+            assert (dst.read()[:, ~expected_valid] == 0).all()  # no data there: 0 (no nodata value declared)
+    with rasterio.open(outputs[0]) as bright, rasterio.open(outputs[1]) as dark:
+        assert np.array_equal(bright.read(), dark.read())
+
+
+def test_the_mask_is_treated_as_nodata_by_the_engine(model):
+    y, x = np.mgrid[0:48, 0:48]
+    plane = (2000 + 10 * x + 5 * y).astype(np.uint16)
+    valid = x <= 20 + 0.5 * y
+    with_nodata = np.where(valid, plane, 0).astype(np.uint16)
+    by_mask = upscale(np.where(valid, plane, 60000).astype(np.uint16), 2, model=model, mask=valid)
+    by_nodata = upscale(with_nodata, 2, model=model, nodata=0)
+    assert np.array_equal(by_mask, by_nodata)
+    from diinn_napari.engine import upscale_window
+
+    window = upscale_window(np.where(valid, plane, 60000).astype(np.uint16), (96, 96), (10, 50, 20, 70), model=model,
+                            mask=valid)  # the napari preview: the same pixels as the run
+    assert np.array_equal(window, by_mask[10:50, 20:70])
+    stack = upscale(np.stack([plane, plane]), 2, model=model, mask=np.stack([valid, np.ones_like(valid)]))
+    assert np.array_equal(stack[0], by_nodata) and (stack[1] > 0).all()  # one mask per plane
+    with pytest.raises(ValueError, match="mask has shape"):
+        upscale(plane, 2, model=model, mask=valid[:10])
+
+
+def test_an_internal_mask_survives_the_cog_copy(tmp_path, gray_weights):
+    valid = tilted_edge()
+    path = write_masked(tmp_path / "cogmask.tif", scene(2), valid, interleave="band")
+    run_batch([path], tmp_path / "up", "--scale", "8", "--cog", "--model", gray_weights)  # above one 256 tile: overviews
+    out_path = tmp_path / "up" / "cogmask.tif"
+    with rasterio.open(out_path) as dst:
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and dst.overviews(1)
+        assert dst.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        assert np.array_equal(dst.read_masks(1) > 0, ~nodata_on_output(~valid, (8 * H, 8 * W)))
+    cogeo = pytest.importorskip("rio_cogeo.cogeo")
+    is_valid, errors, _ = cogeo.cog_validate(str(out_path))
+    assert is_valid, errors
+
+
+@pytest.mark.parametrize("options", [dict(interleave="band"), dict(interleave="pixel"),
+                                     dict(tiled=True, blockxsize=16, blockysize=16, compress="deflate", interleave="pixel"),
+                                     dict(tiled=True, blockxsize=16, blockysize=16, compress="deflate", interleave="band",
+                                          predictor=2)])
+def test_bands_are_read_one_at_a_time_as_gdal_reads_them(tmp_path, options):
+    data = scene(4)
+    path = write_raster(tmp_path / "bands.tif", data, **options)
+    info = io.read_info(path)
+    with GeoPlanes(info) as planes, rasterio.open(path) as src:
+        for b in range(4):
+            assert np.array_equal(planes[b], src.read(b + 1))
+        with pytest.raises(IndexError, match="outside its 4 bands"):
+            planes[4]
+    array, axes = GEOTIFF.read_array(path)
+    assert axes == "CYX" and np.array_equal(array, data)
+
+
+def test_one_band_of_separate_planes_is_read_without_the_others(tmp_path):
+    path = write_raster(tmp_path / "sep.tif", scene(3), interleave="band")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[2], page.databytecounts[2]
+    with open(path, "r+b") as fh:  # damage the third band's data: the first two still read
+        fh.seek(offset)
+        fh.write(b"\xff" * count)
+    info = io.read_info(path)
+    with GeoPlanes(info) as planes, rasterio.open(path) as src:
+        assert np.array_equal(planes[0], src.read(1)) and np.array_equal(planes[1], src.read(2))
+
+
+# ---- the widget: a GeoTIFF opened in napari as a user opens it, run with the Run button ----------------------
+def open_in_napari(viewer, path):
+    """File > Open with the plugin's reader (napari asks which reader when more than one takes a .tif)."""
+    layers = viewer.open(str(path), plugin="diinn-napari")
+    assert len(layers) == 1
+    return layers[0]
+
+
+def test_a_multiband_geotiff_in_the_widget_is_upscaled_band_by_band_and_keeps_its_meaning(
+        make_napari_viewer, qtbot, gray_weights, tmp_path):
+    pytest.importorskip("napari")
+    from test_widget import open_widget, run
+
+    import diinn_napari.engine as engine
+    from diinn_napari.weights import load_weights
+
+    valid = tilted_edge()
+    data = scene(4)
+    data[:, ~valid] = 60000  # under the internal mask: must not matter
+    data[:, :3, :] = 0  # and a nodata strip along the top
+    path = write_masked(tmp_path / "bands.tif", data, valid, interleave="pixel", nodata=0)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.add_model_file(gray_weights)
+    layer = open_in_napari(viewer, path)
+    assert layer.data.shape == (4, H, W) and not layer.rgb
+    assert layer.metadata["bands"] == ["first band", "band 2", "band 3", "band 4"]
+    np.testing.assert_allclose(layer.scale, (1, 30, 30))
+    np.testing.assert_allclose(layer.translate, (0, -(4200000.0 - 15), 500000.0 + 15))
+    widget.layer.value = layer
+    widget.factor_y.value = 2
+    assert widget.plan().run.model == gray_weights and widget.plan().run.nodata == 0
+    run(qtbot, widget)
+    out = viewer.layers["bands x2 DIINN"]
+    assert out.data.shape == (4, 2 * H, 2 * W) and out.data.dtype == np.uint16
+    # the band meaning, and the place: pixel centres on the source's grid, the transform scaled
+    assert out.metadata["bands"] == layer.metadata["bands"] and out.metadata["nodata"] == 0
+    np.testing.assert_allclose(out.scale, (1, 15, 15))
+    np.testing.assert_allclose(out.translate, (0, -(4200000.0 - 7.5), 500000.0 + 7.5))
+    assert out.metadata["transform"] == (15.0, 0.0, 500000.0, 0.0, -15.0, 4200000.0)
+    expected_valid = ~nodata_on_output(~valid, (2 * H, 2 * W))
+    assert np.array_equal(out.metadata["mask"], expected_valid)
+    # each band through the gray model with its own intensity fit: what upscale gives for that band alone,
+    # and what the batch tool writes for the file
+    model = load_weights(gray_weights)
+    for b in range(4):
+        alone = engine.upscale(data[b], 2, model=model, nodata=0, mask=valid)
+        assert np.array_equal(out.data[b], alone), b
+    run_batch([path], path.parent / "up", "--scale", "2", "--model", gray_weights)
+    with rasterio.open(path.parent / "up" / "bands.tif") as dst:
+        assert np.array_equal(dst.read(), out.data)
+        assert np.array_equal(dst.read_masks(1) > 0, expected_valid)
+    # Copy as Python reads the file as the plugin did (bands first, its mask) and makes the same pixels
+    from qtpy.QtWidgets import QApplication
+
+    from diinn_napari._reproduce import command_argv
+    from test_widget import press
+
+    viewer.layers.selection.active = out
+    press(widget.copy_python)
+    script = QApplication.clipboard().text()
+    assert "GEOTIFF.read_mask" in script and "nodata=float('0.0')" in script
+    (tmp_path / "again.py").write_text(script + "\nnp.save('again.npy', result)\n")
+    done = subprocess.run(command_argv(f"python {tmp_path / 'again.py'}"), capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.array_equal(np.load(tmp_path / "again.npy"), out.data)
+
+
+def test_a_declared_rgb_geotiff_in_the_widget_goes_through_the_rgb_model(make_napari_viewer, qtbot, rgb_weights,
+                                                                        tmp_path):
+    pytest.importorskip("napari")
+    from test_widget import open_widget, run
+
+    import diinn_napari.engine as engine
+    from diinn_napari.weights import load_weights
+
+    data = scene(3, np.uint8)
+    path = write_raster(tmp_path / "rgb.tif", data, photometric="RGB")
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    layer = open_in_napari(viewer, path)
+    assert layer.rgb and layer.data.shape == (H, W, 3)
+    widget.layer.value = layer
+    assert widget.plan().run.model == "rgb"
+    widget.add_model_file(rgb_weights)
+    widget.factor_y.value = 2
+    run(qtbot, widget)
+    out = viewer.layers["rgb x2 DIINN"]
+    assert out.rgb and out.data.shape == (2 * H, 2 * W, 3)
+    np.testing.assert_allclose(out.scale, (15, 15))
+    expected = engine.upscale(np.moveaxis(data, 0, -1), 2, model=load_weights(rgb_weights), rgb=True)
+    assert np.array_equal(out.data, expected)

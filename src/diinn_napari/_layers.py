@@ -3,8 +3,10 @@
 A result's pixel centres lie on its source's continuous grid
 (:func:`~diinn_napari.settings.overlay_placement`), a single plane at its own
 Z/T position, an isotropic volume with only its Z scale changed (output plane
-k at the first plane's Z + k x the output Z step). Colours, contrast, units
-and axis labels are copied from the source, so a result looks like it.
+k at the first plane's Z + k x the output Z step), under the source's affine.
+Colours, contrast, units and axis labels are copied from the source, so a
+result looks like it; so is its metadata (a GeoTIFF's band names, nodata,
+and its transform and mask scaled to the result's grid).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from napari.utils.notifications import show_info
 
 from ._planner import UNIT_WORDS, RunPlan
+from ._reader import result_metadata
 from .settings import overlay_placement
 
 if TYPE_CHECKING:
@@ -63,6 +66,16 @@ def placement(plan: RunPlan, index: tuple[int, ...] | None = None) -> tuple[list
     return scale, translate
 
 
+def same_affine(source: Image) -> dict:
+    """The source's affine for a result (a GeoTIFF with a rotated transform has one), or nothing when it has none.
+
+    napari applies it after scale and translate, so a result placed over the
+    source's pixel grid stays over it.
+    """
+    matrix = np.asarray(source.affine.affine_matrix)
+    return {} if np.allclose(matrix, np.eye(len(matrix))) else {"affine": matrix}
+
+
 def looks_like(source: Image, data: np.ndarray) -> dict:
     """Display settings that make a result look like its source: units, axis labels, colours, contrast."""
     kwargs = dict(rgb=source.rgb, blending=source.blending)
@@ -100,7 +113,7 @@ def show_preview(viewer: napari.Viewer, source: Image, plan: RunPlan, window: tu
     data = image.reshape((1,) * (source.ndim - 2) + image.shape)
     meta = {**plan.record, "preview_window": list(window), "seconds": seconds, "made": time.time()}
     return viewer.add_image(data, name=f"{source.name} {PREVIEW_SUFFIX}", scale=scale, translate=translate,
-                            metadata={"diinn": meta}, **looks_like(source, image))
+                            metadata={"diinn": meta}, **same_affine(source), **looks_like(source, image))
 
 
 class ResultLayers:
@@ -129,10 +142,12 @@ class ResultLayers:
                     self._done_key: 0, "partial": True}
             self.image = self.viewer.add_image(
                 result, name=f"{self.source.name} {plan.label} DIINN", scale=scale, translate=translate,
-                metadata={**self.source.metadata, "diinn": meta}, **looks_like(self.source, result))
+                metadata={**result_metadata(self.source.metadata, plan.in_yx, plan.out_yx), "diinn": meta},
+                **same_affine(self.source), **looks_like(self.source, result))
             if trust is not None:
                 self.trust = self.viewer.add_image(
                     trust, name=f"{self.source.name} {plan.label} DIINN trust", scale=scale, translate=translate,
+                    **same_affine(self.source),
                     colormap="magma", blending="additive", opacity=0.6, visible=True,
                     metadata={"diinn": {**plan.record, "trust_map": TRUST_NOTE}})
         meta = self.image.metadata["diinn"]

@@ -43,7 +43,10 @@ class Source:
     translate: napari's, one per spatial axis (the pixel size and the
     position of pixel 0 in world units); path: the file napari read it
     from (``layer.source.path``), if any; result_of: for a layer that is
-    itself a DIINN result, the name of the layer it was made from.
+    itself a DIINN result, the name of the layer it was made from; nodata
+    and mask: the pixels without data, as the GeoTIFF reader puts them in
+    ``layer.metadata`` (the nodata value; a (Y, X) bool mask, True where
+    there is data, shared by every plane).
     """
 
     name: str
@@ -54,6 +57,9 @@ class Source:
     translate: tuple[float, ...] | None = None
     path: str | None = None
     result_of: str | None = None
+    nodata: float | None = None
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    reader: str | None = None  # the plugin napari read ``path`` with (layer.source.reader_plugin)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
@@ -71,10 +77,18 @@ class Source:
         """The source of a napari image layer (its level 0 when multiscale)."""
         data = layer.data[0] if layer.multiscale else layer.data
         path = getattr(getattr(layer, "source", None), "path", None)
-        made = layer.metadata.get("diinn") if isinstance(layer.metadata, dict) else None
+        reader = getattr(getattr(layer, "source", None), "reader_plugin", None)
+        meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+        made = meta.get("diinn")
         result_of = str(made.get("source", "?")) if isinstance(made, dict) else None
+        nodata = meta.get("nodata")
+        nodata = float(nodata) if isinstance(nodata, (int, float, np.number)) and not isinstance(nodata, bool) else None
+        yx = tuple(data.shape[-3:-1] if layer.rgb else data.shape[-2:])
+        mask = meta.get("mask")
+        mask = mask if isinstance(mask, np.ndarray) and mask.shape == yx else None  # one for every plane
         return cls(layer.name, tuple(data.shape), data.dtype, bool(layer.rgb), tuple(layer.scale), tuple(layer.translate),
-                   None if path is None else str(path), result_of)
+                   None if path is None else str(path), result_of, nodata, mask,
+                   None if path is None or reader is None else str(reader))
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -190,7 +204,8 @@ def plan_run(source: Source, request: Request) -> RunPlan:
             raise ValueError(f"adapt to each plane first: {reason}; untick it (Advanced) for this size")
     record = {"source": source.name, "size_mode": request.size_mode, "size_ratio": list(ratio), **run.record(),
               "output_dtype": str(dtype), "trust_map": bool(request.trust_map), "plane_only": bool(request.plane_only),
-              "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb}
+              "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb,
+              "source_reader": source.reader, "source_mask": source.mask is not None}
     if steps:
         record["self_adapt_steps"] = steps
     if request.plane_only:
@@ -206,7 +221,7 @@ def run_settings(source: Source, request: Request, consistency: int) -> RunSetti
     model = request.model if request.model not in (AUTO_MODEL, None) else ("rgb" if source.rgb else "gray")
     return RunSettings(model=model, device=request.device, tile_size=request.tile_size or None,
                        intensity=request.intensity, out_dtype=None if request.out_dtype == SAME_DTYPE else request.out_dtype,
-                       precision=request.precision, consistency=int(consistency))
+                       precision=request.precision, consistency=int(consistency), nodata=source.nodata)
 
 
 def _plane(plane: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:

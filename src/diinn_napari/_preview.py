@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 STRIP_ROWS = 256
 
 
-def decode_window_steps(plane, window: tuple[int, int, int, int], run: RunSettings, rgb: bool, strip: int = STRIP_ROWS):
+def decode_window_steps(plane, window: tuple[int, int, int, int], run: RunSettings, rgb: bool, strip: int = STRIP_ROWS,
+                        mask=None):
     """:func:`decode_window` as a generator: yields after every strip of output rows (where a worker can be
     stopped); returns (image, seconds). Each strip is decoded on the global output grid, so the strips make
-    exactly the window's pixels."""
+    exactly the window's pixels. ``mask``: the plane's pixels with data (a GeoTIFF's internal mask), or None."""
     from .engine import Engine
 
     start = time.perf_counter()
@@ -42,7 +43,7 @@ def decode_window_steps(plane, window: tuple[int, int, int, int], run: RunSettin
     y0, y1, x0, x1 = window
     parts = []
     for a in range(y0, y1, strip):
-        parts.append(engine.window(plane, (a, min(a + strip, y1), x0, x1), rgb=rgb))
+        parts.append(engine.window(plane, (a, min(a + strip, y1), x0, x1), rgb=rgb, mask=mask))
         yield len(parts)
     return np.concatenate(parts, axis=0), time.perf_counter() - start
 
@@ -85,7 +86,7 @@ class PreviewController:
         serial = self._latest
         plane = level0(layer)[plan.plane]
         worker = thread_worker(decode_window_steps, start_thread=False, ignore_errors=True)(
-            plane, window, plan.run, plan.source.rgb)
+            plane, window, plan.run, plan.source.rgb, mask=plan.source.mask)
         self._worker, self._worker_done = worker, False
         worker.finished.connect(lambda: self._finished_worker(worker))
         worker.returned.connect(lambda result: self._on_returned(serial, plan, layer, window, *result))

@@ -17,6 +17,8 @@ from .settings import MODES, OUTLIER_CLAMP
 
 __all__ = ["ReproduceError", "python_code", "batch_command"]
 
+PLUGIN = "diinn-napari"  # the manifest's name: what napari records as the reader of the files this plugin opened
+
 
 class ReproduceError(ValueError):
     """The record cannot be turned into what was asked (its message says why and what to do)."""
@@ -49,6 +51,8 @@ def _settings_args(record: dict) -> list[str]:
             f"precision={record['precision']!r}", f"consistency={record['consistency']!r}"]
     if record.get("ensemble"):
         args.append("ensemble=True")
+    if record.get("nodata") is not None:  # a GeoTIFF's (the batch tool reads it from the file itself)
+        args.append(f"nodata=float({str(record['nodata'])!r})")
     clamp = record.get("outlier_clamp")
     if clamp is not None and tuple(clamp) != OUTLIER_CLAMP or clamp is None and "outlier_clamp" in record:
         args.append(f"outlier_clamp={None if clamp is None else tuple(clamp)!r}")
@@ -63,7 +67,14 @@ def python_code(record: dict, layer_name: str | None = None) -> str:
     record = _check(record)
     path, source = record.get("source_path"), record.get("source", layer_name)
     lines = ["import numpy as np", "from diinn_napari import RunSettings, upscale", ""]
-    if path:
+    mask = ""
+    if path and record.get("source_reader") == PLUGIN:  # read by this plugin's GeoTIFF reader: bands first, its mask
+        lines += ["from diinn_napari.io.geotiff import GEOTIFF  # the plugin's GeoTIFF reader", "",
+                  f"image, _ = GEOTIFF.read_array({path!r})  # the source layer {source!r}"]
+        if record.get("source_mask"):
+            lines.append(f"mask = GEOTIFF.read_mask({path!r})  # its internal mask: True where there is data")
+            mask = ", mask=mask"
+    elif path:
         lines += ["from napari_builtins.io import imread  # napari's own reader", "",
                   f"image = imread({path!r})  # the source layer {source!r}"]
     else:
@@ -77,7 +88,7 @@ def python_code(record: dict, layer_name: str | None = None) -> str:
               "settings = RunSettings(" + ", ".join(_settings_args(record)) + ")"]
     steps = record.get("self_adapt_steps")
     if not steps:
-        lines.append(f"result = upscale(image, settings=settings, rgb={rgb!r})")
+        lines.append(f"result = upscale(image, settings=settings, rgb={rgb!r}{mask})")
         return "\n".join(lines) + "\n"
     ratio = tuple(float(r) for r in record["size_ratio"])
     lines[1] += "\nfrom diinn_napari.train.self_adapt import adapt_plane"
@@ -85,8 +96,8 @@ def python_code(record: dict, layer_name: str | None = None) -> str:
     lines += [f"planes = image.reshape((-1,) + image.shape[-{plane_axes}:])",
               "out = []",
               f"for plane in planes:  # each plane upscaled by a copy of the model adapted to it ({steps} steps)",
-              f"    adapted = adapt_plane(plane, {ratio!r}, settings, {int(steps)}, rgb={rgb!r})",
-              f"    out.append(upscale(plane, settings=settings.replace(model=adapted.model), rgb={rgb!r}))",
+              f"    adapted = adapt_plane(plane, {ratio!r}, settings, {int(steps)}, rgb={rgb!r}{mask})",
+              f"    out.append(upscale(plane, settings=settings.replace(model=adapted.model), rgb={rgb!r}{mask}))",
               f"result = np.stack(out).reshape(image.shape[:-{plane_axes}] + out[0].shape)"]
     return "\n".join(lines) + "\n"
 

@@ -111,7 +111,7 @@ def upscale_updates(data, plan: RunPlan, cancel: threading.Event | None = None) 
     image = Assembly(plan.shape, fill=0)
     trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
     planes_done = 0
-    for step in Engine(plan.run).steps(data, rgb=rgb, return_trust=plan.trust_map):
+    for step in Engine(plan.run).steps(data, rgb=rgb, return_trust=plan.trust_map, mask=plan.source.mask):
         if not image.add(step):
             yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done)
             continue
@@ -159,7 +159,7 @@ def self_adapted_updates(data, plan: RunPlan, cancel: threading.Event) -> Update
     from .engine import Engine
     from .train.self_adapt import adapt_plane
 
-    rgb, steps = plan.source.rgb, plan.self_adapt_steps
+    rgb, steps, mask = plan.source.rgb, plan.self_adapt_steps, plan.source.mask  # mask: (Y, X), every plane
     image = Assembly(plan.shape, fill=0)
     trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
     leading = tuple(data.shape[:-3] if rgb else data.shape[:-2])
@@ -168,10 +168,11 @@ def self_adapted_updates(data, plan: RunPlan, cancel: threading.Event) -> Update
     for k, index in enumerate(indices):
         plane = np.asarray(data[index])
         adapted = yield from in_thread(
-            lambda progress, plane=plane: adapt_plane(plane, plan.ratio, plan.run, steps, rgb=rgb, progress=progress,
-                                                      cancel=cancel),
+            lambda progress, plane=plane: adapt_plane(plane, plan.ratio, plan.run, steps, rgb=rgb, mask=mask,
+                                                      progress=progress, cancel=cancel),
             Phase.ADAPTING_PLANE, steps, planes_done, cancel)
-        for step in Engine(plan.run.replace(model=adapted.model)).steps(plane, rgb=rgb, return_trust=plan.trust_map):
+        for step in Engine(plan.run.replace(model=adapted.model)).steps(plane, rgb=rgb, return_trust=plan.trust_map,
+                                                                        mask=mask):
             per_plane = step.total
             done, total = k * per_plane + step.done, per_plane * len(indices)  # over the run, as upscale_updates
             if step.plane is None:

@@ -216,7 +216,7 @@ class Engine:
             yield net
 
     def steps(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-              cancel: CancelCheck | None = None, return_trust: bool = False) -> Iterator[Step]:
+              cancel: CancelCheck | None = None, return_trust: bool = False, mask=None) -> Iterator[Step]:
         """The pipeline, one tile per step: yields a :class:`Step` after every tile.
 
         A step that finishes a plane carries it (``step.plane``), so a GUI
@@ -228,6 +228,7 @@ class Engine:
         """
         s = self.settings
         leading, (h, w) = _spatial_layout(image, rgb)
+        masks = _plane_masks(mask, leading, (h, w))
         H, W = s.output_yx((h, w), input_pixel_size)
         channels = 3 if rgb else 1
         alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
@@ -246,7 +247,7 @@ class Engine:
             total = len(tiles) * int(np.prod(leading, dtype=np.int64))
             done = 0
             for index in np.ndindex(*leading):
-                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb)
+                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
                 check_finite(plane, where=f" in plane {index}" if index else "")
                 mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
                 out = np.empty((channels + alpha, H, W), dtype)
@@ -270,7 +271,7 @@ class Engine:
                     if finished and alpha:
                         out[3] = resize_mask(plane[..., 3], (H, W), dtype)
                     if finished and missing is not None:
-                        out[:channels, nodata_on_output(missing, (H, W))] = cast(np.float32(s.nodata), dtype)
+                        out[:channels, nodata_on_output(missing, (H, W))] = _fill_value(s.nodata, dtype)
                     yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
                                trust if finished else None)
 
@@ -281,7 +282,7 @@ class Engine:
                 yield step.index, step.plane
 
     def run(self, image, *, rgb: bool = False, input_pixel_size=None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None, return_trust: bool = False):
+            cancel: CancelCheck | None = None, return_trust: bool = False, mask=None):
         """The whole result (and trust map with ``return_trust``); see :func:`upscale`."""
         leading, (h, w) = _spatial_layout(image, rgb)
         H, W = self.settings.output_yx((h, w), input_pixel_size)
@@ -296,18 +297,20 @@ class Engine:
         result = Assembly(leading + (H, W) + colour)
         trust = Assembly(leading + (H, W))
         for step in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
-                               return_trust=return_trust):
+                               return_trust=return_trust, mask=mask):
             if result.add(step) and return_trust:
                 trust.place(step.index, step.trust)
         return (result.result, trust.result) if return_trust else result.result
 
-    def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None) -> np.ndarray:
+    def window(self, plane, window: tuple[int, int, int, int], *, rgb: bool = False, input_pixel_size=None,
+               mask=None) -> np.ndarray:
         """Output rows ``y0:y1`` and columns ``x0:x1`` of one plane: the pixels :meth:`run` gives there.
 
         The intensity map is fitted on the whole plane and the window decoded
         on the global output grid, at the cost of the window alone (the
         napari preview). ``plane`` is (Y, X), or (Y, X, 3|4) with ``rgb=True``;
-        ``window`` is (y0, y1, x0, x1) inside the output grid.
+        ``window`` is (y0, y1, x0, x1) inside the output grid; ``mask`` the
+        plane's (Y, X) mask of pixels holding data, or None.
         """
         s = self.settings
         plane = np.asarray(plane)
@@ -320,7 +323,7 @@ class Engine:
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
         dtype = s.output_dtype(plane.dtype)
         compute = compute_dtype(dtype)
-        plane, missing = fill_nodata(plane, s.nodata, rgb)
+        plane, missing = fill_nodata(plane, s.nodata, rgb, _plane_masks(mask, (), (h, w))(()))
         mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
         render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net, torch_threads(s.threads):
@@ -332,29 +335,30 @@ class Engine:
         if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
             out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
         if missing is not None:
-            out[:3 if rgb else 1, nodata_on_output(missing, (H, W))[y0:y1, x0:x1]] = cast(np.float32(s.nodata), dtype)
+            out[:3 if rgb else 1, nodata_on_output(missing, (H, W))[y0:y1, x0:x1]] = _fill_value(s.nodata, dtype)
         return out.transpose(1, 2, 0) if rgb else out[0]
 
 
 
 def upscale_steps(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                  return_trust: bool = False, input_pixel_size=None, **options) -> Iterator[Step]:
+                  return_trust: bool = False, input_pixel_size=None, mask=None, **options) -> Iterator[Step]:
     """:meth:`Engine.steps` of ``settings`` with the keyword ``options`` (RunSettings fields) on top."""
     engine = Engine(_settings(settings, scale, options))
     return engine.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
-                        return_trust=return_trust)
+                        return_trust=return_trust, mask=mask)
 
 
 def iter_upscaled_planes(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
-                         input_pixel_size=None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+                         input_pixel_size=None, mask=None, **options) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Every output plane in turn as ``(leading_index, plane)`` (:meth:`Engine.planes`); one exists at a time."""
-    return Engine(_settings(settings, scale, options)).planes(image, rgb=rgb, input_pixel_size=input_pixel_size)
+    return Engine(_settings(settings, scale, options)).planes(image, rgb=rgb, input_pixel_size=input_pixel_size,
+                                                              mask=mask)
 
 
 def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            return_trust: bool = False, input_pixel_size=None, **options):
+            return_trust: bool = False, input_pixel_size=None, mask=None, **options):
     """Super-resolve ``image`` by any real factor with DIINN.
 
     image: numpy or array-like (dask, zarr, memmap) shaped (..., Y, X), or
@@ -380,19 +384,26 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
         ``consistency=0`` the correction one step would apply, |U(y - D(out))|.
         Large where the model disagrees with the measurement. For RGB, the
         largest over the colour channels.
+    mask: which pixels hold data (a GDAL internal mask): a (Y, X) bool
+        array-like, True where there is data, for every plane, or one per
+        plane shaped like the leading axes + (Y, X). Pixels without data are
+        treated as ``nodata`` ones: left out of the intensity fit, filled from
+        the nearest pixel with data before the network, and set to ``nodata``
+        (0 when there is none) where the nearest input pixel has no data.
 
     Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
     dtype (``out_dtype``, else the input's); with ``return_trust=True`` the
     pair ``(output, trust)``.
     """
     return Engine(_settings(settings, scale, options)).run(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
-                                                           cancel=cancel, return_trust=return_trust)
+                                                           cancel=cancel, return_trust=return_trust, mask=mask)
 
 
 def upscale_window(plane, output_shape: tuple[int, int], window: tuple[int, int, int, int], *,
-                   settings: RunSettings | None = None, rgb: bool = False, **options) -> np.ndarray:
+                   settings: RunSettings | None = None, rgb: bool = False, mask=None, **options) -> np.ndarray:
     """Output rows ``y0:y1`` and columns ``x0:x1`` of ``plane`` upscaled to ``output_shape`` (:meth:`Engine.window`)."""
-    return Engine(_settings(settings, None, {**options, "output_shape": output_shape})).window(plane, window, rgb=rgb)
+    return Engine(_settings(settings, None, {**options, "output_shape": output_shape})).window(plane, window, rgb=rgb,
+                                                                                               mask=mask)
 
 
 # ---- tiles ---------------------------------------------------------------------------------------
@@ -416,20 +427,25 @@ def _tile_grid(h: int, w: int, H: int, W: int, tile: int) -> list[tuple[int, int
     return grid
 
 
-def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False,
+                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """``plane`` with its nodata pixels filled from the nearest valid pixel, and the (Y, X) nodata mask.
 
     A pixel is nodata where it equals ``nodata`` (NaN: where it is NaN; RGB:
-    in every colour sample). Filling makes a scene edge no content for the
-    network, so the valid pixels next to it are not pulled towards the fill
-    value. The mask is None when nothing is missing (or ``nodata`` is None).
+    in every colour sample), or where ``mask`` ((Y, X) bool, True where a
+    pixel holds data: a GDAL internal mask) is False. Filling makes a scene
+    edge no content for the network, so the valid pixels next to it are not
+    pulled towards the fill value. The mask returned is None when nothing is
+    missing.
     """
-    if nodata is None:
-        return plane, None
-    colour = plane[..., :3] if rgb else plane
-    hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
-    missing = hit.all(-1) if rgb else hit
-    if not missing.any():
+    missing = None
+    if nodata is not None:
+        colour = plane[..., :3] if rgb else plane
+        hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
+        missing = hit.all(-1) if rgb else hit
+    if mask is not None:
+        missing = ~mask if missing is None else missing | ~mask
+    if missing is None or not missing.any():
         return plane, None
     if missing.all():  # nothing to fill from: a constant plane, all of it nodata again on output
         return np.zeros_like(plane), missing
@@ -437,6 +453,25 @@ def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False) -> t
 
     nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
     return plane[tuple(nearest)], missing
+
+
+def _plane_masks(mask, leading: tuple[int, ...], yx: tuple[int, int]):
+    """``index -> (Y, X) bool mask or None`` from :func:`upscale`'s ``mask`` (one for all planes, or one per plane)."""
+    if mask is None:
+        return lambda index: None
+    shape = tuple(int(n) for n in np.shape(mask))
+    if shape == tuple(yx):
+        shared = np.asarray(mask, dtype=bool)
+        return lambda index: shared
+    if shape == tuple(leading) + tuple(yx):
+        return lambda index: np.asarray(mask[index], dtype=bool)
+    raise ValueError(f"mask has shape {shape}: give one (Y, X) = {tuple(yx)} mask for every plane, "
+                     f"or one per plane, {tuple(leading) + tuple(yx)}")
+
+
+def _fill_value(nodata: float | None, dtype: np.dtype):
+    """What pixels without data become on output: ``nodata``, or 0 when only a mask marks them."""
+    return cast(np.float32(0.0 if nodata is None else nodata), dtype)
 
 
 def nodata_on_output(missing: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:

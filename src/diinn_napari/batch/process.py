@@ -190,14 +190,15 @@ class PlaneWork:
         run = self.settings.run.replace(output_shape=output.yx, out_dtype=output.dtype.name)
         if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
             run = run.replace(nodata=info.nodata)
+        mask = io.data_mask(reader)  # a GeoTIFF's internal mask: its pixels without data, for every plane
         planes = _PlanesFrom(reader, partial.start)
         if self.settings.self_adapt:
-            yield from self._adapted(planes, run)
+            yield from self._adapted(planes, run, mask)
             return
-        for _, plane in engine.Engine(run).planes(planes, rgb=info.rgb):
+        for _, plane in engine.Engine(run).planes(planes, rgb=info.rgb, mask=mask):
             yield plane
 
-    def _adapted(self, planes: _PlanesFrom, run) -> Iterator[np.ndarray]:
+    def _adapted(self, planes: _PlanesFrom, run, mask: np.ndarray | None) -> Iterator[np.ndarray]:
         """Each plane upscaled by a copy of the model adapted to that plane (``--self-adapt``).
 
         Plane by plane, so a resumed file adapts its next plane as a fresh run would.
@@ -210,9 +211,9 @@ class PlaneWork:
         factors = tuple(o / i for o, i in zip(self.plan.output.yx, info.yx))
         for i in range(planes.shape[0]):
             plane = np.asarray(planes[i])
-            adapted = adapt_plane(plane, factors, run, steps, rgb=info.rgb)
+            adapted = adapt_plane(plane, factors, run, steps, rgb=info.rgb, mask=mask)
             self.adapted.append(adapted.improved)
-            (_, out), = engine.Engine(run.replace(model=adapted.model)).planes(plane, rgb=info.rgb)
+            (_, out), = engine.Engine(run.replace(model=adapted.model)).planes(plane, rgb=info.rgb, mask=mask)
             yield out
 
     def finish(self, partial: PartialFile) -> None:

@@ -37,7 +37,7 @@ from .record import RECORD_KEY, RECORD_TAG, read_record
 from .whole import find_images, image_planes, image_suffixes, read_image
 
 __all__ = ["ImageFormat", "ImageInfo", "PlaneSource", "RECORD_KEY", "RECORD_TAG", "atomic_write", "current_umask",
-           "find_images", "format_for", "format_of", "formats", "fsync_folder", "image_planes", "image_suffixes",
+           "data_mask", "find_images", "format_for", "format_of", "formats", "fsync_folder", "image_planes", "image_suffixes",
            "is_colour", "is_image", "open_planes", "publish", "read_image", "read_info", "read_record", "register",
            "sample_layout", "suffixes", "write_planes"]
 
@@ -52,6 +52,15 @@ def read_info(path: str | Path) -> ImageInfo:
 def open_planes(info: ImageInfo) -> PlaneSource:
     """A plane reader over the file ``info`` describes (a context manager): ``source[index]`` is one plane."""
     return format_of(info).open_planes(info)
+
+
+def data_mask(source: PlaneSource) -> np.ndarray | None:
+    """The (Y, X) bool mask of the pixels that hold data in every plane of ``source`` (True: data), or None.
+
+    A GeoTIFF's GDAL internal mask; formats without masks have none.
+    """
+    read = getattr(source, "data_mask", None)
+    return None if read is None else read()
 
 
 def write_planes(path: str | Path, info: ImageInfo, out_yx: tuple[int, int], dtype, planes: Iterable[np.ndarray],

@@ -169,7 +169,12 @@ def sample_layout(name: str, axes: str, shape: tuple[int, ...], *, photometric: 
 
 @runtime_checkable
 class PlaneSource(Protocol):
-    """An open file, array-like over its planes: ``source[index]`` reads one plane (index: the leading axes)."""
+    """An open file, array-like over its planes: ``source[index]`` reads one plane (index: the leading axes).
+
+    A source may also offer ``data_mask()``: the (Y, X) bool mask of pixels
+    holding data in every plane (a GeoTIFF's internal mask), or None; read it
+    through :func:`diinn_napari.io.data_mask`.
+    """
 
     info: ImageInfo
 

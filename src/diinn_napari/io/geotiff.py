@@ -44,7 +44,7 @@ import tifffile
 
 from . import record as settings_record
 from .base import ImageInfo, register, sample_layout
-from .tiff import HEADER_ERRORS, drop_tags
+from .tiff import HEADER_ERRORS, _codec_error, drop_tags
 
 
 class _QuietGdalTags(logging.Filter):
@@ -62,6 +62,8 @@ GDAL_METADATA, GDAL_NODATA = 42112, 42113
 RECORD_ITEM = "DIINN_NAPARI_RECORD"  # the settings record as a GDAL metadata item (what a COG keeps)
 _RASTER_TYPE_KEY, _MODEL_TYPE_KEY, _LINEAR_UNITS_KEY = 1025, 1024, 3076
 _LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "US survey ft"}
+_READ_BUFFER = 1 << 20  # bytes of strips or tiles read at a time (tifffile reads 256 MiB; it holds ~3x that)
+_MASK_SEARCH = 40  # pages looked at for an internal mask: GDAL's overviews and their masks come first at most
 
 
 def geokeys(values) -> dict[int, int]:
@@ -203,27 +205,124 @@ def napari_affine(info: ImageInfo) -> np.ndarray | None:
     return np.array([[-e, -d, -(f + 0.5 * (d + e))], [b, a, c + 0.5 * (a + b)], [0.0, 0.0, 1.0]])
 
 
+def _nearest_input(n_in: int, n_out: int) -> np.ndarray:
+    """The nearest input pixel of each output pixel on one axis: the engine's rule (``model.grid.nearest_lr_index``).
+
+    Repeated here in integers because this package does not import torch; a test holds the two equal.
+    """
+    i = np.arange(n_out, dtype=np.int64)
+    return np.minimum(((2 * i + 1) * n_in) // (2 * n_out), n_in - 1)
+
+
+def scale_mask(mask: np.ndarray, out_yx: tuple[int, int]) -> np.ndarray:
+    """A (Y, X) mask on the output grid: each output pixel takes its nearest input pixel's value (as nodata does)."""
+    (h, w), (H, W) = mask.shape, out_yx
+    return mask[np.ix_(_nearest_input(h, H), _nearest_input(w, W))]
+
+
+def internal_mask_page(tif: tifffile.TiffFile) -> int | None:
+    """The page number of the GDAL internal mask of the first image, or None.
+
+    GDAL writes it (``GDAL_TIFF_INTERNAL_MASK``, ``dataset.write_mask``) as an
+    IFD with the mask bit of NewSubfileType (4, not reduced), photometric
+    "transparency mask", one sample, and the size of the image; 0 means "no data".
+    """
+    first = tif.pages[0]
+    size = (int(first.imagelength), int(first.imagewidth))
+    for number in range(1, 1 + _MASK_SEARCH):  # GDAL puts it among the first pages (after overviews at most)
+        try:
+            page = tif.pages[number]
+        except IndexError:
+            return None
+        subfile = int(getattr(page, "subfiletype", 0) or 0)
+        if (subfile & 4 and not subfile & 1 and int(page.photometric) == 4 and int(page.samplesperpixel) == 1
+                and (int(page.imagelength), int(page.imagewidth)) == size):
+            return number
+    return None
+
+
+def read_band(tif: tifffile.TiffFile, band: int | None) -> np.ndarray:
+    """One band (Y, X) of the first page, decoding one strip or tile at a time; ``band=None``: the whole page.
+
+    Separate planes: only that band's strips or tiles are read. Pixel
+    interleaved: every strip or tile is read and decoded, and only the band is
+    kept, so memory stays about one band, never the scene.
+    """
+    page = tif.pages[0]
+    if band is None:
+        return page.asarray()
+    separate, _depth, length, width, _contig = (int(n) for n in page.shaped)
+    out = np.zeros((length, width), page.dtype)  # a sparse (empty) strip or tile reads as 0 (GDAL: 0 or the nodata)
+    count = len(page.dataoffsets)
+    per_band = count // separate
+    chosen = range(band * per_band, (band + 1) * per_band) if separate > 1 else range(count)
+    decodeargs: dict = {"_fullsize": bool(page.is_tiled)}
+    if page.compression in {6, 7, 34892, 33007}:  # JPEG (as tifffile's own TiffPage.segments)
+        decodeargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+    fh = tif.filehandle
+    offsets = [page.dataoffsets[i] for i in chosen]
+    counts = [page.databytecounts[i] for i in chosen]
+    for data, index in fh.read_segments(offsets, counts, indices=list(chosen), sort=True, lock=fh.lock,
+                                        buffersize=_READ_BUFFER):
+        segment, (_s, _d, y, x, _c), _shape = page.decode(data, index, **decodeargs)
+        if segment is None:
+            continue
+        rows, cols = min(segment.shape[1], length - y), min(segment.shape[2], width - x)
+        out[y:y + rows, x:x + cols] = segment[0, :rows, :cols, 0 if separate > 1 else band]
+    return out
+
+
 class GeoPlanes:
-    """The planes of a GeoTIFF: its one image decoded once, then ``[c]`` a band or ``[()]`` the (Y, X[, S]) plane."""
+    """The planes of a GeoTIFF, read one at a time: ``[c]`` one band (``CYX``), ``[()]`` the (Y, X[, S]) plane.
+
+    The file stays open while the reader lives. A band is decoded strip by
+    strip (:func:`read_band`), so the scene is never held whole; a colour
+    plane is the page. :meth:`data_mask` is the GDAL internal mask.
+    """
 
     def __init__(self, info: ImageInfo):
         self.info, self.shape, self.dtype = info, info.shape, info.dtype
-        self._data: np.ndarray | None = None
-        self._closed = False
-
-    def _array(self) -> np.ndarray:
-        if self._data is None:
-            self._data, _ = GEOTIFF.read_array(self.info.path)
-        return self._data
+        try:
+            self._tif: tifffile.TiffFile | None = tifffile.TiffFile(info.path)
+        except HEADER_ERRORS as err:
+            raise ValueError(f"{info.path.name}: cannot read this GeoTIFF ({type(err).__name__}: {err})") from err
 
     def __getitem__(self, index) -> np.ndarray:
-        if self._closed:
+        if self._tif is None:
             raise ValueError(f"{self.info.path.name}: the reader is closed")
         index = tuple(int(i) for i in np.atleast_1d(index)) if index != () else ()
-        return np.array(self._array()[index])
+        if self.info.axes == "CYX":
+            if len(index) != 1 or not 0 <= index[0] < self.shape[0]:
+                raise IndexError(f"{self.info.path.name}: band index {index} outside its {self.shape[0]} bands")
+            band = index[0]
+        elif index:
+            raise IndexError(f"{self.info.path.name}: one plane, indexed by (), not {index}")
+        else:
+            band = None
+        try:
+            data = read_band(self._tif, band)
+        except HEADER_ERRORS as err:
+            raise ValueError(f"{self.info.path.name}: plane {index} cannot be read ({type(err).__name__}: {err}); "
+                             "the file is damaged") from err
+        if band is None and data.ndim == 3 and self.info.metadata.get("planar") == 2:
+            data = np.moveaxis(data, 0, -1)  # a colour plane stored as separate planes: samples last
+        return np.ascontiguousarray(data)
+
+    def data_mask(self) -> np.ndarray | None:
+        """The (Y, X) bool mask of pixels holding data (GDAL internal mask, for every band), or None if it has none."""
+        number = self.info.metadata.get("internal_mask")
+        if number is None or self._tif is None:
+            return None
+        try:
+            return np.asarray(self._tif.pages[number].asarray()) != 0
+        except HEADER_ERRORS as err:
+            raise ValueError(f"{self.info.path.name}: its internal mask cannot be read ({type(err).__name__}: {err}); "
+                             "the file is damaged") from err
 
     def close(self) -> None:
-        self._data, self._closed = None, True
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
 
     def __enter__(self) -> GeoPlanes:
         return self
@@ -248,7 +347,7 @@ class GeoTiffFormat:
                 if tif.is_imagej or tif.is_ome:
                     return False
                 page = tif.pages[0]
-                if GEOKEYS in page.tags:
+                if GEOKEYS in page.tags or internal_mask_page(tif) is not None:
                     return True
                 series = tif.series[0]
                 samples = int(page.samplesperpixel)
@@ -264,34 +363,33 @@ class GeoTiffFormat:
             return False
 
     def read_info(self, path: Path) -> ImageInfo:
+        path = Path(path)
         try:
             with tifffile.TiffFile(path) as tif:
                 page, series = tif.pages[0], tif.series[0]
                 samples = int(page.samplesperpixel)
                 planar = int(page.planarconfig)
                 shape = tuple(int(n) for n in series.shape)
-                if samples == 1:
-                    if len(shape) != 2:
-                        raise ValueError(f"a GeoTIFF of one image is read, this one has shape {shape} "
-                                         f"(axes {series.axes})")
-                    yx = shape
-                else:
-                    yx = shape[1:] if planar == 2 else shape[:2]
-                    if len(shape) != 3:
-                        raise ValueError(f"a GeoTIFF of one image is read, this one has shape {shape}")
+                axes_read = series.axes
                 geo = {code: _tag_values(page, code) for code in GEO_TAGS if code in page.tags}
                 gdal_xml = _text(_tag_values(page, GDAL_METADATA))
                 nodata_text = _text(_tag_values(page, GDAL_NODATA))
                 photometric = int(page.photometric)
                 extrasamples = tuple(int(v) for v in page.extrasamples or ())
                 has_resolution = "XResolution" in page.tags and "YResolution" in page.tags
-        except tifffile.TiffFileError as err:  # (a ValueError too, but says nothing of the file by itself)
-            raise ValueError(f"{path.name}: cannot read this GeoTIFF ({err})") from err
-        except ValueError as err:
-            raise ValueError(f"{path.name}: {err}") from err
-        except HEADER_ERRORS as err:
-            raise ValueError(f"{path.name}: cannot read this GeoTIFF ({err})") from err
-        dtype = np.dtype(series.dtype)
+                mask_page = internal_mask_page(tif)
+                dtype = np.dtype(series.dtype)
+                codec_error = _codec_error(page, path.name)
+                if codec_error is None and mask_page is not None:
+                    codec_error = _codec_error(tif.pages[mask_page], path.name)
+        except HEADER_ERRORS as err:  # tifffile's errors say nothing of the file by themselves
+            raise ValueError(f"{path.name}: cannot read this GeoTIFF ({type(err).__name__}: {err})") from err
+        if codec_error:
+            raise ValueError(codec_error)
+        if len(shape) != (2 if samples == 1 else 3):
+            raise ValueError(f"{path.name}: a GeoTIFF of one image is read, this one has shape {shape} "
+                             f"(axes {axes_read})")
+        yx = shape if samples == 1 else (shape[1:] if planar == 2 else shape[:2])
         interp = colour_interpretation(gdal_xml, samples)
         layout = sample_layout(path.name, "YXS" if samples > 1 else "YX", (*yx, samples) if samples > 1 else yx,
                                photometric=photometric, interpretation=interp, extrasamples=extrasamples)
@@ -313,38 +411,57 @@ class GeoTiffFormat:
             info.channel_names = [descriptions.get(k) or f"band {k + 1}" for k in range(samples)]
         info.metadata.update(geo=geo, gdal_metadata=gdal_xml, gdal_nodata=nodata_text, photometric=photometric,
                              planar=planar, extrasamples=extrasamples, source_yx=tuple(yx),
-                             point=keys.get(_RASTER_TYPE_KEY) == 2, has_resolution=has_resolution)
+                             point=keys.get(_RASTER_TYPE_KEY) == 2, has_resolution=has_resolution,
+                             internal_mask=mask_page, mask_source=str(path) if mask_page is not None else None)
         return info
 
     def open_planes(self, info: ImageInfo) -> GeoPlanes:
         return GeoPlanes(info)
 
     def read_array(self, path: Path) -> tuple[np.ndarray, str]:
-        """The image with its bands first (``CYX``), or ``YXS`` colour / ``YX`` gray, as :meth:`read_info` says."""
-        info = self.read_info(path)
-        with tifffile.TiffFile(path) as tif:
-            data = tif.series[0].asarray()
-        if data.ndim == 3 and info.metadata["planar"] == 2 and info.axes != "CYX":
-            data = np.moveaxis(data, 0, -1)
-        elif data.ndim == 3 and info.metadata["planar"] != 2 and info.axes == "CYX":
-            data = np.moveaxis(data, -1, 0)
-        return np.ascontiguousarray(data), info.axes
+        """The image with its bands first (``CYX``), or ``YXS`` colour / ``YX`` gray, as :meth:`read_info` says.
+
+        Band by band into one array: the scene is held once.
+        """
+        info = self.read_info(Path(path))
+        with GeoPlanes(info) as planes:
+            if info.axes != "CYX":
+                return planes[()], info.axes
+            data = np.empty(info.shape, info.dtype)
+            for band in range(info.shape[0]):
+                data[band] = planes[band]
+        return data, info.axes
+
+    def read_mask(self, path: Path) -> np.ndarray | None:
+        """The (Y, X) bool mask of pixels holding data (the GDAL internal mask), or None if the file has none."""
+        with GeoPlanes(self.read_info(Path(path))) as planes:
+            return planes.data_mask()
 
     def output_name(self, path: Path) -> str:
         return path.name
 
     def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
-        """Write the output image (all its bands at once) with the input's geo tags, updated; COG if asked."""
+        """Write the output image with the input's geo tags (updated) and internal mask (scaled); COG if asked.
+
+        Separate band planes are written as they come (one band in memory);
+        pixel-interleaved bands are gathered into the one output array.
+        """
         meta = info.metadata
         if meta.get("cog"):
             self._write_cog(path, info, planes, record)
             return
-        data = np.stack([np.asarray(p) for p in planes]) if info.axes == "CYX" else np.asarray(next(iter(planes)))
-        separate = meta.get("planar") == 2 and data.ndim == 3
-        if separate and info.axes != "CYX":
-            data = np.moveaxis(data, -1, 0)
-        elif not separate and info.axes == "CYX":
-            data = np.moveaxis(data, 0, -1)
+        separate = meta.get("planar") == 2 and len(info.shape) == 3
+        if info.axes == "CYX" and separate:  # written band by band as the planes come: one band in memory at a time
+            data, shape = (np.asarray(p, info.dtype) for p in planes), tuple(info.shape)
+        elif info.axes == "CYX":  # pixel interleaved: every band is needed for each strip; filled into one array
+            data = np.empty((*info.yx, info.shape[0]), info.dtype)
+            for band, plane in enumerate(planes):
+                data[..., band] = plane
+            shape = data.shape
+        else:
+            data = np.asarray(next(iter(planes)))
+            data = np.moveaxis(data, -1, 0) if separate else data
+            shape = data.shape
         extratags = []
         geo = meta.get("geo") or {}
         if geo:
@@ -359,18 +476,33 @@ class GeoTiffFormat:
             extratags.append((GDAL_NODATA, "s", 0, meta["gdal_nodata"], True))
         if record is not None:
             extratags.append((settings_record.RECORD_TAG, "s", 0, settings_record.encode(record), True))
-        samples = data.shape[0] if separate else (data.shape[-1] if data.ndim == 3 else 1)
+        samples = shape[0] if separate else (shape[-1] if len(shape) == 3 else 1)
         kwargs: dict = {"photometric": "rgb" if meta.get("photometric") == 2 and samples >= 3 else "minisblack",
                         "planarconfig": "separate" if separate else "contig", "extratags": extratags}
         extras = meta.get("extrasamples") or ()
-        if data.ndim == 3 and extras and len(extras) == samples - (3 if kwargs["photometric"] == "rgb" else 1):
+        if len(shape) == 3 and extras and len(extras) == samples - (3 if kwargs["photometric"] == "rgb" else 1):
             kwargs["extrasamples"] = extras
         if info.pixel_size is not None and not geo and meta.get("has_resolution"):
             kwargs["resolution"] = (1 / info.pixel_size[1], 1 / info.pixel_size[0])
-        with tifffile.TiffWriter(path, bigtiff=data.nbytes > 2**32 - 2**25) as tif:
-            tif.write(data, metadata=None, **kwargs)
+        mask = self._output_mask(info)
+        nbytes = math.prod(shape) * info.dtype.itemsize
+        with tifffile.TiffWriter(path, bigtiff=nbytes > 2**32 - 2**25) as tif:
+            tif.write(data, shape=shape, dtype=info.dtype, metadata=None, **kwargs)
+            if mask is not None:  # GDAL's internal mask: the mask bit of NewSubfileType, 1 bit per pixel, deflated
+                tif.write(mask, subfiletype=4, photometric=4, compression="zlib", metadata=None)
         if "resolution" not in kwargs:
             drop_tags(path, (282, 283, 296))  # tifffile always writes a resolution of 1; a GeoTIFF's size is its transform
+
+    def _output_mask(self, info: ImageInfo) -> np.ndarray | None:
+        """The output's internal mask: the input's, each output pixel taking its nearest input pixel's value."""
+        source = info.metadata.get("mask_source")
+        if source is None:
+            return None
+        mask = self.read_mask(Path(source))
+        if mask is None:
+            raise ValueError(f"{Path(source).name}: its internal mask is gone (the file changed while it was "
+                             "processed); run again")
+        return scale_mask(mask, info.yx)
 
     def _write_cog(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None) -> None:
         try:

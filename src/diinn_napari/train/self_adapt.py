@@ -75,12 +75,13 @@ def _cancelled(cancel) -> bool:
 
 
 def adapt_plane(plane, scale: float | tuple[float, float], settings, steps: int = MEASURED_STEPS, *, rgb: bool = False,
-                seed: int = 0, progress: Callable[[int, int, float], Any] | None = None,
+                mask=None, seed: int = 0, progress: Callable[[int, int, float], Any] | None = None,
                 cancel: Callable[[], bool] | threading.Event | None = None) -> Adaptation:
     """:func:`adapt_to_image` for one plane as the engine will upscale it with ``settings`` (a RunSettings).
 
     What every shell calls (the batch's ``--self-adapt``, the napari widget): the plane's
-    nodata pixels are filled as the engine fills them, an RGBA plane's alpha is left out,
+    nodata pixels (and those ``mask``, a (Y, X) bool array True where there is data, marks
+    as without) are filled as the engine fills them, an RGBA plane's alpha is left out,
     and ``settings``' model, device, intensity and threads are used. ``scale`` is the
     plane's (sy, sx) factor: pairs are drawn up to the larger one. Refuses (ValueError)
     a scale :func:`refusal` refuses.
@@ -94,7 +95,7 @@ def adapt_plane(plane, scale: float | tuple[float, float], settings, steps: int 
     plane = np.asarray(plane)
     if rgb and plane.ndim == 3 and plane.shape[-1] == 4:
         plane = plane[..., :3]
-    plane, _ = fill_nodata(plane, settings.nodata, rgb)
+    plane, _ = fill_nodata(plane, settings.nodata, rgb, None if mask is None else np.asarray(mask, dtype=bool))
     return adapt_to_image(plane, max(float(f) for f in factors), model=settings.model, rgb=rgb, steps=steps,
                           min_scale=min(1.5, max(float(f) for f in factors)), seed=seed, device=settings.device,
                           intensity=settings.intensity, threads=settings.threads, progress=progress, cancel=cancel)
