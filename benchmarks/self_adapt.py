@@ -1,6 +1,6 @@
 """Self-supervised adaptation to one image, measured on held-aside files: bundled vs adapted, x2 and x4.
 
-    python benchmarks/self_adapt.py transmitted [--steps 20] [--crop 256] [--scales 2,4]
+    python benchmarks/self_adapt.py transmitted [--steps 20] [--crop 256] [--scales 2,4] [--min-scale 1.5]
 
 For each test file of a split of ``benchmarks/domain_finetune.py`` (files of other
 sources than any training), the HR is the first plane (normalised as ``evaluate``
@@ -39,6 +39,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--steps", type=int, default=20, help="adaptation steps per image and scale (default: 20)")
     p.add_argument("--lr", type=float, default=5e-5, help="adaptation learning rate (default: 5e-5)")
+    p.add_argument("--min-scale", type=float, default=1.5,
+                   help="smallest scale of the training pairs (pairs are uniform in [min, target]); the target "
+                        "scale itself: pairs at the requested scale only (default: 1.5)")
     p.add_argument("--crop", type=int, default=256, help="HR centre crop in px (default: 256)")
     p.add_argument("--scales", default="2,4", help="default: 2,4")
     p.add_argument("--threads", type=int, default=1)
@@ -59,7 +62,7 @@ def main() -> None:
             lr = downsample(torch.from_numpy(hr)[None], lr_size)[0, 0].numpy()  # what compare() feeds the model
             start = time.perf_counter()
             adapted = adapt_to_image(lr, scale, model="default", steps=a.steps, learning_rate=a.lr, intensity="none",
-                                     device="cpu", seed=0)
+                                     device="cpu", seed=0, min_scale=min(a.min_scale, scale))
             seconds = time.perf_counter() - start
             base, tuned = compare(hr, scale, bundled, device="cpu"), compare(hr, scale, adapted.model, device="cpu")
             out.append({"image": f.name, "bundled_gain": base["psnr"] - base["bicubic_psnr"],
@@ -69,7 +72,8 @@ def main() -> None:
                   f"strip check {'none (too small)' if adapted.start is None else 'passed' if adapted.improved else 'kept the start'} "
                   f"({seconds:.0f} s)", flush=True)
         rows[f"x{scale:g}"] = out
-    print(f"\n{a.split}: {len(test)} held-aside files, {a.crop} px crops, {a.steps} steps at lr {a.lr:g}")
+    print(f"\n{a.split}: {len(test)} held-aside files, {a.crop} px crops, {a.steps} steps at lr {a.lr:g}, "
+          f"pairs from x{a.min_scale:g}")
     print(f"{'scale':>6} {'bundled gain':>13} {'adapted gain':>13} {'delta':>7} {'worst':>7} {'bias':>8} {'kept start':>11} {'s/image':>8}")
     summary = {}
     for key, out in rows.items():
@@ -84,7 +88,7 @@ def main() -> None:
               f"{s['kept_start']:>6}/{len(out)} {s['seconds']:8.0f}")
     if a.json:
         with open(a.json, "a") as f:
-            f.write(json.dumps({"split": a.split, "steps": a.steps, "lr": a.lr, "crop": a.crop, "summary": summary,
+            f.write(json.dumps({"split": a.split, "steps": a.steps, "lr": a.lr, "crop": a.crop, "min_scale": a.min_scale, "summary": summary,
                                 "rows": rows}) + "\n")
 
 

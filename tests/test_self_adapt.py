@@ -66,3 +66,18 @@ def test_the_strip_is_cut_from_the_longer_axis():
     train, strip = split_strip(np.zeros((1, 100, 40)), 0.25)
     assert train.shape == (1, 75, 40) and strip.shape == (1, 25, 40)
     assert split_strip(plane, 0)[1] is None
+
+
+def test_adapt_plane_takes_a_plane_as_the_engine_does_and_refuses_what_was_not_measured_to_help():
+    from diinn_napari import RunSettings
+    from diinn_napari.train.self_adapt import adapt_plane
+
+    rgba = np.dstack([picture()] * 3 + [np.full((96, 120), 65535, np.uint16)])  # alpha: not a colour
+    result = adapt_plane(rgba, (2.0, 2.0), RunSettings(model=tiny_model(3), device="cpu"), 2, rgb=True)
+    assert result.steps == 2 and result.model.in_channels == 3
+    holes = picture().astype(np.float32)
+    holes[:10, :10] = np.nan  # nodata, filled from the nearest valid pixel first (no NaN reaches the training)
+    result = adapt_plane(holes, 1.5, RunSettings(model=tiny_model(), device="cpu", nodata=float("nan")), 2)
+    assert result.start is not None and np.isfinite(result.result["mean_gain"])
+    with pytest.raises(ValueError, match="measured to help up to x2"):
+        adapt_plane(picture(), (2.0, 4.0), RunSettings(model=tiny_model(), device="cpu"), 2)

@@ -117,6 +117,7 @@ class Request:
     z_consistency: int = 0  # isotropic voxels: back-projection steps along Z
     adapt_steps: int = 0  # isotropic voxels: self-supervised steps on the stack first (0 = none)
     ensemble: bool = False  # plane-wise modes: geometric self-ensemble (8 flips/transposes, about 8x the time)
+    self_adapt_steps: int = 0  # plane-wise modes: self-supervised steps on each plane first (0 = none)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class RunPlan:
     isotropic: IsotropicPlan | None = None  # isotropic voxels: the Z geometry
     adapt_steps: int = 0  # isotropic voxels: adaptation steps before the reconstruction
     axial_sigma: float | None = None  # and their axial blur (XY pixels)
+    self_adapt_steps: int = 0  # plane-wise modes: each plane upscaled by a copy of the model adapted to it first
 
     @property
     def label(self) -> str:
@@ -157,6 +159,9 @@ class RunPlan:
         text = f"output {' x '.join(map(str, self.shape))} {self.dtype}, {self.nbytes / 2**20:,.1f} MiB, on {device}"
         if self.run.ensemble:
             text += ", self-ensemble (about 8x the time)"
+        if self.self_adapt_steps:
+            text += (f", each plane adapted to first ({self.self_adapt_steps} steps, about a minute per plane on a "
+                     "2-core CPU)")
         if self.source.result_of is not None:
             text = (f"{self.source.name!r} is itself a DIINN result (of {self.source.result_of!r}): Run upscales the "
                     f"upscaled image again; {text}")
@@ -190,15 +195,25 @@ def plan_run(source: Source, request: Request) -> RunPlan:
     leading = (1,) * (len(shape) - 2) if request.plane_only else shape[:-2]
     colour = (source.shape[-1],) if source.rgb else ()
     ratio = (out[0] / in_yx[0], out[1] / in_yx[1])
+    steps = int(request.self_adapt_steps)
+    if steps:
+        from .train.self_adapt import refusal  # torch-free
+
+        reason = refusal(ratio)
+        if reason is not None:
+            raise ValueError(f"adapt to each plane first: {reason}; untick it (Advanced) for this size")
     record = {"source": source.name, "size_mode": request.size_mode, "size_ratio": list(ratio), **run.record(),
               "output_dtype": str(dtype), "trust_map": bool(request.trust_map), "plane_only": bool(request.plane_only),
               "source_path": source.path, "source_shape": list(source.shape), "rgb": source.rgb,
               "source_reader": source.reader, "source_mask": source.mask is not None}
+    if steps:
+        record["self_adapt_steps"] = steps
     if request.plane_only:
         record["plane"] = list(_plane(request.plane, shape))
     return RunPlan(source, in_yx, out, ratio, tuple(leading) + out + colour, dtype, run, record,
                    trust_map=bool(request.trust_map), plane_only=bool(request.plane_only),
-                   plane=_plane(request.plane, shape), units_total=int(np.prod(leading, dtype=np.int64)))
+                   plane=_plane(request.plane, shape), units_total=int(np.prod(leading, dtype=np.int64)),
+                   self_adapt_steps=steps)
 
 
 def run_settings(source: Source, request: Request, consistency: int) -> RunSettings:

@@ -3,7 +3,7 @@
 Both are written from the record a result carries (``layer.metadata["diinn"]``,
 made by :func:`~diinn_napari._planner.plan_run`) and spell out every setting
 that decides the pixels (size, model, device, tile size, intensity, output
-dtype, precision, consistency, ensemble), so neither depends on the defaults
+dtype, precision, consistency, ensemble, self-adaptation), so neither depends on the defaults
 of the tool that runs it. No Qt, napari or torch here.
 """
 
@@ -83,9 +83,22 @@ def python_code(record: dict, layer_name: str | None = None) -> str:
     if record.get("plane_only") and record.get("plane"):
         index = ", ".join(f"{i}:{i + 1}" for i in record["plane"])
         lines.append(f"image = image[{index}]  # the plane that was on screen")
+    rgb = bool(record.get("rgb"))
     lines += ["image = np.asarray(image)",
-              "settings = RunSettings(" + ", ".join(_settings_args(record)) + ")",
-              f"result = upscale(image, settings=settings, rgb={bool(record.get('rgb'))!r}{mask})"]
+              "settings = RunSettings(" + ", ".join(_settings_args(record)) + ")"]
+    steps = record.get("self_adapt_steps")
+    if not steps:
+        lines.append(f"result = upscale(image, settings=settings, rgb={rgb!r}{mask})")
+        return "\n".join(lines) + "\n"
+    ratio = tuple(float(r) for r in record["size_ratio"])
+    lines[1] += "\nfrom diinn_napari.train.self_adapt import adapt_plane"
+    plane_axes = 3 if rgb else 2
+    lines += [f"planes = image.reshape((-1,) + image.shape[-{plane_axes}:])",
+              "out = []",
+              f"for plane in planes:  # each plane upscaled by a copy of the model adapted to it ({steps} steps)",
+              f"    adapted = adapt_plane(plane, {ratio!r}, settings, {int(steps)}, rgb={rgb!r}{mask})",
+              f"    out.append(upscale(plane, settings=settings.replace(model=adapted.model), rgb={rgb!r}{mask}))",
+              f"result = np.stack(out).reshape(image.shape[:-{plane_axes}] + out[0].shape)"]
     return "\n".join(lines) + "\n"
 
 
@@ -117,6 +130,8 @@ def batch_command(record: dict, out_dir: str | Path | None = None) -> str:
             "--precision", str(record["precision"]), "--consistency", str(record["consistency"])]
     if record.get("ensemble"):
         argv.append("--ensemble")
+    if record.get("self_adapt_steps"):
+        argv += ["--self-adapt", str(int(record["self_adapt_steps"]))]
     clamp = record.get("outlier_clamp")
     if clamp is None or tuple(clamp) != OUTLIER_CLAMP or record.get("mode", MODES[0]) != MODES[0]:
         raise ReproduceError("this run used an outlier clamp or decoder mode batch has no option for: "

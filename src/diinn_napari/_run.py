@@ -60,6 +60,7 @@ class Phase(enum.Enum):
     """The parts of a run, as the progress bar names them."""
 
     ADAPTING = "adapting to the stack"  # isotropic voxels with adaptation
+    ADAPTING_PLANE = "adapting to the plane"  # plane-wise modes with "adapt to each plane first"
     UPSCALING = "super-resolution"
 
 
@@ -93,15 +94,19 @@ Updates = Generator[RunUpdate, None, RunResult]
 WorkerFactory = Callable[[Updates], "GeneratorWorker"]
 
 
-def upscale_updates(data, plan: RunPlan) -> Updates:
+def upscale_updates(data, plan: RunPlan, cancel: threading.Event | None = None) -> Updates:
     """The plane-wise run: :meth:`Engine.steps <diinn_napari.engine.Engine.steps>` as updates.
 
     ``data``: what the plan covers (the whole layer, or its one plane for
     ``plane_only``); the output fills in plane by plane, zeros until then.
+    With ``plan.self_adapt_steps``, each plane is first adapted to
+    (:func:`self_adapted_updates`).
     """
     from .core import Assembly
     from .engine import Engine
 
+    if plan.self_adapt_steps:
+        return (yield from self_adapted_updates(data, plan, cancel if cancel is not None else threading.Event()))
     rgb = plan.source.rgb
     image = Assembly(plan.shape, fill=0)
     trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
@@ -115,6 +120,70 @@ def upscale_updates(data, plan: RunPlan) -> Updates:
         planes_done += 1
         yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done, image.result,
                         None if trust is None else trust.result)
+    return RunResult(image.result, None if trust is None else trust.result)
+
+
+def in_thread(work: Callable[[Callable[[int, int, float], Any]], Any], phase: Phase, total: int, units_done: int,
+              cancel: threading.Event) -> Generator[RunUpdate, None, Any]:
+    """Run an adaptation ``work(progress)`` in a thread of its own, reporting its step every 50 ms; return its value.
+
+    So that the worker's ``quit()`` is seen at the next update; ``cancel`` (set by the
+    controller with it, or here when this generator is closed) stops the adaptation at its next step.
+    """
+    state: dict[str, Any] = {"step": 0}
+
+    def target():
+        try:
+            state["value"] = work(lambda i, n, loss: state.update(step=i, loss=loss))
+        except BaseException as err:  # re-raised in the worker, which turns it into a notification
+            state["error"] = err
+
+    thread = threading.Thread(target=target, name="diinn-adapt", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+            yield RunUpdate(phase, state["step"], total, units_done)
+    finally:
+        if thread.is_alive():  # the worker was stopped (or this generator closed): stop the adaptation too
+            cancel.set()
+    if "error" in state:
+        raise state["error"]
+    return state["value"]
+
+
+def self_adapted_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
+    """Plane by plane: adapt a copy of the model to the plane (:func:`~diinn_napari.train.self_adapt.adapt_plane`,
+    what the batch's ``--self-adapt`` runs), then upscale the plane with it."""
+    from .core import Assembly
+    from .engine import Engine
+    from .train.self_adapt import adapt_plane
+
+    rgb, steps, mask = plan.source.rgb, plan.self_adapt_steps, plan.source.mask  # mask: (Y, X), every plane
+    image = Assembly(plan.shape, fill=0)
+    trust = Assembly(plan.shape[:-1] if rgb else plan.shape, fill=0) if plan.trust_map else None
+    leading = tuple(data.shape[:-3] if rgb else data.shape[:-2])
+    indices = list(np.ndindex(*leading))
+    per_plane, planes_done = None, 0
+    for k, index in enumerate(indices):
+        plane = np.asarray(data[index])
+        adapted = yield from in_thread(
+            lambda progress, plane=plane: adapt_plane(plane, plan.ratio, plan.run, steps, rgb=rgb, mask=mask,
+                                                      progress=progress, cancel=cancel),
+            Phase.ADAPTING_PLANE, steps, planes_done, cancel)
+        for step in Engine(plan.run.replace(model=adapted.model)).steps(plane, rgb=rgb, return_trust=plan.trust_map,
+                                                                        mask=mask):
+            per_plane = step.total
+            done, total = k * per_plane + step.done, per_plane * len(indices)  # over the run, as upscale_updates
+            if step.plane is None:
+                yield RunUpdate(Phase.UPSCALING, done, total, planes_done)
+                continue
+            image.place(index, step.plane)
+            if trust is not None:
+                trust.place(index, step.trust)
+            planes_done += 1
+            yield RunUpdate(Phase.UPSCALING, done, total, planes_done, image.result,
+                            None if trust is None else trust.result)
     return RunResult(image.result, None if trust is None else trust.result)
 
 
@@ -133,28 +202,11 @@ def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
     iso, run = plan.isotropic, plan.run
     model = run.model
     if plan.adapt_steps:
-        state: dict[str, Any] = {"step": 0}
-
-        def work():
-            try:
-                state["model"] = adapt(data, iso.spacing, iso.target, model=model, steps=plan.adapt_steps,
-                                       axial_sigma=plan.axial_sigma, device=run.device, intensity=run.intensity,
-                                       cancel=cancel, progress=lambda i, n, loss: state.update(step=i, loss=loss))
-            except BaseException as err:  # re-raised in the worker, which turns it into a notification
-                state["error"] = err
-
-        thread = threading.Thread(target=work, name="diinn-adapt", daemon=True)
-        thread.start()
-        try:
-            while thread.is_alive():
-                thread.join(0.05)
-                yield RunUpdate(Phase.ADAPTING, state["step"], plan.adapt_steps)
-        finally:
-            if thread.is_alive():  # the worker was stopped (or this generator closed): stop the adaptation too
-                cancel.set()
-        if "error" in state:
-            raise state["error"]
-        model = state["model"]
+        model = yield from in_thread(
+            lambda progress, start=model: adapt(data, iso.spacing, iso.target, model=start, steps=plan.adapt_steps,
+                                   axial_sigma=plan.axial_sigma, device=run.device, intensity=run.intensity,
+                                   cancel=cancel, progress=progress),
+            Phase.ADAPTING, plan.adapt_steps, 0, cancel)
     volume = Assembly(plan.shape, fill=0)
     rows_done = 0
     for step in isotropic_steps(data, iso.spacing, iso.target, settings=run.replace(model=model), fusion="mean"):
@@ -258,7 +310,7 @@ class RunController:
             index = plan.plane if plan.plane_only else None
             if index is not None:
                 data = data[tuple(slice(i, i + 1) for i in index)]
-            updates = upscale_updates(data, plan)
+            updates = upscale_updates(data, plan, cancel)
         worker = self.worker_factory(updates)
         run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
         worker.yielded.connect(lambda update: self._on_update(run, update))
@@ -356,6 +408,8 @@ class RunController:
             current = min(n // per_plane, planes - 1) if n < total else planes - 1
             n, total = n - current * per_plane, per_plane
             desc += f", plane {current + 1} of {planes} ({run.units_done} done), tiles"
+        elif update.phase is Phase.ADAPTING_PLANE and run.plan.units_total > 1:
+            desc += f", plane {run.units_done + 1} of {run.plan.units_total}, steps"
         desc += time_left(run.phase_start, now, update.done, update.total)
         self.progress_text = desc
         if run.progress.total != total:

@@ -31,6 +31,10 @@ class Settings:
     save_model: with adapt_steps, where the adapted weights go: a
         ``.safetensors`` file (one input) or a folder (``<output stem>.safetensors`` per file).
     out_format: "auto" (each output in its input's format), "tiff" or "ome-zarr" (a multiscale OME-Zarr image).
+    self_adapt: self-supervised adaptation to each plane before it is upscaled (XY, not with
+        isotropic): that many steps of :func:`diinn_napari.train.self_adapt.adapt_plane` on the
+        plane's own downsampled copies (0: none). Refused for factors it was not measured to
+        help (:func:`~diinn_napari.train.self_adapt.refusal`).
     cog: write GeoTIFF outputs as Cloud-Optimized GeoTIFFs (tiled, overviews, DEFLATE + predictor; needs rasterio).
     overwrite: replace existing outputs even when they were made with other settings.
     show_progress: a progress bar on stderr (only when stderr is a terminal).
@@ -47,6 +51,7 @@ class Settings:
     seed: int = 0
     save_model: Path | None = None
     out_format: str = "auto"
+    self_adapt: int = 0
     cog: bool = False
     overwrite: bool = False
     show_progress: bool = True
@@ -86,6 +91,20 @@ class Settings:
             object.__setattr__(self, "save_model", Path(self.save_model))
         if self.out_format not in ("auto", "tiff", "ome-zarr"):
             raise ValueError(f"out_format must be 'auto', 'tiff' or 'ome-zarr', got {self.out_format!r}")
+        if isinstance(self.self_adapt, bool) or not isinstance(self.self_adapt, int) or self.self_adapt < 0:
+            raise ValueError(f"self_adapt must be a whole number of steps >= 0 (0 = off), got {self.self_adapt!r}")
+        if self.self_adapt and self.isotropic:
+            raise ValueError("self_adapt (--self-adapt) adapts the model to upscaling Y and X; --isotropic has its own "
+                             "adaptation to the stack: adapt_steps (--adapt-steps)")
+        if self.self_adapt and self.out_format == "ome-zarr":
+            raise ValueError("self_adapt (--self-adapt) is not available for OME-Zarr outputs (written block by block "
+                             "with the run's model); use --format tiff")
+        if self.self_adapt and self.run.scale is not None:
+            from ..train.self_adapt import refusal  # torch-free
+
+            reason = refusal(self.run.scale)
+            if reason is not None:
+                raise ValueError(f"self_adapt (--self-adapt): {reason}")
         if self.run.out_dtype is not None and self.run.out_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"the output dtype must be one of {OUTPUT_DTYPES} or None (the input's), got {self.run.out_dtype!r}")
 

@@ -169,6 +169,12 @@ def plan_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozense
                              f"{out_yx[0] * out_yx[1]:,} pixels, above the limit of {limit:,} per plane; lower "
                              "--scale (or raise --pixel-size), or process a crop of the file")
         output = info.output(out, info.upscaled_shape(out_yx), dtype)
+        if settings.self_adapt:  # --pixel-size: the factor is the file's own
+            from ..train.self_adapt import refusal
+
+            reason = refusal(scale_for(info, settings))
+            if reason is not None:
+                raise ValueError(f"{info.path.name}: --self-adapt: {reason}; leave --self-adapt out for this file")
     else:
         shape = list(info.shape)
         shape[volumes.z_axis] = volumes.z.planes
@@ -238,4 +244,6 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         record["nodata"] = repr(info.nodata)
     if settings.cog:
         record["cog"] = True
+    if settings.self_adapt:  # each plane upscaled by a copy of the model adapted to it
+        record["self_adapt"] = {"steps": settings.self_adapt, "seed": 0, "each": "plane"}
     return record

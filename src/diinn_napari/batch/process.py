@@ -75,6 +75,9 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
         notes.append(f"the existing output {damage}: recomputed")
         _say(f"{out}: {damage}; recomputing it")
     if plan.output.kind == "ome-zarr" and plan.volumes is None:
+        if settings.self_adapt:  # the block path decodes with the run's model only: refuse, never record it unmet
+            raise ValueError(f"--self-adapt is not available for OME-Zarr outputs ({out.name} is written block by "
+                             "block with the bundled model); write this input as TIFF with --format tiff")
         return _process_store(plan, settings, progress, started, notes)
     work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
     per_unit = plan.info.n_planes // plan.count
@@ -93,6 +96,7 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
         except BaseException:
             partial.discard_if_empty()
             raise
+    notes += work.notes
     # the pixels' checksum, read back from the CRC-checked partial file, goes into the record the output carries;
     # a later skip verifies it
     record = dict(plan.record, pixels=pixel_digest(work.output_planes(partial)))
@@ -237,6 +241,16 @@ class PlaneWork:
 
     def __init__(self, plan: FilePlan, settings: Settings):
         self.plan, self.settings = plan, settings
+        self.adapted: list[bool] = []  # --self-adapt: per plane, whether the adapted copy beat the start on its strip
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.adapted:
+            return []
+        kept = self.adapted.count(False)
+        return [f"self-adapted to {len(self.adapted)} plane(s), {self.settings.self_adapt} steps each"
+                + (f"; on {kept} the adaptation did not beat the start on its check strip, so the start was used"
+                   if kept else "")]
 
     def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
         """The output planes from ``partial.start`` on."""
@@ -249,8 +263,30 @@ class PlaneWork:
         if info.nodata is not None and run.nodata is None:  # the file's own (GDAL_NODATA)
             run = run.replace(nodata=info.nodata)
         mask = io.data_mask(reader)  # a GeoTIFF's internal mask: its pixels without data, for every plane
-        for _, plane in engine.Engine(run).planes(_PlanesFrom(reader, partial.start), rgb=info.rgb, mask=mask):
+        planes = _PlanesFrom(reader, partial.start)
+        if self.settings.self_adapt:
+            yield from self._adapted(planes, run, mask)
+            return
+        for _, plane in engine.Engine(run).planes(planes, rgb=info.rgb, mask=mask):
             yield plane
+
+    def _adapted(self, planes: _PlanesFrom, run, mask: np.ndarray | None) -> Iterator[np.ndarray]:
+        """Each plane upscaled by a copy of the model adapted to that plane (``--self-adapt``).
+
+        Plane by plane, so a resumed file adapts its next plane as a fresh run would.
+        """
+        from .. import engine
+        from ..train.self_adapt import adapt_plane
+
+        info, steps = self.plan.info, self.settings.self_adapt
+        # the real output/input ratio, as the widget adapts: the same plane gets the same copy from either
+        factors = tuple(o / i for o, i in zip(self.plan.output.yx, info.yx))
+        for i in range(planes.shape[0]):
+            plane = np.asarray(planes[i])
+            adapted = adapt_plane(plane, factors, run, steps, rgb=info.rgb, mask=mask)
+            self.adapted.append(adapted.improved)
+            (_, out), = engine.Engine(run.replace(model=adapted.model)).planes(plane, rgb=info.rgb, mask=mask)
+            yield out
 
     def finish(self, partial: PartialFile) -> None:
         pass
@@ -270,6 +306,7 @@ class VolumeWork:
     def __init__(self, plan: FilePlan, settings: Settings):
         self.plan, self.settings = plan, settings
         self.volumes: VolumePlan = plan.volumes
+        self.notes: list[str] = []
 
     def units(self, reader: io.PlaneSource, partial: PartialFile) -> Iterator[np.ndarray]:
         """The output volumes from ``partial.start`` on, one input volume in memory at a time."""

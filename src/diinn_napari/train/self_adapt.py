@@ -31,6 +31,24 @@ log = logging.getLogger(__name__)
 # x2 +0.20 dB over the bundled model, none worse; x4 -0.17 dB, the worst -1.7 dB (a 64-px LR
 # holds too little of itself to learn x4 from). Callers should offer it up to this scale.
 MEASURED_HELPFUL_UP_TO = 2.0
+# the steps the measurements above ran (what the batch's --self-adapt and the widget offer by default)
+MEASURED_STEPS = 20
+
+
+def refusal(scale: float | tuple[float, float]) -> str | None:
+    """Why self-adaptation is not offered for upscaling by ``scale`` (a number or (sy, sx)), or None when it is.
+
+    Not at x1 (there is nothing to learn), and not above :data:`MEASURED_HELPFUL_UP_TO`,
+    where it was measured to lose on held-aside files (docs/finetuning.md).
+    """
+    factors = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    largest = max(float(f) for f in factors)
+    if largest <= 1:
+        return f"self-adaptation learns to upscale; at x{largest:g} there is nothing to learn"
+    if largest > MEASURED_HELPFUL_UP_TO + 1e-9:
+        return (f"self-adaptation was measured to help up to x{MEASURED_HELPFUL_UP_TO:g} and to lose above it (x4: "
+                f"-0.17 dB on held-aside files, docs/finetuning.md); x{largest:g} asked")
+    return None
 
 
 @dataclass
@@ -54,6 +72,33 @@ class Adaptation:
 
 def _cancelled(cancel) -> bool:
     return cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel()))
+
+
+def adapt_plane(plane, scale: float | tuple[float, float], settings, steps: int = MEASURED_STEPS, *, rgb: bool = False,
+                mask=None, seed: int = 0, progress: Callable[[int, int, float], Any] | None = None,
+                cancel: Callable[[], bool] | threading.Event | None = None) -> Adaptation:
+    """:func:`adapt_to_image` for one plane as the engine will upscale it with ``settings`` (a RunSettings).
+
+    What every shell calls (the batch's ``--self-adapt``, the napari widget): the plane's
+    nodata pixels (and those ``mask``, a (Y, X) bool array True where there is data, marks
+    as without) are filled as the engine fills them, an RGBA plane's alpha is left out,
+    and ``settings``' model, device, intensity and threads are used. ``scale`` is the
+    plane's (sy, sx) factor: pairs are drawn up to the larger one. Refuses (ValueError)
+    a scale :func:`refusal` refuses.
+    """
+    from ..engine import fill_nodata
+
+    reason = refusal(scale)
+    if reason is not None:
+        raise ValueError(reason)
+    factors = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    plane = np.asarray(plane)
+    if rgb and plane.ndim == 3 and plane.shape[-1] == 4:
+        plane = plane[..., :3]
+    plane, _ = fill_nodata(plane, settings.nodata, rgb, None if mask is None else np.asarray(mask, dtype=bool))
+    return adapt_to_image(plane, max(float(f) for f in factors), model=settings.model, rgb=rgb, steps=steps,
+                          min_scale=min(1.5, max(float(f) for f in factors)), seed=seed, device=settings.device,
+                          intensity=settings.intensity, threads=settings.threads, progress=progress, cancel=cancel)
 
 
 def split_strip(plane: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,15 +160,6 @@ def adapt_to_image(
     The caller's model (and the engine's cached one) is left as it was. Returns an
     :class:`Adaptation`; ``.model`` is ready for ``upscale(image, scale, model=...)``.
     """
-    import torch
-
-    from ..engine import Cancelled, get_model
-    from ..intensity import fit_intensity, to_luminance
-    from .config import cosine_rate
-    from .data import PairSampler
-    from .loop import PointLoss, better_than, train_step, validate
-    from .optim import ema_decay, make_optimizer
-
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
     if not (math.isfinite(scale) and scale > 1):
@@ -136,9 +172,25 @@ def adapt_to_image(
     if scale > MEASURED_HELPFUL_UP_TO:
         log.warning("self-adaptation at x%g: measured to help at x2 but to lose at x4 on held-aside files "
                     "(docs/finetuning.md); compare the result with the start", scale)
-    if threads:
-        torch.set_num_threads(threads)
+    from ..engine import torch_threads
+
+    # torch's thread count is the process's: set for the adaptation only (a napari session keeps its own)
+    with torch_threads(threads):
+        return _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, ema, trainable, patch, batch,
+                      queries, holdout, min_scale, seed, device, intensity, progress, cancel)
+
+
+def _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, ema, trainable, patch, batch, queries,
+           holdout, min_scale, seed, device, intensity, progress, cancel) -> Adaptation:
+    import torch
+
+    from ..engine import Cancelled, get_model
+    from ..intensity import fit_intensity, to_luminance
     from ..model import DIINN
+    from .config import cosine_rate
+    from .data import PairSampler
+    from .loop import PointLoss, better_than, train_step, validate
+    from .optim import ema_decay, make_optimizer
 
     # a caller's instance is copied before the engine touches it (get_model moves it and sets eval mode)
     start_model = get_model(copy.deepcopy(model) if isinstance(model, DIINN) else model, 3 if rgb else 1, device)
