@@ -297,6 +297,16 @@ def test_dark_background_fluorescence_gets_no_holes(dtype, seed, scale):
     assert agreement["psnr"] > 50 and abs(agreement["bias"]) <= 0.3
 
 
+def degraded_with_bicubic(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """``hr`` downsampled by the training degradation and rounded to its integer dtype, and bicubic of that LR."""
+    limit = np.iinfo(hr.dtype).max
+    lr = np.clip(np.rint(quality.downsample_array(hr, (hr.shape[0] // scale, hr.shape[1] // scale))), 0, limit)
+    lr = lr.astype(hr.dtype)
+    bicubic = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], hr.shape, mode="bicubic",
+                            align_corners=False)[0, 0].numpy()
+    return lr, np.clip(np.rint(bicubic), 0, limit).astype(hr.dtype)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_dark_background_ground_truth_clips_no_more_than_bicubic(dtype):
     """Downsample, upscale back, compare: newly clipped pixels never more than bicubic's, at most 0.1 %.
@@ -309,11 +319,8 @@ def test_dark_background_ground_truth_clips_no_more_than_bicubic(dtype):
     net = get_model("default", 1, "cpu")
     hr = quality.dark_fluorescence((96, 96), dtype, seed=5)
     for scale in (2, 4):
-        lr = np.clip(np.rint(quality.downsample_array(hr, (96 // scale, 96 // scale))), 0, np.iinfo(dtype).max).astype(dtype)
+        lr, bicubic = degraded_with_bicubic(hr, scale)
         out = upscale(lr, output_shape=hr.shape, model=net)
-        bicubic = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], hr.shape, mode="bicubic",
-                                align_corners=False)[0, 0].numpy()
-        bicubic = np.clip(np.rint(bicubic), 0, np.iinfo(dtype).max).astype(dtype)
         clipped = quality.clipped_fraction(out, hr)
         assert clipped <= quality.clipped_fraction(bicubic, hr)
         if not (lr == 0).any():
@@ -360,9 +367,6 @@ def test_few_level_planes_do_not_lose_to_bicubic(levels, dtype, seed):
     hr = quality.few_levels((96, 96), levels, dtype, seed=seed)
     value_range = quality.robust_range(hr)
     for scale in (2, 4):
-        lr = np.clip(np.rint(quality.downsample_array(hr, (96 // scale, 96 // scale))), 0, np.iinfo(dtype).max).astype(dtype)
+        lr, bicubic = degraded_with_bicubic(hr, scale)
         out = upscale(lr, output_shape=hr.shape, model=net)
-        bicubic = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], hr.shape, mode="bicubic",
-                                align_corners=False)[0, 0].numpy()
-        bicubic = np.clip(np.rint(bicubic), 0, np.iinfo(dtype).max).astype(dtype)
         assert quality.psnr(out, hr, value_range) > quality.psnr(bicubic, hr, value_range) - 0.05

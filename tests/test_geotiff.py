@@ -427,20 +427,12 @@ def test_a_multiband_geotiff_in_the_widget_is_upscaled_band_by_band_and_keeps_it
         assert np.array_equal(dst.read(), out.data)
         assert np.array_equal(dst.read_masks(1) > 0, expected_valid)
     # Copy as Python reads the file as the plugin did (bands first, its mask) and makes the same pixels
-    from qtpy.QtWidgets import QApplication
-
-    from diinn_napari._reproduce import command_argv
-    from test_widget import press
+    from test_widget import run_copied_python
 
     viewer.layers.selection.active = out
-    press(widget.copy_python)
-    script = QApplication.clipboard().text()
+    script, again = run_copied_python(widget, tmp_path)
     assert "GEOTIFF.read_mask" in script and "nodata=float('0.0')" in script
-    (tmp_path / "again.py").write_text(script + "\nnp.save('again.npy', result)\n")
-    done = subprocess.run(command_argv(f"python {tmp_path / 'again.py'}"), capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert np.array_equal(np.load(tmp_path / "again.npy"), out.data)
+    assert np.array_equal(again, out.data)
 
 
 def test_a_declared_rgb_geotiff_in_the_widget_goes_through_the_rgb_model(make_napari_viewer, qtbot, rgb_weights,

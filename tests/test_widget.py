@@ -26,6 +26,36 @@ WIDGET_COMMAND = MANIFEST["contributions"]["widgets"][0]["command"]
 TIMEOUT = 120_000
 
 
+def open_from_menu(viewer) -> DIINNWidget:
+    """What clicking *Plugins > DIINN super-resolution* runs: the menu's command."""
+    from napari._app_model import get_app_model
+
+    get_app_model().commands.execute_command(WIDGET_COMMAND).result()
+    docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, DIINNWidget)]
+    assert len(docked) == 1
+    return docked[0]
+
+
+def shown(control) -> bool:
+    """Whether the widget shows this control (``.visible`` is False while the dock itself is not on screen)."""
+    return not control.native.isHidden()
+
+
+def run_copied_python(widget, folder) -> tuple[str, np.ndarray]:
+    """Press *Copy as Python* and run the clipboard's script as a file in ``folder``: (script, its ``result``)."""
+    from qtpy.QtWidgets import QApplication
+
+    from diinn_napari._reproduce import command_argv
+
+    press(widget.copy_python)
+    script = QApplication.clipboard().text()
+    (folder / "again.py").write_text(script + "\nimport numpy as np\nnp.save('again.npy', result)\n")
+    done = subprocess.run(command_argv(f"python {folder / 'again.py'}"), capture_output=True, text=True,
+                          timeout=600, cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return script, np.load(folder / "again.npy")
+
+
 def open_widget(viewer):
     """What *Plugins > DIINN super-resolution* does: napari builds the widget from the manifest."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)

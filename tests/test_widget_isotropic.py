@@ -13,7 +13,7 @@ from diinn_napari.adapt import adapt  # noqa: E402
 from diinn_napari.isotropic import isotropic  # noqa: E402
 from diinn_napari.isotropic_plan import default_axial_sigma  # noqa: E402
 
-from test_widget import TIMEOUT, cancel_at, errors, held_worker, open_widget, press, run  # noqa: E402, F401
+from test_widget import TIMEOUT, cancel_at, errors, held_worker, open_widget, press, run, shown  # noqa: E402, F401
 
 
 def blobs(shape=(9, 24, 24), seed=0, peak=3000) -> np.ndarray:
@@ -25,11 +25,6 @@ def blobs(shape=(9, 24, 24), seed=0, peak=3000) -> np.ndarray:
         c = rng.random(3) * np.array(shape)
         vol += np.exp(-(((z - c[0]) / 1.2) ** 2 + ((y - c[1]) / 2.5) ** 2 + ((x - c[2]) / 2.5) ** 2) / 2)
     return (vol / vol.max() * peak).astype(np.uint16)
-
-
-def shown(control) -> bool:
-    """Whether the widget shows this control (``.visible`` is False while the dock itself is not on screen)."""
-    return not control.native.isHidden()
 
 
 @pytest.fixture

@@ -11,18 +11,9 @@ napari = pytest.importorskip("napari")
 
 from diinn_napari._reproduce import command_argv  # noqa: E402
 from diinn_napari._run import RunState  # noqa: E402
-from diinn_napari._widget import RESULT_MARK, DIINNWidget  # noqa: E402
-from test_widget import TIMEOUT, WIDGET_COMMAND, cancel_at, errors, press, run, wait_for_preview  # noqa: E402,F401
-
-
-def open_from_menu(viewer) -> DIINNWidget:
-    """What clicking *Plugins > DIINN super-resolution* runs."""
-    from napari._app_model import get_app_model
-
-    get_app_model().commands.execute_command(WIDGET_COMMAND).result()
-    docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, DIINNWidget)]
-    assert len(docked) == 1
-    return docked[0]
+from diinn_napari._widget import RESULT_MARK  # noqa: E402
+from test_widget import (TIMEOUT, cancel_at, errors, open_from_menu, press, run, run_copied_python,  # noqa: E402,F401
+                         wait_for_preview)
 
 
 @pytest.fixture
@@ -124,14 +115,9 @@ def test_copy_as_command_makes_the_same_pixels_bit_for_bit(opened, qtbot, tmp_pa
     assert written.dtype == result.data.dtype and written.shape == result.data.shape
     np.testing.assert_array_equal(written, result.data)
 
-    press(widget.copy_python)  # and the script, run as a file
-    script = QApplication.clipboard().text()
+    script, again = run_copied_python(widget, tmp_path)  # and the script, run as a file
     assert "upscale(" in script and "ensemble=True" in script
-    (tmp_path / "again.py").write_text(script + "\nimport numpy as np\nnp.save('again.npy', result)\n")
-    done = subprocess.run(command_argv(f"python {tmp_path / 'again.py'}"), capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), result.data)
+    np.testing.assert_array_equal(again, result.data)
 
 
 def test_copy_for_any_diinn_layer_and_a_clear_error_without_one(opened, qtbot, errors):

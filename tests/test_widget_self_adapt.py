@@ -13,18 +13,13 @@ from diinn_napari import RunSettings, upscale  # noqa: E402
 from diinn_napari._reproduce import command_argv  # noqa: E402
 from diinn_napari._run import Phase, RunState  # noqa: E402
 from diinn_napari.train.self_adapt import adapt_plane  # noqa: E402
-from test_widget import TIMEOUT, cancel_at, errors, press, run  # noqa: E402,F401
-from test_widget_part3 import open_from_menu  # noqa: E402
+from test_widget import TIMEOUT, cancel_at, errors, open_from_menu, press, run, shown  # noqa: E402,F401
 
 
 def picture(shape=(40, 48), phase=0.0):
     y, x = np.mgrid[0 : shape[0], 0 : shape[1]] / 4.0
     img = np.sin(x + phase) * np.cos(0.7 * y) + 0.5 * np.sin(0.2 * x * y / 4)
     return ((img - img.min()) / (img.max() - img.min()) * 50000).astype(np.uint16)
-
-
-def shown(control) -> bool:
-    return not control.native.isHidden()
 
 
 @pytest.fixture
