@@ -1,6 +1,7 @@
 """Gain and cost of the geometric self-ensemble (RunSettings.ensemble) on Set14 and held-aside domain files.
 
-    nice -n 10 python benchmarks/ensemble.py [--scale 4] [--limit 14] [--crop 0] [--domain FILE ...]
+    nice -n 10 python benchmarks/ensemble.py [--data ../shared/data] [--scale 4] [--limit 14] [--crop 0]
+        [--domain FILE ...]
 
 For every image: the engine's result with and without ``ensemble=True``
 (the evaluation protocol of ``python -m diinn_napari.evaluate``: HR -> training
@@ -21,10 +22,10 @@ import numpy as np
 from diinn_napari.engine import get_model
 from diinn_napari.evaluate import compare, find_images, load_hr
 
-SET14 = Path("/work/shared/data/benchmarks/Set14")
-DOMAIN = ["/work/shared/data/domains/thermal/tno_athena_apc_1_view_1.png",
-          "/work/shared/data/domains/thermal/tno_triclobs_barbed_wire_1.png",
-          "/work/shared/data/domains/microscopy/xy_16bit__autophagosomes.tif"]
+SET14 = "benchmarks/Set14"  # under --data
+DOMAIN = ["domains/thermal/tno_athena_apc_1_view_1.png",  # under --data: files the gray model held aside
+          "domains/thermal/tno_triclobs_barbed_wire_1.png",
+          "domains/microscopy/xy_16bit__autophagosomes.tif"]
 
 
 def measure(files, scale: float, model, channels: int, crop: int = 0) -> list[dict]:
@@ -61,17 +62,20 @@ def summary(name: str, rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--limit", type=int, default=14, help="the first N images of Set14 (0: none)")
     parser.add_argument("--crop", type=int, default=0, help="central N x N of each HR image (0: whole)")
-    parser.add_argument("--domain", nargs="*", default=DOMAIN, help="held-aside domain files (gray model)")
+    parser.add_argument("--domain", nargs="*", default=None,
+                        help="held-aside domain files (gray model); default: three under --data")
     args = parser.parse_args()
+    domain = args.domain if args.domain is not None else [args.data / f for f in DOMAIN]
     crop = f", central {args.crop} x {args.crop}" if args.crop else ""
     if args.limit:
         print(f"Set14 x{args.scale:g} (RGB model, first {args.limit}{crop}):", flush=True)
-        summary("Set14", measure(find_images(SET14)[: args.limit], args.scale, "default", 3, args.crop))
+        summary("Set14", measure(find_images(args.data / SET14)[: args.limit], args.scale, "default", 3, args.crop))
     print(f"held-aside domain files x{args.scale:g} (gray model{crop}):", flush=True)
-    summary("domain", measure(args.domain, args.scale, "default", 1, args.crop))
+    summary("domain", measure(domain, args.scale, "default", 1, args.crop))
 
 
 if __name__ == "__main__":
