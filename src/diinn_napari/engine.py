@@ -236,16 +236,12 @@ class Engine:
         leading, (h, w) = _spatial_layout(image, rgb)
         masks = _plane_masks(mask, leading, (h, w))
         H, W = s.output_yx((h, w), input_pixel_size)
-        channels = 3 if rgb else 1
-        alpha = rgb and int(image.shape[-1]) == 4  # RGBA: colour through the model, alpha resized as a mask
         if H * W > s.max_output_pixels:
             raise ValueError(
                 f"one output plane would be {H} x {W} = {H * W:,} pixels, above max_output_pixels="
                 f"{s.max_output_pixels:,}; lower the scale, process a crop, or raise max_output_pixels"
             )
         dtype = s.output_dtype(image.dtype)
-        compute = compute_dtype(dtype)
-        render = _ensemble_render if s.ensemble else _render
         sink = out
         if sink is not None:
             expected = leading + (H, W) + ((int(image.shape[-1]),) if rgb else ())
@@ -261,35 +257,21 @@ class Engine:
             total = len(tiles) * int(np.prod(leading, dtype=np.int64))
             done = 0
             for index in np.ndindex(*leading):
-                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
-                check_finite(plane, where=f" in plane {index}" if index else "")
-                mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
-                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
+                prepared = _PreparedPlane(s, image[index], rgb, masks(index), (h, w), (H, W), dtype, index)
                 if sink is None:
-                    out = np.empty((channels + alpha, H, W), dtype)
+                    out = np.empty((prepared.channels + prepared.alpha, H, W), dtype)
                 trust = np.empty((H, W), np.float32) if return_trust else None
                 for i, window in enumerate(tiles):
                     check_cancel(cancel, done, total, "tiles")
-                    with torch_threads(s.threads):
-                        sr, correction = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
-                                                 consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                                                 bounds=bounds, trust=return_trust)
+                    tile_out, correction = prepared.decode(net, dev, window, trust=return_trust)
                     y0, y1, x0, x1 = window
-                    check_output_finite(sr, f" in plane {index}" if index else "")  # before casting makes NaN 0
                     if sink is not None:
-                        tile_out = cast(mapping.denormalize(sr, compute), dtype)
-                        if missing is not None:
-                            tile_out[:, nodata_on_output(missing, (H, W), window)] = _fill_value(s.nodata, dtype)
-                        if alpha:  # the mask resized on the whole plane, then cut: the values of a plane run
-                            if i == 0:
-                                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype)
-                            tile_out = np.concatenate([tile_out, alpha_mask[None, y0:y1, x0:x1]])
-                        sink[index + (slice(y0, y1), slice(x0, x1))] = tile_out.transpose(1, 2, 0) if rgb else tile_out[0]
+                        sink[index + (slice(y0, y1), slice(x0, x1))] = prepared.finish(tile_out, window)
                     else:
-                        out[:channels, y0:y1, x0:x1] = cast(mapping.denormalize(sr, compute), dtype)
+                        out[:prepared.channels, y0:y1, x0:x1] = tile_out
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
-                        trust[y0:y1, x0:x1] = correction.max(0) * abs(mapping.hi - mapping.lo)
+                        trust[y0:y1, x0:x1] = correction.max(0) * abs(prepared.mapping.hi - prepared.mapping.lo)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -297,11 +279,7 @@ class Engine:
                     if sink is not None:
                         yield Step(done, total, index, None, trust if finished else None)
                         continue
-                    if finished and alpha:
-                        out[3] = resize_mask(plane[..., 3], (H, W), dtype)
-                    if finished and missing is not None:
-                        out[:channels, nodata_on_output(missing, (H, W))] = _fill_value(s.nodata, dtype)
-                    yield Step(done, total, index, (out.transpose(1, 2, 0) if rgb else out[0]) if finished else None,
+                    yield Step(done, total, index, prepared.finish(out) if finished else None,
                                trust if finished else None)
 
     def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel,
@@ -317,10 +295,6 @@ class Engine:
         """
         s = self.settings
         (h, w), (H, W) = lr_shape, out_shape
-        channels = 3 if rgb else 1
-        alpha = rgb and int(image.shape[-1]) == 4
-        compute = compute_dtype(dtype)
-        render = _ensemble_render if s.ensemble else _render
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
             tile = int(s.tile_size or auto_tile_size(dev, max(H / h, W / w)))
@@ -337,34 +311,20 @@ class Engine:
                         progress(done, total)
                     yield Step(done, total, index, None)
                     continue
-                plane, missing = fill_nodata(np.asarray(image[index]), s.nodata, rgb, masks(index))
-                check_finite(plane, where=f" in plane {index}" if index else "")
-                mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
-                lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
-                alpha_mask = resize_mask(plane[..., 3], (H, W), dtype) if alpha else None
+                prepared = _PreparedPlane(s, image[index], rgb, masks(index), (h, w), (H, W), dtype, index)
                 for block, parts in todo:
                     y0, y1, x0, x1 = block
-                    buffer = np.empty((channels + alpha, y1 - y0, x1 - x0), dtype)
+                    buffer = np.empty((prepared.channels, y1 - y0, x1 - x0), dtype)
                     for window in parts:
                         check_cancel(cancel, done, total, "tiles")
-                        with torch_threads(s.threads):
-                            sr, _ = render(net, lr, (h, w), (H, W), window, dev, s.mode, AUTOCAST[s.precision],
-                                           consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                                           bounds=bounds)
-                        check_output_finite(sr, f" in plane {index}" if index else "")
                         a0, a1, b0, b1 = window
-                        buffer[:channels, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = cast(mapping.denormalize(sr, compute), dtype)
-                        del sr
+                        buffer[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = prepared.decode(net, dev, window)[0]
                         done += 1
                         if progress is not None:
                             progress(done, total)
                         if window is not parts[-1]:
                             yield Step(done, total, index, None)
-                    if missing is not None:
-                        buffer[:channels, nodata_on_output(missing, (H, W), block)] = _fill_value(s.nodata, dtype)
-                    if alpha:
-                        buffer[3] = alpha_mask[y0:y1, x0:x1]
-                    sink.write_block(index, block, buffer.transpose(1, 2, 0) if rgb else buffer[0])
+                    sink.write_block(index, block, prepared.finish(buffer, block))
                     yield Step(done, total, index, None)
 
     def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
@@ -432,24 +392,68 @@ class Engine:
         y0, y1, x0, x1 = (int(v) for v in window)
         if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
             raise ValueError(f"window {window} is not inside the output grid (0..{H}, 0..{W})")
-        dtype = s.output_dtype(plane.dtype)
-        compute = compute_dtype(dtype)
-        plane, missing = fill_nodata(plane, s.nodata, rgb, _plane_masks(mask, (), (h, w))(()))
-        mapping, lr, valid, bounds = _normalised(plane, rgb, s.intensity, compute, missing)
-        lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
-        render = _ensemble_render if s.ensemble else _render
-        with self.model(rgb) as net, torch_threads(s.threads):
-            sr, _ = render(net, lr, (h, w), (H, W), (y0, y1, x0, x1), next(net.parameters()).device, s.mode,
-                           AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp, valid=valid,
-                           bounds=bounds)
-        check_output_finite(sr)
-        out = cast(mapping.denormalize(sr, compute), dtype)
-        if rgb and plane.shape[-1] == 4:  # the mask resized on the whole plane, then cut: the same values as a run
-            out = np.concatenate([out, resize_mask(plane[..., 3], (H, W), dtype)[None, y0:y1, x0:x1]])
-        if missing is not None:
-            out[:3 if rgb else 1, nodata_on_output(missing, (H, W), (y0, y1, x0, x1))] = _fill_value(s.nodata, dtype)
-        return out.transpose(1, 2, 0) if rgb else out[0]
+        prepared = _PreparedPlane(s, plane, rgb, _plane_masks(mask, (), (h, w))(()), (h, w), (H, W),
+                                  s.output_dtype(plane.dtype))
+        with self.model(rgb) as net:
+            out, _ = prepared.decode(net, next(net.parameters()).device, (y0, y1, x0, x1))
+        return prepared.finish(out, (y0, y1, x0, x1))
 
+
+class _PreparedPlane:
+    """One input plane made ready for the network, and the decoding of any window of its output.
+
+    The single place where a plane is prepared (nodata filled, checked for
+    non-finite values, normalised, its data bounds measured) and where an
+    output window is decoded and brought back to the output's units and
+    dtype, so :meth:`Engine.steps`, its block writer and :meth:`Engine.window`
+    give the same pixels for the same window.
+    """
+
+    def __init__(self, settings: RunSettings, raw, rgb: bool, mask, lr_shape: tuple[int, int],
+                 out_shape: tuple[int, int], dtype: np.dtype, index: tuple[int, ...] = ()):
+        s = self.settings = settings
+        self.lr_shape, self.out_shape, self.dtype = lr_shape, out_shape, dtype
+        self.compute = compute_dtype(dtype)
+        self.where = f" in plane {index}" if index else ""
+        self.plane, self.missing = fill_nodata(np.asarray(raw), s.nodata, rgb, mask)
+        check_finite(self.plane, where=self.where)
+        self.mapping, lr, self.valid, self.bounds = _normalised(self.plane, rgb, s.intensity, self.compute,
+                                                                self.missing)
+        self.lr = np.asarray(lr) if s.ensemble else lr  # the members flip the whole plane
+        self.rgb, self.channels = rgb, 3 if rgb else 1
+        self.alpha = rgb and self.plane.shape[-1] == 4  # RGBA: colour through the model, alpha resized as a mask
+        self._alpha_mask = None
+
+    def decode(self, net: DIINN, device: torch.device, window: tuple[int, int, int, int],
+               trust: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Output ``window`` (y0, y1, x0, x1) as (C, y1 - y0, x1 - x0) colour in the output dtype, and its correction map."""
+        s = self.settings
+        render = _ensemble_render if s.ensemble else _render
+        with torch_threads(s.threads):
+            sr, correction = render(net, self.lr, self.lr_shape, self.out_shape, window, device, s.mode,
+                                    AUTOCAST[s.precision], consistency=s.consistency, clamp=s.outlier_clamp,
+                                    valid=self.valid, bounds=self.bounds, trust=trust)
+        check_output_finite(sr, self.where)  # before casting makes NaN 0
+        return cast(self.mapping.denormalize(sr, self.compute), self.dtype), correction
+
+    def finish(self, colour: np.ndarray, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Decoded (C, y, x) colour of ``window`` (None: the whole plane) as output pixels: nodata put back,
+        the alpha channel added (resized on the whole plane, then cut: a window holds what a run holds there),
+        channels last for RGB."""
+        H, W = self.out_shape
+        y0, y1, x0, x1 = window if window is not None else (0, H, 0, W)
+        if self.missing is not None:
+            colour[:self.channels, nodata_on_output(self.missing, self.out_shape, window)] = _fill_value(
+                self.settings.nodata, self.dtype)
+        if self.alpha:
+            if self._alpha_mask is None:
+                self._alpha_mask = resize_mask(self.plane[..., 3], self.out_shape, self.dtype)
+            alpha = self._alpha_mask[None, y0:y1, x0:x1]
+            if colour.shape[0] > self.channels:  # a buffer with room for it
+                colour[self.channels:] = alpha
+            else:
+                colour = np.concatenate([colour, alpha])
+        return colour.transpose(1, 2, 0) if self.rgb else colour[0]
 
 
 def upscale_steps(image, scale=None, *, settings: RunSettings | None = None, rgb: bool = False,
