@@ -8,13 +8,12 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("zarr")
 
-from ome_zarr.io import parse_url  # noqa: E402
-from ome_zarr.reader import Reader  # noqa: E402
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+from test_widget import cancel_at, errors, open_from_menu, run, setup  # noqa: F401 (errors, setup: fixtures)
 
-from diinn_napari._run import RunState  # noqa: E402
-from diinn_napari.io.omezarr import BlockStore  # noqa: E402
-
-from test_widget import TIMEOUT, cancel_at, errors, open_from_menu, run, setup, shown  # noqa: E402,F401
+from diinn_napari._run import RunState
+from diinn_napari.io.omezarr import BlockStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,8 +30,7 @@ def infos():
 
 def stack(viewer, rng, shape, name="cells"):
     data = rng.integers(0, 4000, shape, dtype=np.uint16)
-    layer = viewer.add_image(data, name=name, scale=(1.0, 0.5, 0.4), translate=(0.0, 3.0, -2.0))
-    return data, layer
+    return viewer.add_image(data, name=name, scale=(1.0, 0.5, 0.4), translate=(0.0, 3.0, -2.0))
 
 
 def ome_levels(path):
@@ -58,7 +56,7 @@ def test_store_mode_controls_are_in_advanced_with_a_quarter_of_ram_by_default(ma
 
 def test_forced_store_is_read_by_ome_zarr_py_and_equals_the_in_memory_result(setup, rng, qtbot, tmp_path, infos):
     viewer, widget = setup
-    data, layer = stack(viewer, rng, (2, 40, 48))
+    layer = stack(viewer, rng, (2, 40, 48))
     widget.layer.value = layer
     run(qtbot, widget)
     memory = np.asarray(widget.result.data)
@@ -87,7 +85,7 @@ def test_a_budget_below_the_result_writes_a_temporary_store_it_names(setup, rng,
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     viewer, widget = setup
-    data, layer = stack(viewer, rng, (2, 160, 160))
+    layer = stack(viewer, rng, (2, 160, 160))
     widget.layer.value = layer
     widget.factor_y.value = 4.0
     assert widget.plan().store is None  # 2 x 640 x 640 uint16 = 1.6 MiB, far below a quarter of the RAM
@@ -104,7 +102,7 @@ def test_a_budget_below_the_result_writes_a_temporary_store_it_names(setup, rng,
 
 def test_cancel_keeps_the_blocks_and_a_rerun_resumes_to_the_uninterrupted_result(setup, rng, qtbot, tmp_path, infos):
     viewer, widget = setup
-    data, layer = stack(viewer, rng, (2, 160, 160))  # x4: 2 planes of 640 x 640, 4 blocks each
+    layer = stack(viewer, rng, (2, 160, 160))  # x4: 2 planes of 640 x 640, 4 blocks each
     widget.layer.value = layer
     widget.factor_y.value = 4.0
     widget.to_zarr.value = True
@@ -148,7 +146,7 @@ def test_cancel_keeps_the_blocks_and_a_rerun_resumes_to_the_uninterrupted_result
 def test_a_rerun_with_other_settings_into_the_same_store_is_refused_naming_the_difference(setup, rng, qtbot, tmp_path,
                                                                                       errors, infos):
     viewer, widget = setup
-    data, layer = stack(viewer, rng, (2, 160, 160))
+    layer = stack(viewer, rng, (2, 160, 160))
     widget.layer.value = layer
     widget.factor_y.value = 4.0
     widget.to_zarr.value = True

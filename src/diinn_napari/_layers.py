@@ -131,7 +131,9 @@ class ResultLayers:
     """The output layer of one run (and its trust map): added when the first unit is done, filled in, then ended.
 
     The arrays are the worker's own, filled in place; the layers show them
-    by reference and are refreshed as planes (or Y rows) finish.
+    by reference and are refreshed as planes (or Y rows) finish. Out of
+    memory (:meth:`show_store`), the layer is multiscale over the store's
+    levels, added when the store is opened and refreshed as blocks finish.
     """
 
     def __init__(self, viewer: napari.Viewer, source: Image, plan: RunPlan, index: tuple[int, ...] | None):

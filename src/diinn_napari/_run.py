@@ -2,8 +2,10 @@
 
 The worker is a generator of :class:`RunUpdate` (one per tile, network call,
 or 50 ms of adaptation); a finished plane (or block of Y rows) rides on its
-update as the whole output array filled so far. The controller shows it
-through :class:`~diinn_napari._layers.ResultLayers` and moves through
+update as the whole output array filled so far. Out of memory (the plan has
+a ``store``: :func:`store_updates`), the result is an OME-Zarr store instead,
+and the updates say how many of its blocks are in (:class:`Stored`). The
+controller shows it through :class:`~diinn_napari._layers.ResultLayers` and moves through
 :class:`RunState`::
 
     IDLE -> RUNNING -> FINISHED | FAILED | CANCELLED

@@ -31,6 +31,7 @@ import numpy as np
 
 from ._planner import RunPlan
 
+
 def default_memory_budget() -> int:
     """A quarter of the machine's RAM (bytes): psutil when installed, else ``os.sysconf``; 4 GiB if neither says."""
     try:
