@@ -46,12 +46,18 @@ def default_memory_budget() -> int:
         return 4 << 30
 
 
-def input_identity(plan: RunPlan, data) -> dict:
-    """The input by name, shape, dtype and a SHA-256 of its pixels (plane by plane: a lazy layer is read once)."""
+def input_identity(plan: RunPlan, data, band_bytes: int = 1 << 20) -> dict:
+    """The input by name, shape, dtype and a SHA-256 of its pixels, read in row bands of about ``band_bytes``
+    (a lazy layer is read once, and no copy of a whole plane is made for the hash)."""
     from .batch.record import pixel_digest
 
     leading = tuple(data.shape[:-3] if plan.source.rgb else data.shape[:-2])
-    digest = pixel_digest(np.asarray(data[index]) for index in np.ndindex(*leading))
+    row = int(np.prod(data.shape[len(leading) + 1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    rows = max(1, band_bytes // max(1, row))
+    height = int(data.shape[len(leading)])
+    bands = (np.asarray(data[index + (slice(y, min(height, y + rows)),)])
+             for index in np.ndindex(*leading) for y in range(0, height, rows))
+    digest = pixel_digest(bands, count=int(np.prod(leading, dtype=np.int64)))
     nbytes = int(np.prod(data.shape, dtype=np.int64)) * np.dtype(data.dtype).itemsize
     return {"name": plan.source.name, "shape": list(data.shape), "dtype": str(np.dtype(data.dtype)),
             "bytes": nbytes, "sha256": digest["sha256"]}
