@@ -715,7 +715,8 @@ def open_levels(path: str | Path) -> list:
 
     Unlike :func:`open_multiscale`'s dask arrays, every read goes to the
     store, so a layer over a store being written shows new blocks on
-    ``layer.refresh()`` (napari caches dask chunks by their task names).
+    ``layer.refresh()`` (over the dask levels, napari 0.9.2's dask chunk
+    cache kept serving the chunks as they were first read).
     """
     group = _zarr().open_group(str(path), mode="r")
     attrs = _ome(group.attrs.asdict())
