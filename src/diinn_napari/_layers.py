@@ -76,17 +76,28 @@ def same_affine(source: Image) -> dict:
     return {} if np.allclose(matrix, np.eye(len(matrix))) else {"affine": matrix}
 
 
-def looks_like(source: Image, data: np.ndarray) -> dict:
-    """Display settings that make a result look like its source: units, axis labels, colours, contrast."""
+def looks_like(source: Image, data: np.ndarray | None, dtype=None) -> dict:
+    """Display settings that make a result look like its source: units, axis labels, colours, contrast.
+
+    ``data`` None (a result in a store, not read whole): the contrast is the
+    source's, or the range of ``dtype`` when it is another integer type.
+    """
     kwargs = dict(rgb=source.rgb, blending=source.blending)
     for attr in ("units", "axis_labels"):
         if hasattr(source, attr):
             kwargs[attr] = getattr(source, attr)
     if not source.rgb:
         kwargs.update(colormap=source.colormap, gamma=source.gamma)
+        dtype = np.dtype(data.dtype if data is not None else dtype)
         # another dtype means other numbers: take the contrast from the data (all of it, not one plane)
-        kwargs["contrast_limits"] = (source.contrast_limits if data.dtype == np.dtype(source.dtype)
-                                     else value_range(data))
+        if dtype == np.dtype(source.dtype):
+            kwargs["contrast_limits"] = source.contrast_limits
+        elif data is not None:
+            kwargs["contrast_limits"] = value_range(data)
+        elif dtype.kind in "iu":
+            kwargs["contrast_limits"] = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))
+        else:  # float values keep the source's units
+            kwargs["contrast_limits"] = source.contrast_limits
     return kwargs
 
 
@@ -120,7 +131,9 @@ class ResultLayers:
     """The output layer of one run (and its trust map): added when the first unit is done, filled in, then ended.
 
     The arrays are the worker's own, filled in place; the layers show them
-    by reference and are refreshed as planes (or Y rows) finish.
+    by reference and are refreshed as planes (or Y rows) finish. Out of
+    memory (:meth:`show_store`), the layer is multiscale over the store's
+    levels, added when the store is opened and refreshed as blocks finish.
     """
 
     def __init__(self, viewer: napari.Viewer, source: Image, plan: RunPlan, index: tuple[int, ...] | None):
@@ -155,6 +168,36 @@ class ResultLayers:
             meta[self._done_key] = max(meta[self._done_key], units_done)
         self.refresh()
 
+    def show_store(self, stored, units_done: int) -> None:
+        """Out of memory: add a multiscale layer over the store on the first call (naming the store, and the
+        blocks resumed), refresh it as blocks arrive (``stored``: a :class:`~diinn_napari._run.Stored`)."""
+        from .io.omezarr import open_levels
+
+        plan = self.plan
+        if self.image is None:
+            remove_preview(self.viewer, self.source)
+            scale, translate = placement(plan, self.index)
+            meta = {**plan.record, "output_shape": list(plan.shape), f"{plan.unit}_total": plan.units_total,
+                    self._done_key: 0, "partial": True, "store": stored.path, "blocks_total": stored.blocks_total,
+                    "blocks_done": stored.blocks_done, "blocks_resumed": stored.resumed}
+            self.image = self.viewer.add_image(
+                open_levels(stored.path), multiscale=True, name=f"{self.source.name} {plan.label} DIINN",
+                scale=scale, translate=translate,
+                metadata={**result_metadata(self.source.metadata, plan.in_yx, plan.out_yx), "diinn": meta},
+                **same_affine(self.source), **looks_like(self.source, None, plan.dtype))
+            said = [f"DIINN: the result goes to OME-Zarr {stored.path} ({plan.memory_note})", *stored.notes]
+            if stored.resumed >= stored.blocks_total:
+                said.append("it was already complete: shown as it is")
+            elif stored.resumed:
+                said.append(f"resumed: {stored.resumed} of {stored.blocks_total} blocks were done, skipped")
+            show_info("; ".join(said))
+        meta = self.image.metadata["diinn"]
+        if meta["partial"]:
+            meta[self._done_key] = max(meta[self._done_key], units_done)
+        if stored.blocks_done > meta["blocks_done"] or meta["blocks_done"] == stored.blocks_total:
+            meta["blocks_done"] = max(meta["blocks_done"], stored.blocks_done)
+            self.refresh()
+
     def refresh(self) -> None:
         for layer in (self.image, self.trust):
             if layer is not None:
@@ -172,6 +215,12 @@ class ResultLayers:
             meta["partial"], meta[self._done_key] = False, total
         elif meta[self._done_key] >= total:  # every unit had arrived before the stop: the result is whole
             meta["partial"] = False
+        elif "store" in meta:  # out of memory: the finished blocks are kept in the store; a rerun resumes them
+            done, total = meta["blocks_done"], meta["blocks_total"]
+            self.image.name = f"{self.image.name} (partial: {done} of {total} blocks)"
+            meta["stopped"] = stopped
+            show_info(f"DIINN: {stopped}; kept the {done} finished blocks in {meta['store']} (shown in "
+                      f"{self.image.name!r}); Run with the same settings resumes there")
         else:
             done = meta[self._done_key]
             self.image.name = f"{self.image.name} (partial: {done} of {total} {words})"

@@ -16,8 +16,13 @@ and the library share, and adds the layer's own remedies to its refusals.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,6 +123,9 @@ class Request:
     adapt_steps: int = 0  # isotropic voxels: self-supervised steps on the stack first (0 = none)
     ensemble: bool = False  # plane-wise modes: geometric self-ensemble (8 flips/transposes, about 8x the time)
     self_adapt_steps: int = 0  # plane-wise modes: self-supervised steps on each plane first (0 = none)
+    memory_budget: int = 0  # bytes: a larger result is written to an OME-Zarr store (0 = no budget)
+    to_zarr: bool = False  # write the result to an OME-Zarr store whatever its size
+    zarr_path: str = ""  # the store ("" = a temporary one named after the settings)
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,9 @@ class RunPlan:
     adapt_steps: int = 0  # isotropic voxels: adaptation steps before the reconstruction
     axial_sigma: float | None = None  # and their axial blur (XY pixels)
     self_adapt_steps: int = 0  # plane-wise modes: each plane upscaled by a copy of the model adapted to it first
+    store: str | None = None  # out of memory: the OME-Zarr store the result is written to (None: in memory)
+    store_named: bool = False  # the store is a temporary one the widget named (not the user's path)
+    memory_note: str = ""  # why the result goes to the store, or why it stays in memory above the budget
 
     @property
     def label(self) -> str:
@@ -162,6 +173,10 @@ class RunPlan:
         if self.self_adapt_steps:
             text += (f", each plane adapted to first ({self.self_adapt_steps} steps, about a minute per plane on a "
                      "2-core CPU)")
+        if self.store is not None:
+            text += f"; written to OME-Zarr {self.store} ({self.memory_note})"
+        elif self.memory_note:
+            text += f"; {self.memory_note}"
         if self.source.result_of is not None:
             text = (f"{self.source.name!r} is itself a DIINN result (of {self.source.result_of!r}): Run upscales the "
                     f"upscaled image again; {text}")
@@ -210,10 +225,56 @@ def plan_run(source: Source, request: Request) -> RunPlan:
         record["self_adapt_steps"] = steps
     if request.plane_only:
         record["plane"] = list(_plane(request.plane, shape))
-    return RunPlan(source, in_yx, out, ratio, tuple(leading) + out + colour, dtype, run, record,
+    plan = RunPlan(source, in_yx, out, ratio, tuple(leading) + out + colour, dtype, run, record,
                    trust_map=bool(request.trust_map), plane_only=bool(request.plane_only),
                    plane=_plane(request.plane, shape), units_total=int(np.prod(leading, dtype=np.int64)),
                    self_adapt_steps=steps)
+    return with_store(plan, request)
+
+
+def store_refusal(plan: RunPlan) -> str | None:
+    """Why ``plan``'s result cannot be written to an OME-Zarr store (None: it can)."""
+    if plan.isotropic is not None:
+        return "isotropic voxels makes its volume in memory"
+    if plan.source.rgb:
+        return "RGB pixels have no OME-Zarr axis here"
+    if plan.trust_map:
+        return "the trust map is made in memory (untick it, Advanced)"
+    if plan.self_adapt_steps:
+        return "adapt to each plane first works in memory (untick it, Advanced)"
+    return None
+
+
+def with_store(plan: RunPlan, request: Request) -> RunPlan:
+    """``plan`` written to an OME-Zarr store when the request asks for it or its result exceeds the memory budget.
+
+    The store is ``request.zarr_path``, or a temporary one named after the
+    settings (so a rerun with the same settings finds it and resumes).
+    A result above the budget that a store cannot take stays in memory, said
+    in :attr:`RunPlan.memory_note`; asked for explicitly, it is a ValueError.
+    """
+    budget = int(request.memory_budget)
+    over = budget > 0 and plan.nbytes > budget
+    if not (request.to_zarr or over):
+        return plan
+    why_not = store_refusal(plan)
+    if why_not is not None:
+        if request.to_zarr:
+            raise ValueError(f"write to OME-Zarr: {why_not}; untick 'write to OME-Zarr' (Advanced)")
+        return replace(plan, memory_note=f"above the memory budget of {budget / 2**20:,.0f} MiB, in memory all the "
+                                         f"same: {why_not}")
+    path = request.zarr_path.strip()
+    note = "asked" if request.to_zarr else f"above the memory budget of {budget / 2**20:,.0f} MiB"
+    store = str(Path(path).expanduser()) if path else str(temporary_store(plan))
+    return replace(plan, store=store, store_named=not path, memory_note=note)
+
+
+def temporary_store(plan: RunPlan) -> Path:
+    """The temporary store of ``plan``: under the system's temporary folder, named by the source, the size and
+    a hash of the settings record (the same settings, the same store)."""
+    digest = hashlib.sha256(json.dumps(plan.record, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.source.name).strip("._") or "image"
+    return Path(tempfile.gettempdir()) / "diinn-napari" / f"{name}-{plan.label.replace(',', '_')}-{digest}.ome.zarr"
 
 
 def run_settings(source: Source, request: Request, consistency: int) -> RunSettings:
@@ -259,9 +320,10 @@ def _isotropic_plan(source: Source, request: Request) -> RunPlan:
               "adapt_steps": steps, "axial_sigma": sigma, "source_path": source.path, "source_shape": list(source.shape),
               "rgb": source.rgb}
     yx = tuple(shape[-2:])
-    return RunPlan(source, yx, yx, (1.0, 1.0), iso.output_shape, dtype, run, record, plane=_plane(request.plane, shape),
+    plan = RunPlan(source, yx, yx, (1.0, 1.0), iso.output_shape, dtype, run, record, plane=_plane(request.plane, shape),
                    unit="rows", units_total=int(np.prod(shape[:-3], dtype=np.int64)) * int(shape[-2]),
                    isotropic=iso, adapt_steps=steps, axial_sigma=sigma)
+    return with_store(plan, request)
 
 
 def visible_window(in_yx: tuple[int, int], out_yx: tuple[int, int], corners, budget: tuple[int, int]

@@ -2,8 +2,10 @@
 
 The worker is a generator of :class:`RunUpdate` (one per tile, network call,
 or 50 ms of adaptation); a finished plane (or block of Y rows) rides on its
-update as the whole output array filled so far. The controller shows it
-through :class:`~diinn_napari._layers.ResultLayers` and moves through
+update as the whole output array filled so far. Out of memory (the plan has
+a ``store``: :func:`store_updates`), the result is an OME-Zarr store instead,
+and the updates say how many of its blocks are in (:class:`Stored`). The
+controller shows it through :class:`~diinn_napari._layers.ResultLayers` and moves through
 :class:`RunState`::
 
     IDLE -> RUNNING -> FINISHED | FAILED | CANCELLED
@@ -65,13 +67,30 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A result being written to an OME-Zarr store (out of memory): where, and how far.
+
+    blocks_done of blocks_total level-0 chunks are in the store; resumed: the
+    blocks it held when the run began (a cancelled run's); notes: what the
+    opening did (e.g. a temporary store of other work replaced).
+    """
+
+    path: str
+    blocks_done: int
+    blocks_total: int
+    resumed: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunUpdate:
     """One progress report of the worker.
 
     done, total: steps of the current phase (tiles, network calls or adaptation steps);
     units_done: planes (or, isotropic voxels, Y rows) finished so far;
     result: the whole output array, filled so far, when a unit has just finished (else None);
-    trust: its trust map, when asked for.
+    trust: its trust map, when asked for;
+    stored: out of memory, the store and its blocks done (the result is there, not in ``result``).
     """
 
     phase: Phase
@@ -80,14 +99,16 @@ class RunUpdate:
     units_done: int = 0
     result: np.ndarray | None = None
     trust: np.ndarray | None = None
+    stored: Stored | None = None
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished worker returns: the output and its trust map (or None)."""
+    """What a finished worker returns: the output and its trust map (or None), or the finished store."""
 
     image: np.ndarray | None
     trust: np.ndarray | None = None
+    stored: Stored | None = None
 
 
 Updates = Generator[RunUpdate, None, RunResult]
@@ -121,6 +142,41 @@ def upscale_updates(data, plan: RunPlan, cancel: threading.Event | None = None) 
         yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done, image.result,
                         None if trust is None else trust.result)
     return RunResult(image.result, None if trust is None else trust.result)
+
+
+def store_updates(data, plan: RunPlan) -> Updates:
+    """The plane-wise run into the plan's OME-Zarr store (:mod:`~diinn_napari._store`), block by block.
+
+    The first update names the store (and the blocks a cancelled run left
+    there, which are skipped); one follows every decoded window; when every
+    block is in, the store is finished (its ledger removed). A store of other
+    work at the user's path is refused (ValueError, shown as the run's error).
+    """
+    from ._store import open_store
+    from .engine import Engine
+
+    opened = open_store(plan, data)
+    store = opened.store
+    if store is None:  # finished before: nothing to decode
+        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes))
+        yield RunUpdate(Phase.UPSCALING, 1, 1, plan.units_total, stored=stored)
+        return RunResult(None, stored=stored)
+    per_plane = len(store.block_windows())
+
+    def stored() -> Stored:
+        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes))
+
+    def planes_done() -> int:  # the last one counts once the store is finished: a cancel before that is partial
+        return min(len(store.done) // per_plane, plan.units_total - 1)
+
+    yield RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored())
+    step = None
+    for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask):
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
+    store.finish(opened.record)
+    total = step.total if step is not None else 1
+    yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
+    return RunResult(None, stored=stored())
 
 
 def in_thread(work: Callable[[Callable[[int, int, float], Any]], Any], phase: Phase, total: int, units_done: int,
@@ -238,6 +294,7 @@ class _Run:
         self.plan, self.layers, self.worker, self.cancel = plan, layers, worker, cancel
         self.result: np.ndarray | None = None
         self.trust: np.ndarray | None = None
+        self.stored: Stored | None = None  # out of memory: the store and how far it is
         self.units_done = 0
         self.last: RunUpdate | None = None
         self.returned = False
@@ -310,7 +367,7 @@ class RunController:
             index = plan.plane if plan.plane_only else None
             if index is not None:
                 data = data[tuple(slice(i, i + 1) for i in index)]
-            updates = upscale_updates(data, plan, cancel)
+            updates = upscale_updates(data, plan, cancel) if plan.store is None else store_updates(data, plan)
         worker = self.worker_factory(updates)
         run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
         worker.yielded.connect(lambda update: self._on_update(run, update))
@@ -337,6 +394,8 @@ class RunController:
     def _on_update(self, run: _Run, update: RunUpdate) -> None:
         if update.result is not None:
             run.result, run.trust = update.result, update.trust
+        if update.stored is not None and (run.stored is None or update.stored.blocks_done >= run.stored.blocks_done):
+            run.stored = update.stored
         run.units_done = max(run.units_done, update.units_done)  # nested handling may deliver them out of order
         run.last = update
         self._sync(run)
@@ -344,6 +403,8 @@ class RunController:
 
     def _on_returned(self, run: _Run, result: RunResult) -> None:
         run.returned = True
+        if result.stored is not None:
+            run.stored = result.stored
         if run.result is None:
             run.result, run.trust = result.image, result.trust
 
@@ -354,7 +415,8 @@ class RunController:
     def _on_finished(self, run: _Run) -> None:
         # A Cancel during the last step lets the generator end, and superqt then emits neither returned
         # nor aborted: every unit has arrived, and the result is whole.
-        whole = run.returned or (run.result is not None and run.units_done >= run.plan.units_total)
+        whole = run.returned or ((run.result is not None or run.stored is not None)
+                                 and run.units_done >= run.plan.units_total)
         run.end = RunState.FAILED if run.error else RunState.FINISHED if whole else RunState.CANCELLED
         if run is self._run:
             self._set_state(run.end)
@@ -381,6 +443,8 @@ class RunController:
             return
         if run.result is not None:
             run.layers.show(run.result, run.trust, run.units_done)
+        elif run.stored is not None:
+            run.layers.show_store(run.stored, run.units_done)
         if run.end is not None:
             run.shown_end = True
             whole = run.end is RunState.FINISHED

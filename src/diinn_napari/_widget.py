@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
@@ -43,7 +43,8 @@ FOLLOW_DELAY_MS = 300  # follow the view: preview again this long after the last
 # The controls whose values are remembered across napari sessions (by attribute name).
 REMEMBERED = ("size_mode", "factor_y", "factor_x", "same_factor", "pixel_size", "output_y", "output_x", "z_target",
               "model", "z_consistency", "adapt", "adapt_steps", "device", "tile_size", "intensity", "out_dtype",
-              "precision", "consistency", "ensemble", "self_adapt", "self_adapt_steps", "trust_map", "plane_only", "follow")
+              "precision", "consistency", "ensemble", "self_adapt", "self_adapt_steps", "trust_map", "plane_only", "follow",
+              "memory_budget", "to_zarr")
 
 
 def is_result(layer) -> bool:
@@ -86,7 +87,8 @@ class DIINNWidget(Container):
         self.advanced_group = self._collapsible(self.advanced, after=self.model)
         for control in (self.layer, self.size_mode, self.factor_y, self.factor_x, self.same_factor, self.pixel_size,
                         self.output_y, self.output_x, self.z_target, self.adapt, self.adapt_steps, self.device,
-                        self.out_dtype, self.plane_only, self.ensemble, self.self_adapt, self.self_adapt_steps):
+                        self.out_dtype, self.plane_only, self.ensemble, self.self_adapt, self.self_adapt_steps,
+                        self.trust_map, self.memory_budget, self.to_zarr, self.zarr_path):
             control.changed.connect(self._update)
         self.model.changed.connect(self._on_model)
         self.run_button.clicked.connect(self._on_run_button)
@@ -120,7 +122,7 @@ class DIINNWidget(Container):
 
         group = QCollapsible("Advanced")
         group.setToolTip("tile size, intensity, dtype, precision, consistency, ensemble, adapt to each plane, "
-                         "trust map, device, ...")
+                         "trust map, device, memory budget and OME-Zarr output, ...")
         group.addWidget(container.native)
         group.collapse(animate=False)
         layout = self._widget._layout
@@ -192,11 +194,23 @@ class DIINNWidget(Container):
                                            "offered up to x2 (docs/finetuning.md). About a minute per plane on a CPU")
         self.self_adapt_steps = SpinBox(label="adaptation steps per plane", value=MEASURED_STEPS, min=1, max=100000,
                                         tooltip=f"fine-tuning steps on each plane ({MEASURED_STEPS}: what was measured)")
+        from ._store import default_memory_budget
+
+        self.memory_budget = SpinBox(label="memory budget (MiB, 0 = none)", value=default_memory_budget() // 2**20,
+                                     min=0, max=2**31 - 1,
+                                     tooltip="a larger result is written to an OME-Zarr store (below) instead of "
+                                             "memory; default: a quarter of this machine's RAM")
+        self.to_zarr = CheckBox(text="write to OME-Zarr (for results larger than memory)", value=False,
+                                tooltip="the result goes block by block into an OME-Zarr store, shown as a multiscale "
+                                        "layer that fills in; Cancel keeps the finished blocks, Run again resumes")
+        self.zarr_path = FileEdit(label="OME-Zarr store", mode="w", filter="OME-Zarr (*.zarr)",
+                                  tooltip="empty: a temporary store named after the settings (the info line and a "
+                                          "notification name it); a store of other work is refused")
         self.restore_button = PushButton(text="Restore defaults", tooltip="every control back to its default "
                                                                           "(and forget the remembered settings)")
         return [self.device, self.tile_size, self.intensity, self.out_dtype, self.precision, self.consistency,
                 self.ensemble, self.self_adapt, self.self_adapt_steps, self.trust_map, self.plane_only,
-                self.restore_button]
+                self.memory_budget, self.to_zarr, self.zarr_path, self.restore_button]
 
     def _update(self, _=None) -> None:
         """Show the controls the size mode uses, and what the next run will make."""
@@ -285,7 +299,9 @@ class DIINNWidget(Container):
             plane=current_plane(layer, self._viewer.dims.point) if layer is not None else (),
             z_target=float(self.z_target.value), z_consistency=int(self.z_consistency.value),
             adapt_steps=int(self.adapt_steps.value) if self.adapt.value else 0, ensemble=bool(self.ensemble.value),
-            self_adapt_steps=int(self.self_adapt_steps.value) if self.self_adapt.value else 0)
+            self_adapt_steps=int(self.self_adapt_steps.value) if self.self_adapt.value else 0,
+            memory_budget=int(self.memory_budget.value) * 2**20, to_zarr=bool(self.to_zarr.value),
+            zarr_path=str(self.zarr_path.line_edit.value))
 
     def plan(self) -> RunPlan:
         """The plan of the next run, read from the controls now. Raises ValueError."""

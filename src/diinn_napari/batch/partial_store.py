@@ -66,7 +66,7 @@ class PartialStore:
                     else:
                         stale.remove(hidden.path)
                     continue
-                discarded.append(_why_other(hidden.path, header))
+                discarded.append(why_other(hidden.path, header))
             stale.remove(hidden.path)
         if best is not None and best_path != mine:
             os.replace(best_path, mine)
@@ -93,7 +93,7 @@ def dataclass_at(info: io.ImageInfo, path: Path) -> io.ImageInfo:
     return dataclasses.replace(info, path=Path(path))
 
 
-def _why_other(path: Path, header: bytes) -> str:
+def why_other(path: Path, header: bytes) -> str:
     """What makes a stale partial store other work, for the note: its differences in the compared settings."""
     from ..io.omezarr import BlockStore
 

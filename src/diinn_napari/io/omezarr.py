@@ -708,3 +708,16 @@ def open_multiscale(path: str | Path) -> list:
 
 
 OME_ZARR = register(OmeZarrFormat())
+
+
+def open_levels(path: str | Path) -> list:
+    """The levels of an OME-Zarr image as read-only zarr arrays, largest first (napari multiscale data).
+
+    Unlike :func:`open_multiscale`'s dask arrays, every read goes to the
+    store, so a layer over a store being written shows new blocks on
+    ``layer.refresh()`` (over the dask levels, napari 0.9.2's dask chunk
+    cache kept serving the chunks as they were first read).
+    """
+    group = _zarr().open_group(str(path), mode="r")
+    attrs = _ome(group.attrs.asdict())
+    return [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]

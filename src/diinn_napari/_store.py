@@ -1,0 +1,169 @@
+"""The widget's results larger than memory: an OME-Zarr store the engine fills block by block, resumable.
+
+When the plan says so (:func:`~diinn_napari._planner.with_store`: the result
+is above the memory budget, or the user asked), the worker opens the store
+here and hands it to :meth:`Engine.steps <diinn_napari.engine.Engine.steps>`
+as ``out=``, as the batch tool does for ``--format ome-zarr``: the same
+:class:`~diinn_napari.io.omezarr.BlockStore` (whole level-0 chunks, their
+pyramid regions, a ledger of finished blocks), the same header
+(:func:`~diinn_napari.batch.partial_store.make_header` of a record with the
+batch's compared keys: input content, output size, model file, intensity,
+dtype, consistency, ...). So:
+
+- a store of this work with finished blocks (a cancelled run) is resumed at
+  its first missing block;
+- a finished store of this work is shown as it is;
+- a store of other work at the user's path is refused, each difference
+  named; a temporary one the widget named is replaced.
+
+No torch here until the model's weights are hashed (in the worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._planner import RunPlan
+
+
+def default_memory_budget() -> int:
+    """A quarter of the machine's RAM (bytes): psutil when installed, else ``os.sysconf``; 4 GiB if neither says."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total) // 4
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")) // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def input_identity(plan: RunPlan, data, band_bytes: int = 1 << 20) -> dict:
+    """The input by name, shape, dtype and a SHA-256 of its pixels, read in row bands of about ``band_bytes``
+    (a lazy layer is read once, and no copy of a whole plane is made for the hash)."""
+    from .batch.record import pixel_digest
+
+    leading = tuple(data.shape[:-3] if plan.source.rgb else data.shape[:-2])
+    row = int(np.prod(data.shape[len(leading) + 1:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    rows = max(1, band_bytes // max(1, row))
+    height = int(data.shape[len(leading)])
+    bands = (np.asarray(data[index + (slice(y, min(height, y + rows)),)])
+             for index in np.ndindex(*leading) for y in range(0, height, rows))
+    digest = pixel_digest(bands, count=int(np.prod(leading, dtype=np.int64)))
+    nbytes = int(np.prod(data.shape, dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    return {"name": plan.source.name, "shape": list(data.shape), "dtype": str(np.dtype(data.dtype)),
+            "bytes": nbytes, "sha256": digest["sha256"]}
+
+
+def store_record(plan: RunPlan, data) -> dict:
+    """The record that decides whether a store holds this work: the batch's compared keys
+    (:data:`~diinn_napari.batch.record.COMPARED`), plus the widget's own record under ``"napari"``."""
+    from .batch.plan import model_identity  # hashes the weights file (imports torch)
+
+    run = plan.run
+    record = {"input": input_identity(plan, data), "output_yx": list(plan.out_yx),
+              "model": model_identity(run.model, 3 if plan.source.rgb else 1), "intensity": run.intensity,
+              "dtype": plan.dtype.name, "consistency": run.consistency,
+              "outlier_clamp": None if run.outlier_clamp is None else list(run.outlier_clamp)}
+    if run.precision != "fp32":
+        record["precision"] = run.precision
+    if run.ensemble:
+        record["ensemble"] = True
+    if run.nodata is not None:
+        record["nodata"] = repr(run.nodata)
+    # JSON-clean (a model instance is its class name), so a record read back from the store compares equal
+    record["napari"] = json.loads(json.dumps(plan.record, default=str))
+    return record
+
+
+def store_info(plan: RunPlan, path: Path):
+    """The :class:`~diinn_napari.io.ImageInfo` of the store: the result's shape and dtype, axes ``...ZYX``
+    (NGFF's order), level 0 placed as the in-memory result layer (:func:`~diinn_napari._layers.placement`)."""
+    from ._layers import placement
+    from .io import ImageInfo
+
+    scale, translate = placement(plan, plan.plane if plan.plane_only else None)
+    shape = tuple(int(n) for n in plan.shape)
+    axes = "TCZYX"[5 - len(shape):] if len(shape) <= 5 else None
+    if axes is None:
+        raise ValueError(f"a result of {len(shape)} axes has no OME-Zarr layout (at most T, C, Z, Y, X)")
+    info = ImageInfo(Path(path), "ome-zarr", axes, shape, plan.dtype, pixel_size=(scale[-2], scale[-1]),
+                     z_spacing=scale[-3] if len(shape) >= 3 else None)
+    info.metadata["translation"] = [float(v) for v in translate]
+    return info
+
+
+@dataclass
+class OpenedStore:
+    """A store ready for the engine: ``resumed`` blocks were there already (``complete``: all of them, finished)."""
+
+    store: object  # BlockStore
+    path: Path
+    record: dict
+    resumed: int = 0
+    complete: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def open_store(plan: RunPlan, data) -> OpenedStore:
+    """The plan's store with what it holds: resumed, finished, new, or refused (ValueError naming the differences)."""
+    from .batch.partial_store import make_header
+    from .io.omezarr import BlockStore
+
+    path = Path(plan.store)
+    record = store_record(plan, data)
+    compared = {k: v for k, v in record.items() if k != "napari"}
+    info = store_info(plan, path)
+    header = make_header(compared, info)
+    notes: list[str] = []
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # (an empty folder is new)
+        found = BlockStore.open(path, info, header)
+        if found is not None:
+            return OpenedStore(found, path, record, resumed=len(found.done), notes=notes)
+        why = _refusal(path, header, compared)
+        if why is None:  # a finished store of this work
+            return OpenedStore(None, path, record, resumed=blocks_in(path), complete=True, notes=notes)
+        if not plan.store_named:
+            raise ValueError(f"{path} {why}; pick another path (Advanced > OME-Zarr store) or delete it")
+        notes.append(f"replaced the temporary store {path.name}: it {why}")
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = BlockStore.create(path, info, header, {**record, "partial": True})
+    return OpenedStore(store, path, record, notes=notes)
+
+
+def _refusal(path: Path, header: bytes, compared: dict) -> str | None:
+    """What keeps the store at ``path`` from being this work; None when it is this work, finished."""
+    from .batch.partial_store import why_other
+    from .batch.record import differences
+    from .io.omezarr import OME_ZARR, BlockStore
+
+    if (path / BlockStore.HEADER).exists():  # a partial store of other work
+        return f"holds a partial result made with other settings ({why_other(path, header)})"
+    try:
+        old = OME_ZARR.read_record(path) if path.is_dir() and OME_ZARR.read_info(path) is not None else None
+    except Exception:  # not a readable OME-Zarr image (another folder, a file): not a result of this work
+        old = None
+    if not isinstance(old, dict):
+        return "exists and is not a DIINN OME-Zarr result"
+    found = differences(old, compared)
+    if found:
+        return f"holds a result made with other settings ({'; '.join(found)})"
+    return None
+
+
+def blocks_in(path: Path) -> int:
+    """The number of level-0 chunks (blocks) of the OME-Zarr image at ``path``."""
+    from .io.omezarr import open_levels
+
+    level0 = open_levels(path)[0]
+    chunks = [-(-int(n) // int(c)) for n, c in zip(level0.shape, level0.chunks)]
+    return int(np.prod(chunks, dtype=np.int64))
