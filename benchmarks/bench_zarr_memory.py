@@ -13,8 +13,8 @@ extrapolates the time to the whole result (the working set is one block's:
 it is reached in the first row and does not grow with the result); ``--blocks N``
 stops after N blocks.
 
-    nice -n 10 python benchmarks/bench_zarr_memory.py --size 8192 --scale 4
-    nice -n 10 python benchmarks/bench_zarr_memory.py --size 32768 --scale 8   # long
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_zarr_memory.py --size 8192 --scale 4
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_zarr_memory.py --size 32768 --scale 8   # tens of minutes
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def main() -> None:
     p.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary folder)")
     p.add_argument("--sink", choices=("store", "library"), default="store")
     p.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8", help="the input's (and the result's) dtype")
-    p.add_argument("--warm", type=int, default=1024, help="output side of the warm-up run (one block)")
+    p.add_argument("--warm", type=int, default=1024,
+                   help="output side of the warm-up run: 1024 is 4 x 4 windows of 256, so torch has met every window "
+                        "shape (edge and interior halos; its first interior window costs about 7.5 MiB once)")
     p.add_argument("--rows", type=int, default=None,
                    help="store sink: stop after this many block rows and extrapolate the time to the whole result")
     p.add_argument("--blocks", type=int, default=None, help="store sink: stop after this many blocks (as --rows)")
@@ -88,8 +90,8 @@ def main() -> None:
     image = np.random.default_rng(0).integers(0, np.iinfo(a.dtype).max + 1, (side, side), dtype=a.dtype)
     folder = Path(tempfile.mkdtemp(dir=a.dir))
     try:
-        # warm-up: the same pipeline on one block's worth of output (model, torch kernels and their shape caches,
-        # zarr codecs, the allocator's pools), so the peak below is what the result itself costs
+        # warm-up: the same pipeline on 2 x 2 blocks of output (model, torch kernels and their state for every
+        # window shape, zarr codecs, the allocator's pools), so the peak below is what the result itself costs
         warm = max(16, round(min(a.size, a.warm) / a.scale))
         if a.sink == "library":
             upscale(image[:warm, :warm], a.scale, model=net, tile_size=a.tile, threads=a.threads, consistency=0,

@@ -56,7 +56,7 @@ _FROM_NGFF = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centi
               "angstrom": "Å", "picometer": "pm", "inch": "inch"}
 
 
-MMAP_THRESHOLD = 128 << 10  # glibc's own initial value, kept fixed for block-store runs (lean_heap)
+MMAP_THRESHOLD = 512 << 10  # glibc's mmap threshold, kept fixed for block-store runs (lean_heap)
 
 
 @functools.cache
@@ -64,17 +64,19 @@ def lean_heap() -> bool:
     """Keep glibc's malloc from holding freed block-sized buffers (once per process; Linux/glibc only).
 
     glibc raises its mmap threshold each time a large mapped buffer is freed
-    (up to 32 MiB), after which such buffers come from the heap and stay
-    resident once freed; a run over thousands of blocks then keeps several
-    windows' worth of freed temporaries (the decoder's query arrays, the
-    float32 tiles, zarr's codec buffers) on top of its working set. Fixing the
-    threshold at its initial 128 KiB maps and unmaps every buffer of that size
-    or more: freed memory goes back to the system at once (a few page faults
-    per window, not measurable next to decoding it). Measured: the peak RSS
-    growth of an 8192 x 8192 result went from 10.3 MiB to 4.x MiB with this
-    and 16 Ki-query decoder bands (docs/omezarr.md). A ``MALLOC_MMAP_THRESHOLD_``
-    in the environment is the user's choice and is left alone. Returns whether
-    the threshold was set.
+    (from 128 KiB up to 32 MiB), after which such buffers come from the heap
+    and stay resident once freed; a run over thousands of blocks then keeps
+    several windows' worth of freed temporaries (the decoder's query arrays,
+    float32 tiles, zarr's codec buffers) on top of its working set. A fixed
+    threshold of 512 KiB maps and unmaps every buffer of that size or more, so
+    it goes back to the system when freed. Measured on an 8192 x 8192 uint8
+    result (``benchmarks/bench_zarr_memory.py`` with the smallest model, one
+    thread; the same threshold set with ``MALLOC_MMAP_THRESHOLD_``): peak RSS
+    growth 7.6 MiB with glibc's dynamic threshold (0.6 s system CPU), 5.3 MiB
+    at 512 KiB (1.8 s: the page faults of mapping), 4.0 MiB at 128 KiB (4.4 s),
+    7.7 MiB at 2 MiB; the run's user CPU 13-14 s in each. A
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment is the user's choice and is
+    left alone. Returns whether the threshold was set here.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
