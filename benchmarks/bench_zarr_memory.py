@@ -74,7 +74,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=None,
                    help="store sink: stop after this many block rows and extrapolate the time to the whole result")
     p.add_argument("--blocks", type=int, default=None, help="store sink: stop after this many blocks (as --rows)")
+    p.add_argument("--lean-heap", action="store_true",
+                   help="call diinn_napari.io.omezarr.lean_heap() first: glibc's mmap threshold kept at 128 KiB "
+                        "(less peak memory, more system CPU)")
     a = p.parse_args()
+    if a.lean_heap:
+        from diinn_napari.io.omezarr import lean_heap
+
+        print("lean heap:", lean_heap())
 
     import torch
 

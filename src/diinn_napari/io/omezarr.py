@@ -24,7 +24,6 @@ zarr is imported only when a store is opened or written (``pip install
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -56,34 +55,41 @@ _FROM_NGFF = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centi
               "angstrom": "Å", "picometer": "pm", "inch": "inch"}
 
 
-MMAP_THRESHOLD = 512 << 10  # glibc's mmap threshold, kept fixed for block-store runs (lean_heap)
+MMAP_THRESHOLD = 128 << 10  # glibc's initial mmap threshold, kept fixed by lean_heap
+TRIM_THRESHOLD = 128 << 10  # glibc's default heap-top trim threshold, restored by lean_heap
 
 
-@functools.cache
 def lean_heap() -> bool:
-    """Keep glibc's malloc from holding freed block-sized buffers (once per process; Linux/glibc only).
+    """Keep glibc's malloc from holding freed block-sized buffers: less peak memory, more system CPU (opt-in).
 
     glibc raises its mmap threshold each time a large mapped buffer is freed
     (from 128 KiB up to 32 MiB), after which such buffers come from the heap
-    and stay resident once freed; a run over thousands of blocks then keeps
-    several windows' worth of freed temporaries (the decoder's query arrays,
-    float32 tiles, zarr's codec buffers) on top of its working set. A fixed
-    threshold of 512 KiB maps and unmaps every buffer of that size or more, so
-    it goes back to the system when freed. Measured on an 8192 x 8192 uint8
-    result (``benchmarks/bench_zarr_memory.py`` with the smallest model, one
-    thread; the same threshold set with ``MALLOC_MMAP_THRESHOLD_``): peak RSS
-    growth 7.6 MiB with glibc's dynamic threshold (0.6 s system CPU), 5.3 MiB
-    at 512 KiB (1.8 s: the page faults of mapping), 4.0 MiB at 128 KiB (4.4 s),
-    7.7 MiB at 2 MiB; the run's user CPU 13-14 s in each. A
-    ``MALLOC_MMAP_THRESHOLD_`` in the environment is the user's choice and is
-    left alone. Returns whether the threshold was set here.
+    and stay resident once freed: a run over thousands of blocks keeps a few
+    windows' worth of freed temporaries (query arrays, float32 tiles, zarr's
+    codec buffers) on top of its working set. This keeps the threshold at its
+    initial 128 KiB (and the heap-top trim threshold at its default), so
+    every buffer of that size or more is unmapped when freed; the price is the
+    page faults of mapping fresh pages each time. Process-wide and for good,
+    so nothing calls it for you: call it once before a run (the memory
+    benchmark's ``--lean-heap``), or set ``MALLOC_MMAP_THRESHOLD_=131072`` in
+    the environment. Measured (docs/omezarr.md, "Memory benchmark"): an
+    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without;
+    but the bundled model on the CPU took 26 % more CPU time with it (19.3-19.7
+    s against 15.3-15.5 s for a 1024 x 1024 block-store result: its decoder's
+    2 MiB activations are then mapped and unmapped for every 2048 queries).
+    Linux/glibc only; returns whether the thresholds were set. A
+    ``MALLOC_MMAP_THRESHOLD_`` already in the environment is left alone.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         import ctypes
 
-        return bool(ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD = -3
+        libc = ctypes.CDLL(None)
+        # M_MMAP_THRESHOLD = -3; M_TRIM_THRESHOLD = -1 back to its 128 KiB default, which glibc doubles along with
+        # the dynamic threshold: raised before this call (imports, a model load) it would keep that much free
+        # memory at the heap's top resident
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD)) and bool(libc.mallopt(-1, TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
 
@@ -522,7 +528,6 @@ class PyramidSink:
     """
 
     def __init__(self, writer: PyramidWriter):
-        lean_heap()  # tile after tile into a store: freed buffers must not stay resident
         self.writer, self.array = writer, writer.arrays[0]
         self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
         self.block = tuple(int(n) for n in self.array.chunks[-2:])
@@ -576,7 +581,6 @@ class BlockStore:
     _RECORD = struct.Struct("<QI")
 
     def __init__(self, writer: PyramidWriter, header: bytes, *, durable: bool = True, shared: bool = False):
-        lean_heap()  # thousands of blocks: freed buffers must not stay resident
         self.writer, self.array, self.header, self.durable = writer, writer.arrays[0], header, durable
         # shared: several processes (cluster workers) write blocks of this store at once; each finished block is
         # then one marker file in MARKS (made whole by a rename), never an append to the ledger every writer shares
