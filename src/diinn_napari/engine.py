@@ -721,6 +721,7 @@ FEW_LEVELS = 64
 # network output up to this fraction of the robust range below the floor is lifted to it; deeper is kept
 DEEP = 0.02
 _BOUND_SAMPLES = 1 << 20  # statistics of big planes from a regular subsample
+_HISTOGRAM_BAND = 1 << 16  # samples per band of the integer histogram (_integer_percentiles)
 
 
 def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
@@ -759,7 +760,9 @@ def _integer_percentiles(lr: _Normalised, stride: int, percents) -> tuple[np.nda
     colour = lr.colour
     info = np.iinfo(colour.dtype)
     out = np.empty((len(percents), lr.shape[0]))
-    rows = max(1, (1 << 22) // max(1, colour.shape[1] // stride))  # about 4 Mi samples per band
+    # small bands: bincount copies its input to int64 (8 bytes a sample), which over a whole 1 Mi sample would
+    # be the largest allocation of a block-store run (12 MiB); a band of 64 Ki samples costs 0.5 MiB
+    rows = max(1, _HISTOGRAM_BAND // max(1, colour.shape[1] // stride))
     for c in range(lr.shape[0]):
         counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
         for r in range(0, colour.shape[0], rows * stride):

@@ -30,15 +30,21 @@ from .plan import FilePlan, VolumePlan, plan_file
 from .record import differences, pixel_digest
 
 Progress = Callable[[int], object]
+# writes the missing blocks of a claimed partial store (OME-Zarr outputs): (plan, settings, partial) -> None
+BlockRunner = Callable[[FilePlan, Settings, PartialStore], object]
 
 
 def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = frozenset(),
-                 progress: Progress | None = None) -> Result:
+                 progress: Progress | None = None, blocks: BlockRunner | None = None) -> Result:
     """Upscale one file (or, with ``settings.isotropic``, resample its Z axis) into ``settings.out_dir``.
 
     Never raises for a bad file; returns a Result. ``inputs``: every input of
     the batch (no output may replace one). ``progress(n)`` is called with the
     number of input planes finished (or skipped) since the last call.
+    ``blocks``: what writes the blocks of an OME-Zarr output into its partial
+    store (default: this process, :func:`write_blocks`; a cluster run sends
+    them to workers, ``batch.cluster``); this process claims, checks and
+    publishes the store either way.
 
     The output is locked (:class:`~.stale.OutputLock`) from the check of an
     existing output to the rename of the new one, so one process at a time
@@ -51,7 +57,7 @@ def process_file(path: Path, settings: Settings, inputs: frozenset[Path] = froze
         out = plan.output.path
         out.parent.mkdir(parents=True, exist_ok=True)
         with stale.OutputLock(out, on_wait=_say):
-            return _process(plan, settings, progress, started)
+            return _process(plan, settings, progress, started, blocks)
     except Exception as err:  # one bad file must not stop the batch
         message = disk_full_message(err, plan) or f"{type(err).__name__}: {err}"
         return Result(path, "failed", None, None, time.time() - started, message)
@@ -61,7 +67,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _process(plan: FilePlan, settings: Settings, progress: Progress | None, started: float) -> Result:
+def _process(plan: FilePlan, settings: Settings, progress: Progress | None, started: float,
+             blocks: BlockRunner | None = None) -> Result:
     path, out = plan.source, plan.output.path
     notes = list(plan.info.warnings)
     if out.exists() and not settings.overwrite:
@@ -78,7 +85,7 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
         if settings.self_adapt:  # the block path decodes with the run's model only: refuse, never record it unmet
             raise ValueError(f"--self-adapt is not available for OME-Zarr outputs ({out.name} is written block by "
                              "block with the bundled model); write this input as TIFF with --format tiff")
-        return _process_store(plan, settings, progress, started, notes)
+        return _process_store(plan, settings, progress, started, notes, blocks)
     work = VolumeWork(plan, settings) if plan.volumes is not None else PlaneWork(plan, settings)
     per_unit = plan.info.n_planes // plan.count
     with io.open_planes(plan.info) as reader:  # refuses an unreadable layout before a partial file exists
@@ -110,16 +117,16 @@ def _process(plan: FilePlan, settings: Settings, progress: Progress | None, star
 
 
 def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None, started: float,
-                   notes: list[str]) -> Result:
+                   notes: list[str], blocks: BlockRunner | None = None) -> Result:
     """An OME-Zarr output: blocks written by the engine straight into a partial store, resumed block by block.
 
     No output plane is held (a result larger than memory works): the engine
     decodes one level-0 chunk at a time into the hidden store, which lists
     every flushed block; a killed or interrupted run goes on at the first
-    missing block. The pixel checksum is read back from the store in row
+    missing block. ``blocks`` writes the missing blocks (default: here, with
+    ``progress``). The pixel checksum is read back from the store in row
     bands, then the folder is renamed into place.
     """
-    from .. import engine  # torch loads here, in the worker
     from ..io.omezarr import pixel_bands
 
     path, out, info = plan.source, plan.output.path, plan.info
@@ -128,21 +135,12 @@ def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None
         for why in partial.discarded:
             notes.append(f"a partial store of other work was discarded ({why})")
         store = partial.store
-        per_plane = len(store.block_windows())
-        start_planes = len(store.done) // per_plane if per_plane else 0
-        if progress and start_planes:
-            progress(start_planes)
-        run = settings.run.replace(output_shape=plan.output.yx, out_dtype=plan.output.dtype.name)
-        if info.nodata is not None and run.nodata is None:
-            run = run.replace(nodata=info.nodata)
-        reported = start_planes
         try:
-            mask = io.data_mask(reader)  # a GeoTIFF's internal mask, as for plane outputs
-            for step in engine.Engine(run).steps(_Planes(reader), rgb=info.rgb, out=store, mask=mask):
-                finished = step.done * info.n_planes // step.total if step.total else info.n_planes
-                if progress and finished > reported:
-                    progress(finished - reported)
-                reported = max(reported, finished)
+            if blocks is None:
+                write_blocks(plan, settings, reader, store, progress)
+            else:
+                blocks(plan, settings, partial)
+                store.refresh()  # the blocks other processes wrote
         except BaseException:
             partial.discard_if_empty()
             raise
@@ -154,6 +152,30 @@ def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None
     if partial.start:
         notes.insert(0, f"resumed at block {partial.start + 1} of {store.blocks_total}")
     return Result(path, "done", out, plan.output.shape, time.time() - started, "; ".join(notes))
+
+
+def write_blocks(plan: FilePlan, settings: Settings, reader: io.PlaneSource, sink,
+                 progress: Progress | None = None) -> None:
+    """The engine writes the blocks ``sink`` lacks: a :class:`~diinn_napari.io.omezarr.BlockStore`, or some of its
+    blocks (:meth:`~diinn_napari.io.omezarr.BlockStore.only`, a cluster task's share). One code path for both,
+    so a block has the same bits whichever process decodes it."""
+    from .. import engine  # torch loads here, in the worker
+
+    info = plan.info
+    per_plane = len(sink.block_windows())
+    blocks_done = sum(sink.is_done(index, b) for index in np.ndindex(*info.leading) for b in sink.block_windows())
+    reported = blocks_done // per_plane if per_plane else 0
+    if progress and reported:
+        progress(reported)
+    run = settings.run.replace(output_shape=plan.output.yx, out_dtype=plan.output.dtype.name)
+    if info.nodata is not None and run.nodata is None:
+        run = run.replace(nodata=info.nodata)
+    mask = io.data_mask(reader)  # a GeoTIFF's internal mask, as for plane outputs
+    for step in engine.Engine(run).steps(_Planes(reader), rgb=info.rgb, out=sink, mask=mask):
+        finished = step.done * info.n_planes // step.total if step.total else info.n_planes
+        if progress and finished > reported:
+            progress(finished - reported)
+        reported = max(reported, finished)
 
 
 class _Planes:

@@ -41,19 +41,31 @@ def run_batch(paths: list[Path], settings: Settings, workers: int = 1, scheduler
 
 
 def run_on_cluster(paths: list[Path], settings: Settings, scheduler: str) -> list[Result]:
-    """One task per file on the dask.distributed scheduler at ``scheduler`` (no progress bar)."""
+    """The files on the dask.distributed scheduler at ``scheduler`` (no progress bar).
+
+    A file with an OME-Zarr output is split: its blocks are tasks, written by
+    the workers into one partial store that this process claims and publishes
+    (:mod:`.cluster`); any other file is one task. The split files are made one
+    after another while the other files' tasks run.
+    """
     try:
         from distributed import Client
     except ImportError as err:
         raise ImportError("--scheduler needs dask.distributed: pip install 'diinn-napari[distributed]'") from err
+    from .cluster import ClusterBlocks, splits
+
     remote = replace(settings, show_progress=False)
+    inputs = frozenset(paths)
+    whole = [p for p in paths if not splits(p, settings)]
     with Client(scheduler) as client:
-        futures = client.map(process_file, paths, settings=remote, inputs=frozenset(paths), pure=False)
+        futures = client.map(process_file, whole, settings=remote, inputs=inputs, pure=False)
         try:
-            return client.gather(futures)
+            split = {p: process_file(p, remote, inputs, blocks=ClusterBlocks(client)) for p in paths if p not in whole}
+            done = dict(zip(whole, client.gather(futures)))
         except BaseException:  # Ctrl-C, SIGTERM: the files not started are not started; running ones keep their partials
             client.cancel(futures, force=True)
             raise
+    return [split[p] if p in split else done[p] for p in paths]
 
 
 def run_here(paths: list[Path], settings: Settings, workers: int) -> list[Result]:

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +45,7 @@ KIND = "ome-zarr"
 SMALLEST = 512  # pyramid levels stop once the larger of Y and X is at most this
 DEFAULT_CHUNK = 1024  # level-0 chunk side in Y and X for outputs of non-zarr inputs
 BLOCK_CHUNK = 512  # the same for a BlockStore (one block in memory at a time: its working set follows this)
+MIN_LEVEL_CHUNK = 64  # a BlockStore's lower levels: chunk sides no smaller than this (owned_level_chunks)
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 # NGFF units are UDUNITS-2 names; ImageInfo.unit uses the short symbols TIFF and the rest of the package use
 _TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer", "mm": "millimeter",
@@ -51,6 +53,45 @@ _TO_NGFF = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm
             "ms": "millisecond", "min": "minute", "h": "hour"}
 _FROM_NGFF = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
               "angstrom": "Å", "picometer": "pm", "inch": "inch"}
+
+
+MMAP_THRESHOLD = 128 << 10  # glibc's initial mmap threshold, kept fixed by lean_heap
+TRIM_THRESHOLD = 128 << 10  # glibc's default heap-top trim threshold, restored by lean_heap
+
+
+def lean_heap() -> bool:
+    """Keep glibc's malloc from holding freed block-sized buffers: less peak memory, more system CPU (opt-in).
+
+    glibc raises its mmap threshold each time a large mapped buffer is freed
+    (from 128 KiB up to 32 MiB), after which such buffers come from the heap
+    and stay resident once freed: a run over thousands of blocks keeps a few
+    windows' worth of freed temporaries (query arrays, float32 tiles, zarr's
+    codec buffers) on top of its working set. This keeps the threshold at its
+    initial 128 KiB (and the heap-top trim threshold at its default), so
+    every buffer of that size or more is unmapped when freed; the price is the
+    page faults of mapping fresh pages each time. Process-wide and for good,
+    so nothing calls it for you: call it once before a run (the memory
+    benchmark's ``--lean-heap``), or set ``MALLOC_MMAP_THRESHOLD_=131072`` in
+    the environment. Measured (docs/omezarr.md, "Memory benchmark"): an
+    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without;
+    but the bundled model on the CPU took 26 % more CPU time with it (19.3-19.7
+    s against 15.3-15.5 s for a 1024 x 1024 block-store result: its decoder's
+    2 MiB activations are then mapped and unmapped for every 2048 queries).
+    Linux/glibc only; returns whether the thresholds were set. A
+    ``MALLOC_MMAP_THRESHOLD_`` already in the environment is left alone.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        # M_MMAP_THRESHOLD = -3; M_TRIM_THRESHOLD = -1 back to its 128 KiB default, which glibc doubles along with
+        # the dynamic threshold: raised before this call (imports, a model load) it would keep that much free
+        # memory at the heap's top resident
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD)) and bool(libc.mallopt(-1, TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def _zarr():
@@ -262,8 +303,12 @@ class PyramidWriter:
 
     @classmethod
     def create(cls, path: str | Path, info: ImageInfo, record: dict | None = None, *, zarr_format: int | None = None,
-               chunks: tuple[int, int] | None = None, smallest: int = SMALLEST) -> PyramidWriter:
-        """Create the store at ``path`` for the image ``info`` describes (shape, dtype, axes, sizes, metadata)."""
+               chunks: tuple[int, int] | None = None, smallest: int = SMALLEST,
+               level_chunks: list[tuple[int, int]] | None = None) -> PyramidWriter:
+        """Create the store at ``path`` for the image ``info`` describes (shape, dtype, axes, sizes, metadata).
+
+        ``chunks``: every level's (Y, X) chunk sides (clipped to the level);
+        ``level_chunks``: one (Y, X) per level instead (:func:`owned_level_chunks`)."""
         zarr = _zarr()
         ngff = info.metadata.get("ngff") or {}
         zarr_format = zarr_format or ngff.get("zarr_format") or 3
@@ -275,8 +320,9 @@ class PyramidWriter:
         group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         datasets = []
         for k, (y, x) in enumerate(shapes):
+            cy, cx = level_chunks[k] if level_chunks is not None else chunk_yx
             group.create_array(str(k), shape=leading + (y, x), dtype=info.dtype,
-                               chunks=(1,) * len(leading) + (min(chunk_yx[0], y), min(chunk_yx[1], x)),
+                               chunks=(1,) * len(leading) + (min(cy, y), min(cx, x)),
                                fill_value=0, **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2 else {}))
             ratio = [1.0] * len(leading) + [y / shapes[0][0], x / shapes[0][1]]
             level_scale, level_translation = overlay_placement(scale, translation, ratio)
@@ -486,7 +532,8 @@ class PyramidSink:
         self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
         self.block = tuple(int(n) for n in self.array.chunks[-2:])
         step = 2 ** (len(writer.arrays) - 1)
-        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+        # a chunk as wide as its axis (clipped to the image) starts at 0 alone: aligned whatever its size
+        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, self.shape[-2:])):
             raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
         self._covered: dict[tuple, int] = {}
 
@@ -530,16 +577,20 @@ class BlockStore:
     removes both files once every block is in.
     """
 
-    LEDGER, HEADER = ".diinn-blocks", ".diinn-header"
+    LEDGER, HEADER, MARKS = ".diinn-blocks", ".diinn-header", ".diinn-marks"
     _RECORD = struct.Struct("<QI")
 
-    def __init__(self, writer: PyramidWriter, header: bytes, *, durable: bool = True):
+    def __init__(self, writer: PyramidWriter, header: bytes, *, durable: bool = True, shared: bool = False):
         self.writer, self.array, self.header, self.durable = writer, writer.arrays[0], header, durable
+        # shared: several processes (cluster workers) write blocks of this store at once; each finished block is
+        # then one marker file in MARKS (made whole by a rename), never an append to the ledger every writer shares
+        self.shared = shared
         self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
         self.root = Path(str(writer.group.store.root))  # a local store (the group opened from a path)
         self.block = tuple(int(n) for n in self.array.chunks[-2:])
         step = 2 ** (len(writer.arrays) - 1)
-        if len(writer.arrays) > 1 and (self.block[0] % step or self.block[1] % step):
+        # a chunk as wide as its axis (clipped to the image) starts at 0 alone: aligned whatever its size
+        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, self.shape[-2:])):
             raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
         H, W = self.shape[-2:]
         self._windows = [(y, min(H, y + self.block[0]), x, min(W, x + self.block[1]))
@@ -556,7 +607,8 @@ class BlockStore:
         levels = len(pyramid_shapes(info.yx))
         ngff = info.metadata.get("ngff") or {}
         chunks = block_chunks(chunks or tuple(ngff.get("chunks_yx") or (BLOCK_CHUNK, BLOCK_CHUNK)), levels)
-        writer = PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks)
+        writer = PyramidWriter.create(path, info, record, zarr_format=zarr_format, chunks=chunks,
+                                      level_chunks=owned_level_chunks(chunks, pyramid_shapes(info.yx)))
         store = cls(writer, header, durable=durable)
         root = Path(path)
         (root / cls.HEADER).write_bytes(header)
@@ -569,9 +621,11 @@ class BlockStore:
         return store
 
     @classmethod
-    def open(cls, path: str | Path, info: ImageInfo, header: bytes, *, durable: bool = True) -> BlockStore | None:
+    def open(cls, path: str | Path, info: ImageInfo, header: bytes, *, durable: bool = True,
+             shared: bool = False) -> BlockStore | None:
         """The store at ``path`` with its finished blocks, or None when it is not this work (another header) or
-        not a complete store (made before its header was written)."""
+        not a complete store (made before its header was written). ``shared``: this process is one of several
+        writing blocks into it at once (a cluster worker): finished blocks are recorded as marker files."""
         root = Path(path)
         try:
             if (root / cls.HEADER).read_bytes() != header:
@@ -581,7 +635,7 @@ class BlockStore:
             return None
         if tuple(writer.arrays[0].shape) != tuple(info.shape) or np.dtype(writer.arrays[0].dtype) != info.dtype:
             return None
-        store = cls(writer, header, durable=durable)
+        store = cls(writer, header, durable=durable, shared=shared)
         store.done = store._read_ledger()
         return store
 
@@ -594,12 +648,18 @@ class BlockStore:
             return None
 
     def _read_ledger(self) -> set[int]:
+        """The finished blocks: the ledger's records up to a torn one, and the marker files of shared writers."""
         done, size = set(), self._RECORD.size
+        total = self.blocks_total
+        try:
+            names = os.listdir(self.root / self.MARKS)
+        except OSError:
+            names = []
+        done.update(int(name) for name in names if name.isdigit() and int(name) < total)  # temporaries are not digits
         try:
             data = (self.root / self.LEDGER).read_bytes()
         except OSError:
             return done
-        total = self.blocks_total
         for offset in range(0, len(data) - size + 1, size):
             number, crc = self._RECORD.unpack_from(data, offset)
             if zlib.crc32(data[offset:offset + 8]) != crc or number >= total:
@@ -623,6 +683,35 @@ class BlockStore:
     def is_done(self, index: tuple[int, ...], window) -> bool:
         return self._flat(index, window) in self.done
 
+    def refresh(self) -> None:
+        """Read the finished blocks again (other processes may have written some)."""
+        self.done = self._read_ledger()
+
+    def block_groups(self) -> list[list[int]]:
+        """The blocks (flat numbers, as :attr:`done` holds them) in groups that share no chunk of any level.
+
+        Two processes may write two groups at once: every chunk file (level 0's
+        and the lower levels', which a block fills only part of when its chunk
+        is larger than the block's region there) belongs to the blocks of one
+        group, so no read-modify-write of a chunk races another. Groups are
+        rectangles of blocks in one plane, row by row, planes in C order.
+        """
+        by, bx = self.block
+        rows = _runs(self.shape[-2], by, [int(a.chunks[-2]) for a in self.writer.arrays])
+        cols = _runs(self.shape[-1], bx, [int(a.chunks[-1]) for a in self.writer.arrays])
+        per_row = -(-self.shape[-1] // bx)
+        groups = []
+        for plane in range(int(np.prod(self._leading, dtype=np.int64))):
+            first = plane * len(self._windows)
+            for r in rows:
+                for c in cols:
+                    groups.append([first + i * per_row + j for i in r for j in c])
+        return groups
+
+    def only(self, numbers) -> BlockSelection:
+        """This store as a block sink that writes the blocks ``numbers`` alone (the others count as done)."""
+        return BlockSelection(self, numbers)
+
     def write_block(self, index: tuple[int, ...], window, data: np.ndarray) -> None:
         """Block ``window`` of plane ``index``: level 0 whole, the lower levels' regions, flushed, then recorded."""
         index = tuple(int(i) for i in index)
@@ -639,13 +728,29 @@ class BlockStore:
                 if chunk.exists():  # an all-zero chunk is not stored
                     fsync_file(chunk)
                     fsync_folder(chunk.parent)
-        record = struct.pack("<Q", number)
-        with open(root / self.LEDGER, "ab") as fh:
-            fh.write(self._RECORD.pack(number, zlib.crc32(record)))
-            fh.flush()
+        if self.shared:
+            self._mark(number)
+        else:
+            record = struct.pack("<Q", number)
+            with open(root / self.LEDGER, "ab") as fh:
+                fh.write(self._RECORD.pack(number, zlib.crc32(record)))
+                fh.flush()
+                if self.durable:
+                    os.fsync(fh.fileno())
+        self.done.add(number)
+
+    def _mark(self, number: int) -> None:
+        """Block ``number`` is finished: its marker file, made under a temporary name and renamed (a marker
+        exists whole or not at all, on any file system that renames atomically, NFS included)."""
+        folder = self.root / self.MARKS
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"tmp-{number}-{os.getpid()}"
+        with open(tmp, "wb") as fh:
             if self.durable:
                 os.fsync(fh.fileno())
-        self.done.add(number)
+        os.replace(tmp, folder / str(number))
+        if self.durable:
+            fsync_folder(folder)
 
     def finish(self, record: dict | None = None) -> None:
         """Every block is in: store the final ``record`` (if given) and remove the ledger and header files."""
@@ -656,12 +761,77 @@ class BlockStore:
             self.writer.group.attrs[settings_record.RECORD_KEY] = record
         (self.root / self.LEDGER).unlink(missing_ok=True)
         (self.root / self.HEADER).unlink(missing_ok=True)
+        marks = self.root / self.MARKS
+        if marks.is_dir():
+            for name in os.listdir(marks):
+                (marks / name).unlink(missing_ok=True)
+            marks.rmdir()
+
+
+class BlockSelection:
+    """Some blocks of a :class:`BlockStore` as a block sink of its own (:meth:`BlockStore.only`).
+
+    The engine writes the blocks ``numbers`` that the store lacks and takes
+    every other block as done: one cluster task's share of the output,
+    decoded by the same code (``Engine.steps(image, out=selection)``) and so
+    with the same windows and bits as a run over the whole store.
+    """
+
+    def __init__(self, store: BlockStore, numbers):
+        self.store, self.numbers = store, frozenset(int(n) for n in numbers)
+        self.shape, self.dtype = store.shape, store.dtype
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        return self.store.block_windows()
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        number = self.store._flat(index, window)
+        return number not in self.numbers or number in self.store.done
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray) -> None:
+        self.store.write_block(index, window, data)
+
+    @property
+    def missing(self) -> int:
+        """How many of this selection's blocks are not written yet."""
+        return len(self.numbers - self.store.done)
 
 
 def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
     """Level-0 chunk sides rounded up to a multiple of ``2 ** (levels - 1)``, so blocks make exact lower levels."""
     step = 2 ** max(0, levels - 1)
     return tuple(int(-(-max(int(c), 1) // step) * step) for c in chunks)
+
+
+def owned_level_chunks(block: tuple[int, int], shapes: list[tuple[int, int]],
+                       smallest: int = MIN_LEVEL_CHUNK) -> list[tuple[int, int]]:
+    """Per level, the chunk sides of a block store: level 0's are the block; level k's are the block's region
+    there (the block halved k times), or ``smallest`` where that is smaller (a chunk of a few pixels is a file
+    of a few bytes), each at most the level's size.
+
+    Level k's chunks thus hold one block's region, or whole regions of the
+    blocks of one aligned square of level-0 pixels (powers of two apart):
+    :meth:`BlockStore.block_groups` never splits a chunk between groups.
+    """
+    chunks = []
+    for k, (y, x) in enumerate(shapes):
+        cy, cx = (block[0] >> k, block[1] >> k) if k else block
+        chunks.append((min(y, max(cy, smallest if k else cy)), min(x, max(cx, smallest if k else cx))))
+    return chunks
+
+
+def _runs(n: int, block: int, chunks: list[int]) -> list[list[int]]:
+    """The blocks of one axis (``n`` pixels of level 0 in blocks of ``block``) in runs that share no chunk of any
+    level (level k's chunks of side ``chunks[k]``): adjacent blocks join when a chunk of some level holds both."""
+    count = -(-n // block)
+    runs = [[0]] if count else []
+    for i in range(1, count):
+        y0 = i * block  # the first pixel of block i; the last of block i - 1 is y0 - 1
+        if any(((y0 - 1) >> k) // c == (y0 >> k) // c for k, c in enumerate(chunks)):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def level0(info: ImageInfo):

@@ -21,8 +21,10 @@ VARIANTS = {
 SKIPS = ("none", "bicubic")
 DEFAULT_CHUNK = 2048  # queries per decoder call: small chunks stay in cache (fastest measured on CPU)
 # queries per band of output rows in decode_window: bounds the per-LR-pixel table (4 KiB per LR pixel with the
-# 4 x 256 decoder) and the query arrays to a few MiB whatever the tile size
-BAND_QUERIES = 1 << 16
+# 4 x 256 decoder) and the query arrays (28 bytes a query: index and positions) whatever the tile size. 16 Ki
+# queries: under 0.5 MiB of query arrays, a quarter of a 256 x 256 block-store window (the peak memory of a
+# result larger than memory is a few windows' temporaries: benchmarks/bench_zarr_memory.py)
+BAND_QUERIES = 1 << 14
 
 
 class DIINN(nn.Module):
