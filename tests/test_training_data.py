@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from diinn_napari.train.data import PairSampler, downsample, jitter_intensity, parse_scales, sparse_spots
+from diinn_napari.train.data import (LEVELS_RANGE, PairSampler, downsample, jitter_intensity, parse_scales, quantise_levels,
+                                     sparse_spots)
 
 
 def smooth_plane(size=(160, 200), seed=0):
@@ -159,7 +160,37 @@ def test_shot_noise_grows_with_the_signal():
     assert all(torch.equal(hr, torch.full_like(hr, float(hr.flatten()[0]))) for hr in hrs)
 
 
-@pytest.mark.parametrize("option", ["dark", "sparse", "jitter", "shot_noise", "aniso", "axial"])
+def test_quantise_levels_gives_that_many_levels_over_each_items_range():
+    ramp = torch.linspace(-0.3, 1.7, 400).view(1, 1, 20, 20)
+    x = torch.cat([ramp, 0.1 * ramp.flip(-1), torch.full_like(ramp, 0.4)])
+    out = quantise_levels(x, torch.tensor([8.0, 64.0, 13.0]))
+    assert [len(torch.unique(item)) for item in out[:2]] == [8, 64]
+    for item, source in zip(out, x):  # the extremes kept, every pixel within half a step of its value
+        assert float(item.min()) == pytest.approx(float(source.min())) and float(item.max()) == pytest.approx(float(source.max()))
+    assert (out[0] - x[0]).abs().max() <= 2.0 / 7 / 2 + 1e-6
+    assert torch.equal(out[2], x[2])  # a constant item unchanged
+
+
+def test_levels_items_have_few_equally_spaced_levels_and_a_smooth_target(planes):
+    lr, hrs = draw(PairSampler(planes, 16, parse_scales("2"), levels=1.0, shot_noise=0.5), n=32)
+    counts = []
+    for item, hr in zip(lr, hrs):
+        values = torch.unique(item).double()
+        step = float(values.diff().min())
+        on_grid = (values - values[0]) / step
+        assert torch.allclose(on_grid, on_grid.round(), atol=1e-3)  # equally spaced levels from the minimum
+        counts.append(round(float(on_grid[-1])) + 1)
+        assert len(torch.unique(hr)) > 200  # the HR target untouched
+    assert all(LEVELS_RANGE[0] <= c <= LEVELS_RANGE[1] for c in counts)
+    assert max(counts) - min(counts) >= 10  # a range of level counts, not one
+    smooth, _ = draw(PairSampler(planes, 16, parse_scales("2"), levels=0.0), n=32)
+    assert all(len(torch.unique(item)) > 100 for item in smooth)
+    part, _ = draw(PairSampler(planes, 16, parse_scales("2"), levels=0.3), n=64)
+    few = sum(len(torch.unique(item)) <= LEVELS_RANGE[1] for item in part)
+    assert 8 <= few <= 32
+
+
+@pytest.mark.parametrize("option", ["dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "levels"])
 def test_fractions_outside_0_1_are_refused(planes, option):
     with pytest.raises(ValueError, match=option):
         PairSampler(planes, 16, parse_scales("2"), **{option: 1.5})

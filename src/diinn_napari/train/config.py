@@ -60,13 +60,14 @@ class TrainingError(ValueError):
 # their value from the chosen preset. "classic" is the recipe of the first bundled
 # weights; "scientific" adds the statistics of scientific images (dark, sparse,
 # offset/contrast/gamma, shot noise, anisotropic and large scales, point-sampled
-# Z as isotropic reconstruction meets it) and the cheap
+# Z as isotropic reconstruction meets it, coarsely quantised dim data) and the cheap
 # gains of the SR literature (EMA of the weights, cosine schedule, Charbonnier).
 RECIPES: dict[str, dict] = {
     "classic": dict(scales="1-4", schedule="step", ema=0.0, loss="l1", dark=0.0, sparse=0.0, jitter=0.0,
-                    shot_noise=0.0, aniso=0.0, axial=0.0, consistency=0.0),
+                    shot_noise=0.0, aniso=0.0, axial=0.0, levels=0.0, consistency=0.0),
     "scientific": dict(scales="1-4:0.85,4-8:0.15", schedule="cosine", ema=0.999, loss="charbonnier", dark=0.25,
-                       sparse=0.1, jitter=0.3, shot_noise=0.2, aniso=0.2, axial=0.15, consistency=0.0),
+                       sparse=0.1, jitter=0.3, shot_noise=0.2, aniso=0.2, axial=0.15, levels=0.1,
+                       consistency=0.0),
 }
 
 
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of items with random gamma, contrast and offset (values at and below 0); " + _preset_help("jitter"))
     p.add_argument("--shot-noise", type=float, default=None,
                    help="fraction of items with Poisson-Gaussian noise on the LR input at sampled levels; " + _preset_help("shot_noise"))
+    p.add_argument("--levels", type=float, default=None,
+                   help="fraction of items whose LR input is quantised to a few levels (log-uniform 8..64 over the "
+                        "patch's own range, as dim 8- to 16-bit data is; the HR target stays smooth); " + _preset_help("levels"))
     p.add_argument("--noise", type=float, default=0.0, help="max Gaussian noise sigma added to LR (0..1 units)")
     p.add_argument("--blur", type=float, default=0.0, help="max extra Gaussian blur sigma (HR px) before downsampling")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of files held aside for validation")
@@ -204,7 +208,7 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
                 setattr(args, key, value)
     if args.steps is None:
         args.steps = MAX_STEPS if args.time_limit else PRESETS["scratch"]["steps"]
-    for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "val_fraction"):
+    for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "levels", "val_fraction"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
             raise TrainingError(f"--{name.replace('_', '-')} is a fraction and must be between 0 and 1, got {value}")

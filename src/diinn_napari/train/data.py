@@ -24,7 +24,7 @@ from .config import parse_scales
 log = logging.getLogger(__name__)
 
 __all__ = ["PlaneSet", "load_planes", "parse_scales", "PairSampler", "jitter_intensity", "sparse_spots", "gaussian_blur",
-           "downsample", "validation_crops", "ValidationCrops"]
+           "downsample", "validation_crops", "ValidationCrops", "quantise_levels"]
 
 
 @dataclass
@@ -121,6 +121,7 @@ PHOTON_GAIN_RANGE = (1e-4, 3e-2)  # log-uniform Poisson variance per unit signal
 READ_NOISE_RANGE = (0.0, 0.02)  # uniform Gaussian sigma of the camera read noise
 MAX_SPOTS = 24  # per synthetic sparse item
 DARK_CANDIDATES = 8  # crop positions compared to pick a background-dominated crop
+LEVELS_RANGE = (8, 64)  # log-uniform number of quantisation levels over a quantised LR patch's range
 
 
 def _draw_scales(scales: tuple[str, list], n: int, gen: torch.Generator) -> torch.Tensor:
@@ -157,7 +158,11 @@ class PairSampler:
       (a Gaussian blur along the rows, none for a third of the items and otherwise up
       to :func:`~diinn_napari.isotropic.default_axial_sigma` of s, then point samples
       on the LR pixel centres) instead of antialiased downsampling. An aliased Z
-      (planes further apart than the optics resolve) is only learnt from these.
+      (planes further apart than the optics resolve) is only learnt from these;
+    * ``levels``: the LR input (noise included, as a camera digitises it) rounded to
+      a few levels, log-uniform in :data:`LEVELS_RANGE`, over the patch's own range
+      (dim 8- to 16-bit data); the HR target stays smooth, so the staircase is not
+      learnt as structure (:func:`quantise_levels`).
 
     The same generator state always gives the same pairs.
     """
@@ -173,9 +178,10 @@ class PairSampler:
     shot_noise: float = 0.0
     aniso: float = 0.0
     axial: float = 0.0
+    levels: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial"):
+        for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "levels"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} is a fraction of the items and must be in [0, 1], got {value}")
@@ -219,6 +225,10 @@ class PairSampler:
         if self.axial > 0:  # drawn only when used: the random stream of the other recipes is unchanged
             axial_u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
             axial = axial_u[:, 0] < self.axial
+        quantised = torch.zeros(n, dtype=torch.bool)
+        if self.levels > 0:  # drawn only when used, like the axial numbers
+            levels_u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+            quantised = levels_u[:, 0] < self.levels
 
         lrs, hrs = [], []
         for i in range(n):
@@ -275,7 +285,25 @@ class PairSampler:
             sigma = torch.where(shot.view(n, 1, 1, 1), torch.sqrt(sigma**2 + shot_sigma**2), sigma)
         if self.noise > 0 or shot.any():
             lr = lr + normal * sigma
+        if quantised.any():  # after the noise: the camera digitises the noisy signal
+            lo, hi = (math.log(v) for v in LEVELS_RANGE)
+            count = torch.exp(lo + (hi - lo) * levels_u[:, 1]).round()
+            lr = torch.where(quantised.view(n, 1, 1, 1), quantise_levels(lr, count), lr)
         return lr, hrs
+
+
+def quantise_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Each item of ``x`` (B, C, H, W) rounded to ``levels[i]`` equally spaced values over its own min..max.
+
+    The extremes are levels, so an item takes exactly ``levels[i]`` values at most (fewer where
+    its histogram has gaps); a constant item is returned unchanged.
+    """
+    flat = x.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    step = ((hi - lo) / (levels.to(x.dtype) - 1).clamp(min=1)).clamp(min=torch.finfo(x.dtype).tiny)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lo, step = lo.view(shape), step.view(shape)
+    return lo + torch.round((x - lo) / step) * step
 
 
 def jitter_intensity(hr: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

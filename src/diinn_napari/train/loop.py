@@ -348,7 +348,8 @@ def prepare_data(args: argparse.Namespace, channels: int, main: bool = True) -> 
                             f"({len(train.skipped)} skipped: unreadable, not {channels}-channel, or smaller than {min_size} px)")
     validation = validation_crops(val, args.val_patches, args.val_crop, args.seed)
     sampler = PairSampler(train.planes, args.patch, args.scale_spec, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
-                          jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial)
+                          jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial,
+                          levels=args.levels)
     val_scales = validation_scales(sampler.max_scale())
     if main:
         log.info("training on %d planes from %d files, validating on %d crops of %d px from %d files; %d files skipped",
@@ -445,7 +446,7 @@ def run_metadata(args: argparse.Namespace, base: str, channels: int, data: Train
         "val_files": [str(f) for f in data.val_files],
         "val_crops": len(data.validation.crops),
         "device": device.type,
-        "recipe": {k: getattr(args, k) for k in ("recipe", "preset", "scales", "aniso", "axial", "patch", "batch", "queries", "lr",
+        "recipe": {k: getattr(args, k) for k in ("recipe", "preset", "scales", "aniso", "axial", "levels", "patch", "batch", "queries", "lr",
                                                  "lr_floor", "schedule", "decay", "warmup", "ema", "trainable", "encoder_lr",
                                                  "loss", "consistency", "dark", "sparse", "jitter", "shot_noise", "noise", "blur",
                                                  "seed", "time_limit", "val_patches", "val_crop")},
