@@ -167,12 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of items with Poisson-Gaussian noise on the LR input at sampled levels; " + _preset_help("shot_noise"))
     p.add_argument("--noise", type=float, default=0.0, help="max Gaussian noise sigma added to LR (0..1 units)")
     p.add_argument("--blur", type=float, default=0.0, help="max extra Gaussian blur sigma (HR px) before downsampling")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of files held aside for validation")
+    p.add_argument("--split", default="sources", choices=["sources", "files"],
+                   help="how validation files are held aside in each --data folder: 'sources' holds aside whole sources "
+                        "(sub-folders, or file names that differ before their frame/view/number suffix) where the folder "
+                        "has two or more, so the check sees what carries to other sources; 'files' draws single files "
+                        "(docs/finetuning.md)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each folder's files held aside for validation (with --split sources: whole sources "
+                        "up to this share, or the smallest source when that is larger)")
     p.add_argument("--val-patches", type=int, default=32,
                    help="validation crops drawn from the held-aside files (fixed by --seed; 0 = no validation)")
     p.add_argument("--val-crop", type=int, default=64, help="edge of a validation crop in HR pixels")
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
-                   help="also hold aside files whose name matches this glob (repeatable; default: none)")
+                   help="hold aside the files whose name matches this glob instead of the automatic choice in their "
+                        "folder (repeatable; default: none)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps; " + _preset_help("val_every", PRESETS))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0, help="seed of the file split, the sampling and the initial weights")
