@@ -115,6 +115,24 @@ def test_better_than_needs_a_higher_mean_and_no_scale_lost():
     assert not loop.better_than(m(1.0, 1.0), m(1.0, 1.0))  # equal is not better
     assert not loop.better_than(m(1.5, 0.95), m(1.0, 1.0))  # x3 lost 0.05 dB > the tolerance
     assert loop.better_than(m(1.5, 0.99), m(1.0, 1.0))
+    assert not loop.better_than(m(1.01, 1.01), m(1.0, 1.0), margin=0.02)  # a rise within the margin is no evidence
+    assert loop.better_than(m(1.03, 1.03), m(1.0, 1.0), margin=0.02)
+
+
+@pytest.mark.parametrize("min_gain, written", [(None, False), ("0", True)])
+def test_a_rise_within_the_margin_keeps_the_start(folder, start, tmp_path, monkeypatch, min_gain, written):
+    # scripted validation: the start +1.00 dB, then +1.010 and +1.015: below the default 0.02 dB margin
+    gains = iter([1.0, 1.01, 1.015])
+
+    def scripted(model, crops, scales, device, crop=192):
+        g = next(gains)
+        return {**{f"x{s:g}": {"psnr": 30 + g, "bicubic": 30.0, "bias_percent": 0.0} for s in scales}, "mean_gain": g}
+
+    monkeypatch.setattr(loop, "validate", scripted)
+    out = tmp_path / "margin.safetensors"
+    extra = ["--min-gain", min_gain] if min_gain else []
+    result = loop.train(config.build_parser().parse_args(args_for(folder, start, out, "--steps", "8", "--val-every", "4", *extra)))
+    assert result["exit_code"] == (0 if written else loop.NOT_BETTER) and out.exists() == written
 
 
 def test_validation_crops_reach_their_count_fixed_by_the_seed_and_warn_when_thin():

@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
                    help="hold aside the files whose name matches this glob instead of the automatic choice in their "
                         "folder (repeatable; default: none)")
+    p.add_argument("--min-gain", type=float, default=0.02,
+                   help="the least rise in dB of the mean gain over bicubic on the validation crops for a result to count "
+                        "as better than the start (and be written)")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps; " + _preset_help("val_every", PRESETS))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0, help="seed of the file split, the sampling and the initial weights")
@@ -227,6 +230,8 @@ def resolve_recipe(args: argparse.Namespace) -> argparse.Namespace:
         raise TrainingError("--queries, --warmup and --val-patches must be >= 0 and --lr > 0")
     if not 0 <= args.lr_floor < 1 or not 0 < args.encoder_lr <= 1:
         raise TrainingError(f"--lr-floor must be in [0, 1) and --encoder-lr in (0, 1], got {args.lr_floor} and {args.encoder_lr}")
+    if not args.min_gain >= 0:
+        raise TrainingError(f"--min-gain must be >= 0 dB, got {args.min_gain}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise TrainingError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     try:
