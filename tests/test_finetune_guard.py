@@ -1,6 +1,7 @@
 """Fine-tuning is never silently worse: step-0 validation, keep-the-best, the report, the preset's parts."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -114,6 +115,24 @@ def test_better_than_needs_a_higher_mean_and_no_scale_lost():
     assert not loop.better_than(m(1.0, 1.0), m(1.0, 1.0))  # equal is not better
     assert not loop.better_than(m(1.5, 0.95), m(1.0, 1.0))  # x3 lost 0.05 dB > the tolerance
     assert loop.better_than(m(1.5, 0.99), m(1.0, 1.0))
+    assert not loop.better_than(m(1.01, 1.01), m(1.0, 1.0), margin=0.02)  # a rise within the margin is no evidence
+    assert loop.better_than(m(1.03, 1.03), m(1.0, 1.0), margin=0.02)
+
+
+@pytest.mark.parametrize("min_gain, written", [(None, False), ("0", True)])
+def test_a_rise_within_the_margin_keeps_the_start(folder, start, tmp_path, monkeypatch, min_gain, written):
+    # scripted validation: the start +1.00 dB, then +1.010 and +1.015: below the default 0.02 dB margin
+    gains = iter([1.0, 1.01, 1.015])
+
+    def scripted(model, crops, scales, device, crop=192):
+        g = next(gains)
+        return {**{f"x{s:g}": {"psnr": 30 + g, "bicubic": 30.0, "bias_percent": 0.0} for s in scales}, "mean_gain": g}
+
+    monkeypatch.setattr(loop, "validate", scripted)
+    out = tmp_path / "margin.safetensors"
+    extra = ["--min-gain", min_gain] if min_gain else []
+    result = loop.train(config.build_parser().parse_args(args_for(folder, start, out, "--steps", "8", "--val-every", "4", *extra)))
+    assert result["exit_code"] == (0 if written else loop.NOT_BETTER) and out.exists() == written
 
 
 def test_validation_crops_reach_their_count_fixed_by_the_seed_and_warn_when_thin():
@@ -192,3 +211,66 @@ def test_decoder_only_fine_tuning_runs_and_records_it(folder, start, tmp_path):
     # float16 storage: the frozen encoder comes back as it went in
     assert all(torch.allclose(first[k], last[k], atol=1e-3) for k in first if k.startswith("encoder."))
     assert read_metadata(tmp_path / "dec.last.safetensors")["recipe"]["trainable"] == "decoder"
+
+
+@pytest.mark.parametrize("names, expected", [
+    # frames, views and tile numbers of one recording are one source
+    (["tile_0001.tif", "tile_0002.tif", "tile_0500.tif"], {"all": 3}),
+    (["rgb0.png", "rgb1.png"], {"all": 2}),
+    # camera systems below a shared prefix: the shortest part of the names that tells them apart
+    (["tno_triclobs_marne_01.png", "tno_triclobs_bosnia.png", "tno_fel_duine_sequence.tif"], {"tno_triclobs": 2, "tno_fel": 1}),
+    (["brightfield__colicoords_00001.tif", "brightfield__colicoords_00066.tif", "phase__usiigaci_T98G_xy01t13.tif"],
+     {"brightfield": 2, "phase": 1}),
+    (["athena_apc_1_view_1.png", "athena_apc_1_view_3.png", "athena_apc_3_view_1.png", "athena_lake.png"],
+     {"athena_apc": 3, "athena_lake": 1}),
+    # sub-folders come first
+    (["lab_a/img_01.tif", "lab_a/img_02.tif", "lab_b/img_01.tif"], {"lab_a": 2, "lab_b": 1}),
+])
+def test_sources_are_the_names_before_their_frame_numbers(tmp_path, names, expected):
+    from diinn_napari.train.sources import group_by_source
+
+    groups = group_by_source([tmp_path / n for n in names], tmp_path)
+    assert {k: len(v) for k, v in groups.items()} == expected
+
+
+def test_whole_sources_are_held_aside_never_split_across_training_and_validation(tmp_path):
+    from diinn_napari.train.sources import source_key, split_by_source
+
+    files = ([tmp_path / f"labA_t{i:02d}.tif" for i in range(8)] + [tmp_path / f"labB_view_{i}.tif" for i in range(3)]
+             + [tmp_path / f"labC_{i:03d}.tif" for i in range(4)])
+    for seed in range(6):
+        split = split_by_source([files], 0.1, seed, roots=[tmp_path])
+        train_sources = {source_key(f, tmp_path) for f in split.train}
+        val_sources = {source_key(f, tmp_path) for f in split.val}
+        assert split.val and split.train and not train_sources & val_sources
+        assert sorted(split.train + split.val) == sorted(files)
+        # 10 % is 1.5 files: the smallest source (3 files) is the most held aside
+        assert val_sources == {("labb", "view")} and "whole sources" in split.notes[0]
+    # drawn file by file instead, some seed puts a source on both sides
+    by_files = [split_by_source([files], 0.3, seed, roots=[tmp_path], by="files") for seed in range(6)]
+    assert any({source_key(f) for f in s.train} & {source_key(f) for f in s.val} for s in by_files)
+    # --hold-out chooses instead; --val-fraction 0 holds nothing aside
+    chosen = split_by_source([files], 0.1, 0, hold_out=["labA_t07*"], roots=[tmp_path])
+    assert chosen.val == [tmp_path / "labA_t07.tif"]
+    assert split_by_source([files], 0.0, 0, roots=[tmp_path]).val == []
+    # one source: single files, as before
+    one = split_by_source([files[:8]], 0.25, 0, roots=[tmp_path])
+    assert len(one.val) == 2 and len(one.train) == 6
+
+
+def test_the_command_validates_on_a_source_it_does_not_train_on(tmp_path, rng, start):
+    """As a user runs it: two cameras in one folder; the check is on the camera held aside, the metadata says which."""
+    path = tmp_path / "tiles"
+    path.mkdir()
+    for camera, count in (("camA", 4), ("camB", 2)):
+        for i in range(count):
+            tifffile.imwrite(path / f"{camera}_frame{i:03d}.tif", smooth(rng, (64, 72)).astype(np.uint16))
+    out = tmp_path / "tuned.safetensors"
+    cmd = [sys.executable, "-m", "diinn_napari.finetune",
+           *args_for(path, start, out, "--val-fraction", "0.1", "--steps", "2", "--val-every", "2")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, loop.NOT_BETTER), done.stderr[-3000:]
+    assert "holding aside whole sources for validation: camb (2 files); training on cama" in done.stderr
+    meta = read_metadata(tmp_path / "tuned.last.safetensors")
+    assert sorted(Path(f).name for f in meta["val_files"]) == ["camB_frame000.tif", "camB_frame001.tif"]
+    assert meta["train_files"] == 4 and meta["recipe"]["split"] == "sources"
