@@ -50,6 +50,16 @@ def make_ngff(path, data, axes="czyx", version="0.5", scale=None, translation=No
     return path
 
 
+def rechunk_level0(path, chunks):
+    """Rewrite level 0 of the OME-Zarr image at ``path`` with ``chunks`` (outputs are chunked like their input)."""
+    group = zarr.open_group(str(path), mode="r+")
+    name = group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]
+    level0 = np.asarray(group[name][...])
+    group.create_array(name, shape=level0.shape, dtype=level0.dtype, chunks=chunks, fill_value=0,
+                       overwrite=True)[...] = level0
+    return path
+
+
 def read_client(path):
     """The image as ome-zarr-py's reader (the client) sees it: (levels as numpy, multiscale metadata, omero)."""
     nodes = list(Reader(parse_url(str(path)))())

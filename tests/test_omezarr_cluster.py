@@ -16,7 +16,7 @@ from diinn_napari import RunSettings, batch
 from diinn_napari.io import ImageInfo
 from diinn_napari.io.omezarr import BlockStore, owned_level_chunks, pyramid_shapes
 
-from test_omezarr import make_ngff
+from test_omezarr import make_ngff, rechunk_level0
 from test_omezarr_resume import levels_of, partial_stores
 
 distributed = pytest.importorskip("distributed")
@@ -28,13 +28,7 @@ def source(tmp_path, rng):
     100 blocks of 64 x 64 (the input's chunks); a level-1 chunk (64 x 64: the block's 32 x 32 region there is
     below MIN_LEVEL_CHUNK) holds the regions of 2 x 2 blocks, so the blocks go to the workers in 25 groups of 4."""
     data = rng.integers(0, 4000, (1, 160, 160), dtype=np.uint16)
-    path = make_ngff(tmp_path / "stack.ome.zarr", data, axes="zyx")
-    group = zarr.open_group(str(path), mode="r+")
-    name = group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]
-    level0 = np.asarray(group[name][...])
-    group.create_array(name, shape=level0.shape, dtype=level0.dtype, chunks=(1, 64, 64), fill_value=0,
-                       overwrite=True)[...] = level0
-    return path
+    return rechunk_level0(make_ngff(tmp_path / "stack.ome.zarr", data, axes="zyx"), (1, 64, 64))
 
 
 def settings(out: Path, weights: str) -> batch.Settings:

@@ -16,7 +16,7 @@ from ome_zarr.reader import Reader
 
 from diinn_napari.io.omezarr import BlockStore
 
-from test_omezarr import make_ngff
+from test_omezarr import make_ngff, rechunk_level0
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -29,14 +29,8 @@ def batch_command(src, out, weights, *extra):
 def source(tmp_path, rng):
     """A 3-plane OME-Zarr stack chunked 16 x 16: its 192 x 192 output (x4, chunked like the input) is 3 x 144 blocks."""
     data = rng.integers(0, 4000, (3, 48, 48), dtype=np.uint16)
-    path = make_ngff(tmp_path / "stack.ome.zarr", data, axes="zyx")
-    group = zarr.open_group(str(path), mode="r+")
-    # rechunk level 0 to 16 x 16 so the output (chunks like the input's) has many blocks
-    name = group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]
-    level0 = np.asarray(group[name][...])
-    group.create_array(name, shape=level0.shape, dtype=level0.dtype, chunks=(1, 16, 16), fill_value=0,
-                       overwrite=True)[...] = level0
-    return path
+    # chunked 16 x 16 so the output (chunked like the input) has many blocks
+    return rechunk_level0(make_ngff(tmp_path / "stack.ome.zarr", data, axes="zyx"), (1, 16, 16))
 
 
 def partial_stores(out: Path):
