@@ -66,17 +66,11 @@ def input_identity(plan: RunPlan, data, band_bytes: int = 1 << 20) -> dict:
 def store_record(plan: RunPlan, data) -> dict:
     """The record that decides whether a store holds this work: the batch's compared keys
     (:data:`~diinn_napari.batch.record.COMPARED`), plus the widget's own record under ``"napari"``."""
-    from .batch.plan import model_identity  # hashes the weights file (imports torch)
+    from .batch.plan import run_record  # hashes the weights file (imports torch)
 
     run = plan.run
-    record = {"input": input_identity(plan, data), "output_yx": list(plan.out_yx),
-              "model": model_identity(run.model, 3 if plan.source.rgb else 1), "intensity": run.intensity,
-              "dtype": plan.dtype.name, "consistency": run.consistency,
-              "outlier_clamp": None if run.outlier_clamp is None else list(run.outlier_clamp)}
-    if run.precision != "fp32":
-        record["precision"] = run.precision
-    if run.ensemble:
-        record["ensemble"] = True
+    record = {"input": input_identity(plan, data), "output_yx": list(plan.out_yx), "dtype": plan.dtype.name,
+              **run_record(run, 3 if plan.source.rgb else 1)}
     if run.nodata is not None:
         record["nodata"] = repr(run.nodata)
     # JSON-clean (a model instance is its class name), so a record read back from the store compares equal

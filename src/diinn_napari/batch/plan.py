@@ -209,6 +209,19 @@ def converted(info: io.ImageInfo, output: io.ImageInfo, kind: str) -> io.ImageIn
     return dataclasses.replace(output, kind=kind, metadata=meta)
 
 
+def run_record(run, channels: int) -> dict:
+    """The compared keys a run's settings decide (model, intensity, consistency, clamp, precision, ensemble):
+    the part of an output's record that the batch tool and the widget's OME-Zarr store share."""
+    record = {"model": model_identity(run.model, channels), "intensity": run.intensity,
+              "consistency": run.consistency,
+              "outlier_clamp": None if run.outlier_clamp is None else list(run.outlier_clamp)}
+    if run.precision != "fp32":
+        record["precision"] = run.precision
+    if run.ensemble:
+        record["ensemble"] = True
+    return record
+
+
 def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volumes: VolumePlan | None) -> dict:
     """The settings an output is made with, stored in the output and (the compared part) in its partial file.
 
@@ -226,20 +239,13 @@ def _record(info: io.ImageInfo, output: io.ImageInfo, settings: Settings, volume
         "input": {"name": info.path.name, "shape": list(info.shape), "dtype": str(info.dtype),
                   "bytes": content_size(info.path), "sha256": file_identity(info.path)["sha256"]},
         "output_yx": list(output.yx),
-        "model": model_identity(run.model, 3 if info.rgb else 1),
-        "intensity": run.intensity,
         "dtype": output.dtype.name,
-        "consistency": run.consistency,
-        "outlier_clamp": None if run.outlier_clamp is None else list(run.outlier_clamp),
+        **run_record(run, 3 if info.rgb else 1),
         "request": {**request, "device": str(run.device), "tile_size": run.tile_size},
         "software": f"diinn-napari {__version__}",
     }
     if volumes is not None:
         record["isotropic"] = volumes.record()
-    if run.precision != "fp32":
-        record["precision"] = run.precision
-    if run.ensemble:
-        record["ensemble"] = True
     if info.nodata is not None:  # JSON has no NaN: the GDAL_NODATA text
         record["nodata"] = repr(info.nodata)
     if settings.cog:
