@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py [--device cuda] [--encoder rdn] [--steps 10] [--recipe scientific]
 
-Runs :func:`diinn_napari.train.loop.train_step`, the step the trainer runs
+Runs :func:`diinn_napari.train.step.train_step`, the step the trainer runs
 (``python -m diinn_napari.finetune``): batch 8, 32x32 LR patches, 1024 decoded
 pixels per patch, Adam, the scale distribution, augmentations, loss and EMA of
 ``--recipe`` (finetune's presets); synthetic smooth planes (no data needed),
@@ -25,7 +25,8 @@ import torch
 from diinn_napari.model import DIINN
 from diinn_napari.train.config import RECIPES, parse_scales
 from diinn_napari.train.data import PairSampler
-from diinn_napari.train.loop import PointLoss, StepProfile, ema_decay, make_optimizer, train_step
+from diinn_napari.train.optim import ema_decay, make_optimizer
+from diinn_napari.train.step import PointLoss, StepProfile, train_step
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import tifffile
 import torch
 from skimage.io import imsave
 
-from diinn_napari.train import cli, config, loop
+from diinn_napari.train import cli, config, loop, step, validation
+from diinn_napari.train.data import PairSampler
 from diinn_napari.weights import load_weights, read_metadata, save_weights
 
 from conftest import tiny_model
@@ -78,7 +79,7 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
     run(tiles, start_weights, straight, "--steps", "10", "--seed", "3")
 
     resumed = tmp_path / "resumed.safetensors"
-    original = loop.PairSampler.sample_batch
+    original = PairSampler.sample_batch
     calls = {"n": 0}
 
     def interrupted(self, gen, n):
@@ -87,9 +88,9 @@ def test_resume_continues_exactly(tiles, start_weights, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, gen, n)
 
-    monkeypatch.setattr(loop.PairSampler, "sample_batch", interrupted)
+    monkeypatch.setattr(PairSampler, "sample_batch", interrupted)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3")["exit_code"] == 130
-    monkeypatch.setattr(loop.PairSampler, "sample_batch", original)
+    monkeypatch.setattr(PairSampler, "sample_batch", original)
     assert run(tiles, start_weights, resumed, "--steps", "10", "--seed", "3", "--resume")["step"] == 10
 
     # the default (scientific) recipe: the weights and their moving average both resume exactly
@@ -143,11 +144,11 @@ def test_two_process_ddp_on_cpu(tiles, start_weights, tmp_path):
 
 def test_every_folder_and_every_held_out_pattern_is_validated(tmp_path):
     groups = [[tmp_path / f"a{i}.png" for i in range(10)], [tmp_path / f"b{i}.tif" for i in range(3)]]
-    train, val = loop.split_files(groups, 0.1, seed=0, hold_out=["a7*"])
+    train, val = validation.split_files(groups, 0.1, seed=0, hold_out=["a7*"])
     assert tmp_path / "a7.png" in val
     assert any(p.name.startswith("b") for p in val) and any(p.name.startswith("b") for p in train)
     assert not set(train) & set(val) and len(train) + len(val) == 13
-    assert loop.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic
+    assert validation.split_files(groups, 0.1, seed=0, hold_out=["a7*"]) == (train, val)  # deterministic
 
 
 def test_main_turns_errors_into_a_message_and_exit_code_2(tmp_path, start_weights, capsys):
@@ -242,20 +243,20 @@ def test_charbonnier_and_consistency_terms():
     torch.manual_seed(0)
     lr = torch.rand(2, 1, 8, 8)
     hrs = [torch.rand(1, 16, 16), torch.rand(1, 24, 20)]
-    l1 = loop.PointLoss(model, 64, "l1")(lr, hrs, gen())
-    charb = loop.PointLoss(model, 64, "charbonnier")(lr, hrs, gen())
+    l1 = step.PointLoss(model, 64, "l1")(lr, hrs, gen())
+    charb = step.PointLoss(model, 64, "charbonnier")(lr, hrs, gen())
     # sqrt(d^2 + eps^2) lies between |d| and |d| + eps
-    assert l1 <= charb <= l1 + loop.PointLoss.CHARBONNIER_EPS
-    with_term = loop.PointLoss(model, 64, "l1", consistency=1.0)(lr, hrs, gen())
+    assert l1 <= charb <= l1 + step.PointLoss.CHARBONNIER_EPS
+    with_term = step.PointLoss(model, 64, "l1", consistency=1.0)(lr, hrs, gen())
     assert with_term > l1
     with_term.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     # an item larger than the cap gets no consistency term (it would decode too many pixels)
     big = [torch.rand(1, 200, 200), torch.rand(1, 120, 120)]
-    capped = loop.PointLoss(model, 64, "l1", consistency=1.0)
-    assert torch.equal(capped(lr, big, gen()), loop.PointLoss(model, 64, "l1")(lr, big, gen()))
+    capped = step.PointLoss(model, 64, "l1", consistency=1.0)
+    assert torch.equal(capped(lr, big, gen()), step.PointLoss(model, 64, "l1")(lr, big, gen()))
     with pytest.raises(ValueError, match="unknown loss"):
-        loop.PointLoss(model, 64, "l2")
+        step.PointLoss(model, 64, "l2")
 
 
 def test_scientific_recipe_trains_and_records_its_recipe(tiles, start_weights, tmp_path):
@@ -293,7 +294,7 @@ def test_validation_numbers_are_the_ones_evaluate_prints(tmp_path, rng):
 
     from diinn_napari.train.data import load_planes
     from diinn_napari.evaluate import evaluate
-    from diinn_napari.train.loop import validate
+    from diinn_napari.train.validation import validate
 
     path = tmp_path / "v.tif"
     tifffile.imwrite(path, (rng.random((48, 40)) * 3000).astype(np.uint16))
@@ -343,17 +344,17 @@ def test_the_finetune_module_keeps_its_command_line_and_names():
 
 def test_train_step_is_one_reproducible_step_that_updates_weights_and_average():
     planes = [torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    sampler = loop.PairSampler(planes, 16, config.parse_scales("1-3"))
+    sampler = PairSampler(planes, 16, config.parse_scales("1-3"))
 
     def one_step(profile=None):
         torch.manual_seed(0)
         model = tiny_model().train()
         ema = tiny_model().eval().requires_grad_(False)
         ema.load_state_dict(model.state_dict())
-        net = loop.PointLoss(model, 64)
+        net = step.PointLoss(model, 64)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        loss = loop.train_step(net, optimizer, sampler, torch.Generator().manual_seed(1), 2, "cpu", lr=5e-3, ema=ema,
+        loss = step.train_step(net, optimizer, sampler, torch.Generator().manual_seed(1), 2, "cpu", lr=5e-3, ema=ema,
                                decay=0.5, profile=profile)
         return loss, before, model, ema, optimizer
 
@@ -363,7 +364,7 @@ def test_train_step_is_one_reproducible_step_that_updates_weights_and_average():
         # the average sits halfway between the old and the new weights (decay 0.5)
         assert torch.allclose(dict(ema.named_parameters())[name], (before[name] + p.detach()) / 2, atol=1e-6)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    profile = loop.StepProfile("cpu")
+    profile = step.StepProfile("cpu")
     again, *_ = one_step(profile)
     assert torch.equal(loss, again)  # the profile observes, it does not change the step
     assert set(profile.seconds) == {"sampling", "query drawing", "encoder forward", "decoder forward", "decoder backward",

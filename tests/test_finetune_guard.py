@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from diinn_napari.train import config, loop, optim
+from diinn_napari.train import config, loop, optim, step, validation
 from diinn_napari.train.data import PlaneSet, validation_crops
 from diinn_napari.weights import load_weights, read_metadata, save_weights
 
@@ -110,13 +110,13 @@ def test_better_than_needs_a_higher_mean_and_no_scale_lost():
         per = {f"x{i + 2}": {"psnr": 30 + g, "bicubic": 30.0, "bias_percent": 0} for i, g in enumerate(gains)}
         return {**per, "mean_gain": float(np.mean(gains))}
 
-    assert loop.better_than(m(1.0, 1.0), None)
-    assert loop.better_than(m(1.1, 1.0), m(1.0, 1.0))
-    assert not loop.better_than(m(1.0, 1.0), m(1.0, 1.0))  # equal is not better
-    assert not loop.better_than(m(1.5, 0.95), m(1.0, 1.0))  # x3 lost 0.05 dB > the tolerance
-    assert loop.better_than(m(1.5, 0.99), m(1.0, 1.0))
-    assert not loop.better_than(m(1.01, 1.01), m(1.0, 1.0), margin=0.02)  # a rise within the margin is no evidence
-    assert loop.better_than(m(1.03, 1.03), m(1.0, 1.0), margin=0.02)
+    assert validation.better_than(m(1.0, 1.0), None)
+    assert validation.better_than(m(1.1, 1.0), m(1.0, 1.0))
+    assert not validation.better_than(m(1.0, 1.0), m(1.0, 1.0))  # equal is not better
+    assert not validation.better_than(m(1.5, 0.95), m(1.0, 1.0))  # x3 lost 0.05 dB > the tolerance
+    assert validation.better_than(m(1.5, 0.99), m(1.0, 1.0))
+    assert not validation.better_than(m(1.01, 1.01), m(1.0, 1.0), margin=0.02)  # a rise within the margin is no evidence
+    assert validation.better_than(m(1.03, 1.03), m(1.0, 1.0), margin=0.02)
 
 
 @pytest.mark.parametrize("min_gain, written", [(None, False), ("0", True)])
@@ -186,7 +186,7 @@ def test_what_to_train(trainable):
     optim.set_rate(optimizer, 1e-2)
     lr = torch.rand(2, 1, 12, 12)
     hrs = [torch.rand(1, 24, 24), torch.rand(1, 30, 30)]
-    loss = loop.PointLoss(model, 64)(lr, hrs, torch.Generator().manual_seed(0))
+    loss = step.PointLoss(model, 64)(lr, hrs, torch.Generator().manual_seed(0))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

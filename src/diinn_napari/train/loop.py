@@ -1,10 +1,9 @@
-"""The training loop: the loss, one optimisation step, validation and :func:`train`.
+"""The training loop: :func:`train` and the parts of a run.
 
 :func:`train` runs the options of :func:`diinn_napari.train.config.build_parser`
 (the recipes, the file split, EMA of the weights, resumable state, a time
-limit, DistributedDataParallel under ``torchrun``); :func:`train_step` is one
-step of it, which ``benchmarks/bench_train.py`` times (with a per-part
-:class:`StepProfile`) instead of copying the loop.
+limit, DistributedDataParallel under ``torchrun``). One step of it is
+:func:`~.step.train_step`; what is validated and kept is in :mod:`.validation`.
 """
 
 from __future__ import annotations
@@ -21,240 +20,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ..devices import pick_device
 from ..io import atomic_write, find_images
 from ..model import DIINN
-from ..quality import downsample
 from ..weights import load_weights, resolve, save_weights
 from .config import TrainingError, learning_rate, resolve_recipe, side_paths
 from .data import PairSampler, PlaneSet, ValidationCrops, load_planes, validation_crops
+from .optim import StepClock, ema_decay, make_optimizer
 from .sources import split_by_source
-from .optim import StepClock, ema_decay, ema_update, make_optimizer, set_rate
+from .step import PointLoss, train_step
+from .validation import scores_line, better_than, validate, validation_report, validation_scales
 
-__all__ = ["PointLoss", "StepProfile", "train_step", "split_files", "validate", "better_than", "train", "make_optimizer",
-           "ema_decay", "NOT_BETTER", "SCALE_TOLERANCE_DB"]
+__all__ = ["train", "NOT_BETTER"]
 
 # exit code of a run whose result did not beat its start on the validation crops (nothing written at --out)
 NOT_BETTER = 3
-# a result may lose at most this much on any validated scale (and must gain on the mean) to count as better
-SCALE_TOLERANCE_DB = 0.02
 
 log = logging.getLogger(__name__)
 
 
-class PointLoss(nn.Module):
-    """Pixel loss of decoded query pixels (plus an optional LR-consistency term).
-
-    A module so DistributedDataParallel can wrap it. ``loss``: ``"l1"`` or
-    ``"charbonnier"`` (sqrt(d^2 + eps^2), smooth at 0). ``consistency`` > 0 adds,
-    for the item of the batch with the smallest output (if it has at most
-    ``CONSISTENCY_MAX_PIXELS``), the L1 distance between its whole decoded output
-    downsampled to the LR grid and the clean LR (the downsampled target): the
-    term that keeps the mean intensity and the measured values.
-    """
-
-    CHARBONNIER_EPS = 1e-3
-    CONSISTENCY_MAX_PIXELS = 96 * 96
-
-    def __init__(self, model: DIINN, queries: int, loss: str = "l1", consistency: float = 0.0):
-        super().__init__()
-        if loss not in ("l1", "charbonnier"):
-            raise ValueError(f"unknown loss {loss!r}; use 'l1' or 'charbonnier'")
-        self.model, self.queries, self.loss, self.consistency = model, queries, loss, consistency
-
-    def distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.loss == "charbonnier":
-            return torch.sqrt((pred - target) ** 2 + self.CHARBONNIER_EPS**2).mean()
-        return F.l1_loss(pred, target)
-
-    def forward(self, lr: torch.Tensor, hrs: list[torch.Tensor], gen: torch.Generator,
-                profile: StepProfile | None = None) -> torch.Tensor:
-        """The loss of one batch: LR (B, C, h, w) and its HR crops (C, H_i, W_i), query pixels drawn from ``gen``."""
-        queries, targets = [], []
-        small = min(range(len(hrs)), key=lambda i: hrs[i].shape[-1] * hrs[i].shape[-2])
-        whole = self.consistency > 0 and hrs[small].shape[-1] * hrs[small].shape[-2] <= self.CONSISTENCY_MAX_PIXELS
-        for i, hr in enumerate(hrs):
-            _, H, W = hr.shape
-            n = H * W if self.queries <= 0 else min(self.queries, H * W)
-            flat = torch.randperm(H * W, generator=gen)[:n]
-            ys, xs = flat // W, flat % W
-            queries.append(((H, W), ys, xs))
-            targets.append(hr[:, ys, xs].to(lr.device))
-        if whole:  # every pixel of the smallest item, for the consistency term
-            _, H, W = hrs[small].shape
-            grid = torch.arange(H * W)
-            queries.append(((H, W), grid // W, grid % W))
-        if profile is not None:
-            profile.mark("query drawing")
-        features = self.model.encode(lr)
-        if profile is not None:
-            profile.mark("encoder forward")
-            if features.requires_grad:  # fires when the decoder's backward reaches the features
-                features.register_hook(lambda grad: profile.mark("decoder backward"))
-        if whole:  # decode the small item twice from the same features: no second encoder pass
-            lr = torch.cat([lr, lr[small : small + 1]])
-            features = torch.cat([features, features[small : small + 1]])
-        preds = self.model.decode_points(lr, features, queries)
-        loss = self.distance(torch.cat(preds[: len(hrs)], 1), torch.cat(targets, 1))
-        if whole:
-            hr = hrs[small].to(lr.device)[None]
-            out = preds[-1].view(1, hr.shape[1], *hr.shape[-2:])
-            size = (lr.shape[-2], lr.shape[-1])
-            loss = loss + self.consistency * F.l1_loss(downsample(out, size), downsample(hr, size))
-        if profile is not None:
-            profile.mark("decoder forward")
-        return loss
-
-
-class StepProfile:
-    """Wall time of the parts of training steps, for ``benchmarks/bench_train.py``.
-
-    :func:`train_step` calls :meth:`mark` after each part: pair sampling,
-    query drawing, encoder forward, decoder forward (with the loss), decoder
-    backward (up to the gradient of the encoder's features), encoder backward,
-    optimizer step and the EMA update. Each mark waits for the device, so a profiled step is
-    a little slower than a plain one.
-    """
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.seconds: dict[str, float] = {}
-        self._last = 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def start(self) -> None:
-        """Start timing a step."""
-        self._sync()
-        self._last = time.perf_counter()
-
-    def mark(self, part: str) -> None:
-        """Add the time since the last mark to ``part``."""
-        self._sync()
-        now = time.perf_counter()
-        self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last
-        self._last = now
-
-
-def train_step(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    sampler: PairSampler,
-    gen: torch.Generator,
-    batch: int,
-    device: torch.device | str,
-    *,
-    lr: float | None = None,
-    ema: nn.Module | None = None,
-    decay: float = 0.0,
-    profile: StepProfile | None = None,
-) -> torch.Tensor:
-    """One optimisation step: draw a batch, compute the loss, backward, optimizer step, EMA update.
-
-    ``net`` is a :class:`PointLoss` (or a DistributedDataParallel around one);
-    ``lr`` (when given) is set on every parameter group first (times the group's
-    ``lr_factor``, see :func:`~diinn_napari.train.optim.set_rate`); ``ema``, a copy
-    of the model, moves towards the trained weights by ``1 - decay`` (see
-    :func:`ema_decay`). Returns the loss, detached. The same generator state
-    gives the same step: the training loop and the benchmark both run this.
-    """
-    if lr is not None:
-        set_rate(optimizer, lr)
-    if profile is not None:
-        profile.start()
-    lr_batch, hrs = sampler.sample_batch(gen, batch)
-    if profile is not None:
-        profile.mark("sampling")
-    loss = net(lr_batch.to(device), hrs, gen, profile) if profile is not None else net(lr_batch.to(device), hrs, gen)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if profile is not None:
-        profile.mark("encoder backward")
-    optimizer.step()
-    if profile is not None:
-        profile.mark("optimizer")
-    if ema is not None:
-        ema_update(ema, getattr(net, "module", net).model, decay)  # through DistributedDataParallel
-        if profile is not None:
-            profile.mark("ema")
-    return loss.detach()
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def split_files(groups: list[list[Path]], fraction: float, seed: int, hold_out: list[str] = (),
-                roots: list[Path] | None = None, by: str = "sources") -> tuple[list[Path], list[Path]]:
-    """(training, validation) files: whole sources held aside where a folder has several, else a
-    deterministic ``fraction`` of the files; ``hold_out`` globs choose instead
-    (:func:`diinn_napari.train.sources.split_by_source`)."""
-    split = split_by_source(groups, fraction, seed, hold_out, roots, by)
-    return split.train, split.val
-
-
-@torch.no_grad()
-def validate(model: DIINN, planes: list[torch.Tensor], scales: list[float], device, crop: int = 192) -> dict:
-    """Mean PSNR of the model and of bicubic on centre crops of the validation planes, per scale.
-
-    Each crop is scored by :func:`diinn_napari.evaluate.compare` (DIINN
-    protocol, the engine with its default data consistency), so these numbers
-    are the ones ``python -m diinn_napari.evaluate`` prints. ``bias_percent`` is
-    the mean of (output - reference) in % of the reference's robust range.
-    """
-    from ..evaluate import compare
-
-    model.eval()
-    result = {}
-    for scale in scales:
-        rows = []
-        for plane in planes:
-            _, h, w = plane.shape
-            ch, cw = min(h, crop), min(w, crop)
-            hr = plane[:, (h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
-            rows.append(compare(hr.cpu().numpy(), scale, model, device=device))
-        result[f"x{scale:g}"] = {"psnr": float(np.mean([r["psnr"] for r in rows])),
-                                 "bicubic": float(np.mean([r["bicubic_psnr"] for r in rows])),
-                                 "bias_percent": float(np.mean([r["bias"] for r in rows]))}
-    result["mean_gain"] = float(np.mean([v["psnr"] - v["bicubic"] for k, v in result.items()]))
-    model.train()
-    return result
-
-
-def better_than(candidate: dict, reference: dict | None, tolerance: float = SCALE_TOLERANCE_DB, margin: float = 0.0) -> bool:
-    """Whether validation ``candidate`` beats ``reference``: a mean gain over bicubic more than ``margin``
-    dB higher and no scale more than ``tolerance`` dB below it. Everything beats ``None`` (nothing
-    validated yet)."""
-    if reference is None:
-        return True
-    scales = [k for k in reference if k.startswith("x")]
-    return candidate["mean_gain"] > reference["mean_gain"] + margin and all(
-        candidate[k]["psnr"] >= reference[k]["psnr"] - tolerance for k in scales if k in candidate)
-
-
-def validation_report(start: dict | None, result: dict | None) -> str:
-    """The final report: per scale, the start's and the result's gain over bicubic and mean bias."""
-    if start is None or result is None:
-        return "not validated: no held-aside crops (see the warnings above)"
-    lines = [f"{'scale':>6} {'start gain':>11} {'result gain':>12} {'start bias':>11} {'result bias':>12}"]
-    for key in (k for k in start if k.startswith("x")):
-        a, b = start[key], result[key]
-        lines.append(f"{key:>6} {a['psnr'] - a['bicubic']:+9.2f}dB {b['psnr'] - b['bicubic']:+10.2f}dB "
-                     f"{a['bias_percent']:+10.3f}% {b['bias_percent']:+11.3f}%")
-    return "\n".join(lines)
-
-
-def _scores_line(metrics: dict) -> str:
-    return ", ".join(f"{k} {v['psnr'] - v['bicubic']:+.2f} dB (bias {v['bias_percent']:+.2f} %)"
-                     for k, v in metrics.items() if k.startswith("x"))
 
 
 # ---- the parts of a run ------------------------------------------------------------------------
@@ -307,11 +97,6 @@ def build_model(args: argparse.Namespace) -> tuple[DIINN, str]:
     if model.in_channels != args.channels:
         log.info("using the %d-channel model of %s", model.in_channels, weights_file)
     return model, str(args.weights)
-
-
-def validation_scales(max_scale: float) -> list[float]:
-    """The scales a run validates at: x2 and x4 (the largest trained scale when it is below 4)."""
-    return sorted({s for s in (2.0, min(4.0, max_scale)) if s <= max_scale}) or [max_scale]
 
 
 @dataclass
@@ -468,7 +253,7 @@ def _validate_and_keep(ckpt: Checkpoint, data: TrainingData, state: RunState, pr
     ckpt.log({"step": state.step, "loss": loss, "lr": lr, "seconds": clock.elapsed(), **metrics})
     if state.step == 0:
         state.start = metrics
-        log.info("step 0 (the start): %s", _scores_line(metrics))
+        log.info("step 0 (the start): %s", scores_line(metrics))
         return
     # against the start, a rise within the noise of the crops is no evidence (measured: a thermal fine-tune rose
     # 0.01 dB on the camera held aside and lost 0.29 dB on a third one; docs/finetuning.md)
@@ -477,7 +262,7 @@ def _validate_and_keep(ckpt: Checkpoint, data: TrainingData, state: RunState, pr
     if kept:
         state.best = metrics
         ckpt.write_weights("best", state, metrics)
-    log.info("step %d: %s%s", state.step, _scores_line(metrics), " (best so far, saved)" if kept else "")
+    log.info("step %d: %s%s", state.step, scores_line(metrics), " (best so far, saved)" if kept else "")
 
 
 def _finish(args: argparse.Namespace, ckpt: Checkpoint, state: RunState, process: Process) -> int:

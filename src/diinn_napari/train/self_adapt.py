@@ -7,7 +7,7 @@
 The image is its own teacher (internal learning, as ZSSR): crops of it are the HR,
 their antialiased downsampled copies (the degradation the models train for) the LR,
 at scales up to the target. The training is the trainer's own step
-(:func:`~diinn_napari.train.loop.train_step` with its pair sampler, loss, optimizer,
+(:func:`~diinn_napari.train.step.train_step` with its pair sampler, loss, optimizer,
 warm-up + cosine schedule and EMA of the weights). Never silently worse: a strip of
 the image is held aside, the start and the result are scored on its downsampled copy
 (the same crops, gain over bicubic), and the start is returned unless the result beats it.
@@ -189,7 +189,8 @@ def _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, e
     from ..model import DIINN
     from .config import cosine_rate
     from .data import PairSampler
-    from .loop import PointLoss, better_than, train_step, validate
+    from .step import PointLoss, train_step
+    from .validation import better_than, validate
     from .optim import ema_decay, make_optimizer
 
     # a caller's instance is copied before the engine touches it (get_model moves it and sets eval mode)
