@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from diinn_napari.evaluate import evaluate, load_hr
@@ -141,17 +140,22 @@ def main() -> None:
     print(f"{minutes:.1f} min wall, {steps} steps, result {'written' if kept else 'not better than the start: the start kept'}")
     row = {"split": name, "label": a.label or a.extra or "defaults", "minutes": round(minutes, 2), "steps": steps,
            "kept": kept, "crop": a.crop, "test_files": len(test), "scales": {}}
-    print(f"{'scale':>6} {'bicubic':>8} {'bundled':>8} {'result':>8} {'gain bundled':>13} {'gain result':>12} {'delta':>7} {'bias result':>12}")
+    # clipped: pixels at the dtype's limits where the reference is not (evaluate's "clipped"), in % of the pixels
+    print(f"{'scale':>6} {'bicubic':>8} {'bundled':>8} {'result':>8} {'gain bundled':>13} {'gain result':>12} {'delta':>7} "
+          f"{'bias result':>12} {'clipped bundled':>16} {'clipped result':>15} {'clipped bicubic':>16}")
     for key, tuned_scale in rows["fine-tuned"]["scales"].items():
         t = tuned_scale["mean"]
         b = rows["bundled"]["scales"][key]["mean"] if "bundled" in rows else None
-        entry = {"bicubic": t["bicubic_psnr"], "result": t["psnr"], "result_bias": t["bias"]}
+        entry = {"bicubic": t["bicubic_psnr"], "result": t["psnr"], "result_bias": t["bias"],
+                 "result_clipped": t["clipped"], "bicubic_clipped": t["bicubic_clipped"]}
         if b is not None:
-            entry.update(bundled=b["psnr"], bundled_bias=b["bias"])
+            entry.update(bundled=b["psnr"], bundled_bias=b["bias"], bundled_clipped=b["clipped"])
             print(f"{key:>6} {t['bicubic_psnr']:8.2f} {b['psnr']:8.2f} {t['psnr']:8.2f} {b['psnr'] - b['bicubic_psnr']:+12.2f} "
-                  f"{t['psnr'] - t['bicubic_psnr']:+11.2f} {t['psnr'] - b['psnr']:+7.3f} {t['bias']:+11.3f}%")
+                  f"{t['psnr'] - t['bicubic_psnr']:+11.2f} {t['psnr'] - b['psnr']:+7.3f} {t['bias']:+11.3f}% "
+                  f"{100 * b['clipped']:15.3f}% {100 * t['clipped']:14.3f}% {100 * t['bicubic_clipped']:15.3f}%")
         else:
-            print(f"{key:>6} {t['bicubic_psnr']:8.2f} {'-':>8} {t['psnr']:8.2f} {'-':>13} {t['psnr'] - t['bicubic_psnr']:+11.2f}")
+            print(f"{key:>6} {t['bicubic_psnr']:8.2f} {'-':>8} {t['psnr']:8.2f} {'-':>13} {t['psnr'] - t['bicubic_psnr']:+11.2f} "
+                  f"{'-':>7} {t['bias']:+11.3f}% {'-':>16} {100 * t['clipped']:14.3f}% {100 * t['bicubic_clipped']:15.3f}%")
         row["scales"][key] = entry
     if a.json:
         with open(a.json, "a") as f:
