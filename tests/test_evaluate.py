@@ -138,3 +138,38 @@ def test_cli_device_reaches_every_engine_call(folder, tmp_path, monkeypatch, mod
     assert evaluate.main(["--data", str(folder), "--scales", "2", "--model", str(weights), "--consistency", "0",
                           "--device", "cpu", *mode]) == 0
     assert len(asked) > 2 and set(asked) == {"cpu"}, asked
+
+
+def _framed_geotiff(path, frame_value: int, nodata: str | None):
+    """A 96 px uint8 texture with a 16 px frame of ``frame_value`` (the black frame of a rotated satellite scene)."""
+    import tifffile
+
+    y, x = np.mgrid[0:96, 0:96]
+    data = ((np.sin(x / 3.0) * np.cos(y / 4.0) + 1) * 100 + 20).astype(np.uint8)
+    data[:16], data[-16:], data[:, :16], data[:, -16:] = frame_value, frame_value, frame_value, frame_value
+    geokeys = (1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32614)
+    tags = [(33550, "d", 3, (30.0, 30.0, 0.0), True), (33922, "d", 6, (0, 0, 0, 500000.0, 4200000.0, 0), True),
+            (34735, "H", len(geokeys), geokeys, True)]
+    if nodata is not None:
+        tags.append((42113, "s", 0, nodata, True))
+    tifffile.imwrite(path, data, photometric="minisblack", extratags=tags)
+    return path
+
+
+def test_pixels_without_data_are_left_out_of_every_score(tmp_path):
+    """The frame's value changes nothing once it is declared nodata; scored: the pixels ceil(4 s) px inside it."""
+    weights = silent_weights(tmp_path, 1)
+    black = _framed_geotiff(tmp_path / "black.tif", 0, "0")
+    white = _framed_geotiff(tmp_path / "white.tif", 255, "255")
+    undeclared = _framed_geotiff(tmp_path / "undeclared.tif", 255, None)
+    rows = {}
+    for path in (black, white, undeclared):
+        rows[path.stem] = evaluate.evaluate([path], [2], weights, consistency=0)["scales"]["x2"]["per_image"][0]
+    assert rows["black"]["valid"] == pytest.approx(((96 - 32 - 2 * 8) / 96) ** 2)
+    assert rows["undeclared"]["valid"] == 1.0
+    for key in ("psnr", "bicubic_psnr", "lr_psnr", "bias", "clipped"):
+        assert rows["black"][key] == pytest.approx(rows["white"][key], abs=1e-9), key
+    # SSIM's windowed means are running sums: the frame reaches the scored pixels as float rounding only
+    assert rows["black"]["ssim"] == pytest.approx(rows["white"]["ssim"], abs=1e-5)
+    # scored over the frame's edge, bicubic loses several dB there
+    assert rows["undeclared"]["bicubic_psnr"] < rows["white"]["bicubic_psnr"] - 3

@@ -13,6 +13,11 @@ interpolation upscale them back to the exact HR size. Protocols:
 * ``liif``: PSNR and SSIM on the BT.601 Y channel (65.738, 129.057, 25.064)/256
   with a border of ceil(s) pixels shaved (Set5/Set14 convention).
 
+Pixels without data (a GeoTIFF's nodata value or internal mask, e.g. the
+black frame of a rotated satellite scene) are left out of every score, with
+a margin of ceil(4 s) pixels around them (where the degradation and the
+interpolation mix them into valid pixels); ``valid`` is the fraction kept.
+
 Fidelity, per image and mean, for the model and for bicubic: ``bias``, the
 mean of output - HR in % of the HR plane's robust range (p99.9 - p0.1), and
 ``clipped``, the fraction of output pixels that the cast to the file's dtype
@@ -45,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import cast
-from .io import find_images, image_planes, read_image
+from .io import data_mask, find_images, image_planes, open_planes, read_image, read_info
 from .engine import get_model, upscale
 from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance
@@ -83,6 +88,40 @@ def load_native(path: Path, channels: int) -> np.ndarray | None:
     return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
 
 
+def load_valid(path: Path, native: np.ndarray) -> np.ndarray | None:
+    """The (Y, X) mask of ``native`` (the file's first plane, :func:`load_native`) that holds data, or None (all).
+
+    Pixels equal to the file's nodata value in any channel (NaN included) or
+    outside its internal data mask are not data.
+    """
+    info = read_info(path)
+    valid = None
+    if info.nodata is not None:
+        values = native if native.ndim == 2 else native.reshape(*native.shape[:2], -1)
+        hit = np.isnan(values) if np.isnan(info.nodata) else values == info.nodata
+        valid = ~(hit if hit.ndim == 2 else hit.any(-1))
+    try:
+        with open_planes(info) as source:
+            mask = data_mask(source)
+    except (OSError, ValueError):
+        mask = None
+    if mask is not None and mask.shape == native.shape[:2]:
+        valid = mask if valid is None else valid & mask
+    return None if valid is None or valid.all() else valid
+
+
+def scored_pixels(valid: np.ndarray, scale: float) -> np.ndarray:
+    """The valid pixels far enough from missing data to be scored: ``valid`` eroded by ceil(4 ``scale``) pixels.
+
+    The antialiased downsampling reaches 2 s HR pixels and bicubic up-sampling
+    2 LR pixels (2 s HR pixels) around each output pixel: closer to a pixel
+    without data, both the model and bicubic see it mixed in.
+    """
+    from scipy.ndimage import distance_transform_cdt
+
+    return distance_transform_cdt(valid, metric="chessboard") > math.ceil(4 * scale)
+
+
 def _normalisation(native: np.ndarray) -> Intensity:
     """The map :func:`load_hr` used for this plane (uint8 by its range, others by robust percentiles)."""
     return Intensity(0.0, 255.0) if native.dtype == np.uint8 else fit_intensity(native)
@@ -99,15 +138,23 @@ def metric_view(image: np.ndarray, protocol: str, scale: float) -> np.ndarray:
     return image.transpose(1, 2, 0)
 
 
-def scores(hr: np.ndarray, sr: np.ndarray, protocol: str, scale: float) -> dict:
+def scores(hr: np.ndarray, sr: np.ndarray, protocol: str, scale: float, where: np.ndarray | None = None) -> dict:
+    """PSNR and SSIM of ``sr`` against ``hr`` in the protocol's view, over the ``where`` pixels (default: all)."""
     a, b = metric_view(hr, protocol, scale), metric_view(sr, protocol, scale)
-    return {"psnr": psnr(b, a, 1.0), "ssim": ssim(b, a, 1.0, channel_axis=-1)}
+    if where is None:
+        return {"psnr": psnr(b, a, 1.0), "ssim": ssim(b, a, 1.0, channel_axis=-1)}
+    where = metric_view(where[None].astype(np.float64), protocol, scale)[..., 0] > 0.5  # the same shave
+    return {"psnr": psnr(b[where], a[where], 1.0), "ssim": ssim(b, a, 1.0, channel_axis=-1, where=where)}
 
 
-def lr_psnr(hr: torch.Tensor, sr: np.ndarray, lr_size: tuple[int, int]) -> float:
+def lr_psnr(hr: torch.Tensor, sr: np.ndarray, lr_size: tuple[int, int], where: np.ndarray | None = None) -> float:
+    """PSNR of the downsampled SR against the downsampled HR (over LR pixels made of ``where`` pixels only)."""
     down_sr = downsample(torch.from_numpy(np.clip(sr, 0, 1))[None], lr_size)[0].numpy()
     down_hr = downsample(hr.clamp(0, 1)[None], lr_size)[0].numpy()
-    return psnr(down_sr, down_hr, 1.0)
+    if where is None:
+        return psnr(down_sr, down_hr, 1.0)
+    lr_where = downsample(torch.from_numpy(where[None, None].astype(np.float32)), lr_size)[0, 0].numpy() > 0.999
+    return psnr(down_sr[:, lr_where], down_hr[:, lr_where], 1.0)
 
 
 def _lr_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
@@ -120,14 +167,16 @@ def _channels_first(image: np.ndarray, rgb: bool) -> np.ndarray:
 
 def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consistency: int = DEFAULT_CONSISTENCY,
             limits: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "auto",
-            precision: str = "fp32", ensemble: bool = False) -> dict:
+            precision: str = "fp32", ensemble: bool = False, valid: np.ndarray | None = None) -> dict:
     """Scores of one HR image (C, H, W) in [0, 1] at one scale, for the model and for bicubic.
 
     The LR is the training degradation of ``hr``; the model runs through the
     engine (so ``consistency`` applies). The one comparison behind
     ``evaluate`` and the trainer's validation, so their numbers agree.
     ``limits`` is the file dtype's range in these normalised units (for ``clipped``);
-    ``precision`` the engine's ("bf16": the approximate fast path).
+    ``precision`` the engine's ("bf16": the approximate fast path); ``valid``
+    the (H, W) pixels that hold data (:func:`load_valid`): only those away from
+    missing data are scored (:func:`scored_pixels`; ``valid`` in the result: the fraction scored).
     """
     channels, H, W = hr.shape
     lr_size = _lr_size((H, W), scale)
@@ -138,13 +187,20 @@ def compare(hr: np.ndarray, scale: float, net, protocol: str = "diinn", consiste
     sr = upscale(lr_np, output_shape=(H, W), model=net, rgb=channels == 3, intensity="none",
                  consistency=consistency, device=device, precision=precision, ensemble=ensemble)
     sr = _channels_first(sr, channels == 3)
-    ours, base = scores(hr, sr, protocol, scale), scores(hr, bicubic, protocol, scale)
-    value_range = robust_range(hr)
+    where = None if valid is None else scored_pixels(valid, scale)
+    if where is not None and not where.any():
+        raise ValueError(f"no pixel of this image is {math.ceil(4 * scale)} px away from missing data (nodata) at x{scale:g}")
+    ours, base = scores(hr, sr, protocol, scale, where), scores(hr, bicubic, protocol, scale, where)
+    pick = (lambda a: a) if where is None else (lambda a: a[:, where])  # (C, n) of the scored pixels
+    value_range = robust_range(pick(hr))
     return {
         "psnr": ours["psnr"], "ssim": ours["ssim"], "bicubic_psnr": base["psnr"],
-        "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size),
-        "bias": mean_bias_percent(sr, hr, value_range), "bicubic_bias": mean_bias_percent(bicubic, hr, value_range),
-        "clipped": clipped_fraction(sr, hr, limits), "bicubic_clipped": clipped_fraction(bicubic, hr, limits),
+        "bicubic_ssim": base["ssim"], "lr_psnr": lr_psnr(hr_t, sr, lr_size, where),
+        "bias": mean_bias_percent(pick(sr), pick(hr), value_range),
+        "bicubic_bias": mean_bias_percent(pick(bicubic), pick(hr), value_range),
+        "clipped": clipped_fraction(pick(sr), pick(hr), limits),
+        "bicubic_clipped": clipped_fraction(pick(bicubic), pick(hr), limits),
+        "valid": 1.0 if where is None else float(where.mean()),
     }
 
 
@@ -166,16 +222,17 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
         if hr is not None and native is not None:
             limits = np.asarray(dtype_limits(native.dtype), np.float64)
             mapping = _normalisation(native)
-            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo)))
+            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo), load_valid(f, native)))
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,
-               "ensemble": ensemble, "images": [str(f) for f, _, _ in images], "scales": {}}
+               "ensemble": ensemble, "images": [str(f) for f, *_ in images], "scales": {}}
     for scale in scales:
         rows = []
-        for path, hr, limits in images:
+        for path, hr, limits, valid in images:
             rows.append({"image": path.name, **compare(hr, scale, net, protocol, consistency, tuple(limits),
-                                                        device=device, precision=precision, ensemble=ensemble)})
+                                                        device=device, precision=precision, ensemble=ensemble,
+                                                        valid=valid)})
             if progress:
                 progress(scale, path)
         results["scales"][f"x{scale:g}"] = {"mean": _mean(rows), "per_image": rows}
@@ -263,14 +320,14 @@ def format_table(results: dict, per_image: bool = False) -> str:
                "{undershoot_pct:13.3f} {bicubic_undershoot_pct:17.3f} {new_zeros_pct:12.3f} {bicubic_new_zeros_pct:16.3f}")
     else:
         lines = [head, f"{'scale':>6} {'image':<28} {'bicubic PSNR':>13} {'model PSNR':>11} {'gain dB':>8} "
-                       f"{'bicubic SSIM':>13} {'model SSIM':>11} {'LR-PSNR':>8} {'bias %':>8} {'clipped %':>10}"]
+                       f"{'bicubic SSIM':>13} {'model SSIM':>11} {'LR-PSNR':>8} {'bias %':>8} {'clipped %':>10} {'scored %':>9}"]
         fmt = ("{:>6} {:<28} {bicubic_psnr:13.2f} {psnr:11.2f} {gain:+8.2f} {bicubic_ssim:13.4f} {ssim:11.4f} "
-               "{lr_psnr:8.2f} {bias:+8.3f} {clipped_pct:10.3f}")
+               "{lr_psnr:8.2f} {bias:+8.3f} {clipped_pct:10.3f} {valid_pct:9.1f}")
     for scale, r in results["scales"].items():
         rows = [("mean", r["mean"])] + ([(row["image"], row) for row in r["per_image"]] if per_image else [])
         for name, row in rows:
             values = {**row, **{f"{key}_pct": 100 * row[key] for key in
-                                ("clipped", "undershoot", "bicubic_undershoot", "new_zeros", "bicubic_new_zeros")
+                                ("clipped", "undershoot", "bicubic_undershoot", "new_zeros", "bicubic_new_zeros", "valid")
                                 if key in row}}
             values.setdefault("gain", row.get("psnr", 0) - row.get("bicubic_psnr", 0))
             lines.append(fmt.format(scale, name[:28], **values))

@@ -159,15 +159,24 @@ def psnr(output: np.ndarray, reference: np.ndarray, data_range: float) -> float:
     return float(peak_signal_noise_ratio(np.asarray(reference, np.float64), np.asarray(output, np.float64), data_range=data_range))
 
 
-def ssim(output: np.ndarray, reference: np.ndarray, data_range: float, channel_axis: int | None = None) -> float:
-    """SSIM (``skimage.metrics``); NaN for images under 7 pixels on a side."""
+def ssim(output: np.ndarray, reference: np.ndarray, data_range: float, channel_axis: int | None = None,
+         where: np.ndarray | None = None) -> float:
+    """SSIM (``skimage.metrics``); NaN for images under 7 pixels on a side.
+
+    ``where``: a bool mask of the spatial shape; the mean of the SSIM map over it only.
+    """
     a, b = np.asarray(reference, np.float64), np.asarray(output, np.float64)
     spatial = [n for i, n in enumerate(a.shape) if channel_axis is None or i != channel_axis % a.ndim]
     if min(spatial) < 7:
         return float("nan")
     from skimage.metrics import structural_similarity
 
-    return float(structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis))
+    if where is None:
+        return float(structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis))
+    _, full = structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis, full=True)
+    if channel_axis is not None:
+        full = np.moveaxis(full, channel_axis, -1).mean(-1)
+    return float(full[where].mean()) if where.any() else float("nan")
 
 
 def lr_consistency(output: np.ndarray, lr: np.ndarray, data_range: float) -> dict:
