@@ -180,15 +180,13 @@ def test_a_rerun_with_other_settings_into_the_same_store_is_refused_naming_the_d
 def test_what_a_store_cannot_take_is_refused_when_asked_and_stays_in_memory_above_the_budget():
     from diinn_napari._planner import Request, Source, plan_run
 
-    rgb = Source("photo", shape=(40, 50, 3), dtype=np.dtype("uint8"), rgb=True)
-    with pytest.raises(ValueError, match="write to OME-Zarr: RGB pixels have no OME-Zarr axis here"):
-        plan_run(rgb, Request(to_zarr=True))
-    above = plan_run(rgb, Request(memory_budget=1000))
+    stack = Source("cells", shape=(4, 40, 50), dtype=np.dtype("uint16"), scale=(2.0, 0.5, 0.5))
+    with pytest.raises(ValueError, match="write to OME-Zarr: isotropic voxels builds its whole volume in memory"):
+        plan_run(stack, Request(size_mode="isotropic voxels", to_zarr=True))
+    above = plan_run(stack, Request(size_mode="isotropic voxels", memory_budget=1000))
     assert above.store is None and "above the memory budget" in above.memory_note
-    assert "in memory all the same: RGB pixels" in above.describe("cpu")
+    assert "in memory all the same: isotropic voxels" in above.describe("cpu")
     gray = Source("cells", shape=(40, 50), dtype=np.dtype("uint16"))
-    with pytest.raises(ValueError, match="the trust map is made in memory"):
-        plan_run(gray, Request(to_zarr=True, trust_map=True))
     assert plan_run(gray, Request(memory_budget=80 * 100 * 2)).store is None  # at the budget: in memory
     over = plan_run(gray, Request(memory_budget=80 * 100 * 2 - 1))
     again = plan_run(gray, Request(memory_budget=80 * 100 * 2 - 1))

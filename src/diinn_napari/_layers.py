@@ -181,7 +181,7 @@ class ResultLayers:
                     self._done_key: 0, "partial": True, "store": stored.path, "blocks_total": stored.blocks_total,
                     "blocks_done": stored.blocks_done, "blocks_resumed": stored.resumed}
             self.image = self.viewer.add_image(
-                open_levels(stored.path), multiscale=True, name=f"{self.source.name} {plan.label} DIINN",
+                open_levels(stored.path, colour_last=plan.source.rgb), multiscale=True, name=f"{self.source.name} {plan.label} DIINN",
                 scale=scale, translate=translate,
                 metadata={**result_metadata(self.source.metadata, plan.in_yx, plan.out_yx), "diinn": meta},
                 **same_affine(self.source), **looks_like(self.source, None, plan.dtype))

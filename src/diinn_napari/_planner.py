@@ -235,9 +235,9 @@ def plan_run(source: Source, request: Request) -> RunPlan:
 def store_refusal(plan: RunPlan) -> str | None:
     """Why ``plan``'s result cannot be written to an OME-Zarr store (None: it can)."""
     if plan.isotropic is not None:
-        return "isotropic voxels makes its volume in memory"
-    if plan.source.rgb:
-        return "RGB pixels have no OME-Zarr axis here"
+        return ("isotropic voxels builds its whole volume in memory and cannot write to a store; to fit the "
+                "memory, crop the layer (fewer Y rows or planes) or raise the output Z step, or pick a "
+                "plane-wise size mode (factor, pixel size, output shape), whose results a store takes")
     if plan.trust_map:
         return "the trust map is made in memory (untick it, Advanced)"
     if plan.self_adapt_steps:

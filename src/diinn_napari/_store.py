@@ -80,18 +80,26 @@ def store_record(plan: RunPlan, data) -> dict:
 
 def store_info(plan: RunPlan, path: Path):
     """The :class:`~diinn_napari.io.ImageInfo` of the store: the result's shape and dtype, axes ``...ZYX``
-    (NGFF's order), level 0 placed as the in-memory result layer (:func:`~diinn_napari._layers.placement`)."""
+    (NGFF's order; RGB / RGBA: ``...ZYXS``, the colour stored as NGFF's c axis), level 0 placed as the
+    in-memory result layer (:func:`~diinn_napari._layers.placement`)."""
     from ._layers import placement
     from .io import ImageInfo
 
     scale, translate = placement(plan, plan.plane if plan.plane_only else None)
     shape = tuple(int(n) for n in plan.shape)
-    axes = "TCZYX"[5 - len(shape):] if len(shape) <= 5 else None
+    if plan.source.rgb:  # the c axis holds the colour: at most T, Z, Y, X besides
+        axes = "TZYX"[5 - len(shape):] + "S" if len(shape) <= 5 else None
+    else:
+        axes = "TCZYX"[5 - len(shape):] if len(shape) <= 5 else None
     if axes is None:
         raise ValueError(f"a result of {len(shape)} axes has no OME-Zarr layout (at most T, C, Z, Y, X)")
     info = ImageInfo(Path(path), "ome-zarr", axes, shape, plan.dtype, pixel_size=(scale[-2], scale[-1]),
-                     z_spacing=scale[-3] if len(shape) >= 3 else None)
-    info.metadata["translation"] = [float(v) for v in translate]
+                     z_spacing=scale[-3] if len(scale) >= 3 else None)
+    translate = [float(v) for v in translate]
+    if plan.source.rgb:  # (per stored axis: the c axis, first or after t, has none)
+        at = 1 if axes.startswith("T") else 0
+        translate = translate[:at] + [0.0] + translate[at:]
+    info.metadata["translation"] = translate
     return info
 
 
