@@ -185,7 +185,15 @@ class ResultLayers:
                 scale=scale, translate=translate,
                 metadata={**result_metadata(self.source.metadata, plan.in_yx, plan.out_yx), "diinn": meta},
                 **same_affine(self.source), **looks_like(self.source, None, plan.dtype))
+            if stored.trust_path is not None:
+                self.trust = self.viewer.add_image(
+                    open_levels(stored.trust_path), multiscale=True, name=f"{self.source.name} {plan.label} DIINN trust",
+                    scale=scale, translate=translate, **same_affine(self.source),
+                    colormap="magma", blending="additive", opacity=0.6, visible=True, contrast_limits=(0.0, 1.0),
+                    metadata={"diinn": {**plan.record, "trust_map": TRUST_NOTE, "store": stored.trust_path}})
             said = [f"DIINN: the result goes to OME-Zarr {stored.path} ({plan.memory_note})", *stored.notes]
+            if stored.trust_path is not None:
+                said.append(f"its trust map to {stored.trust_path}")
             if stored.resumed >= stored.blocks_total:
                 said.append("it was already complete: shown as it is")
             elif stored.resumed:
@@ -202,6 +210,8 @@ class ResultLayers:
         for layer in (self.image, self.trust):
             if layer is not None:
                 layer.refresh()
+        if self.trust is not None and self.trust.multiscale:  # a map in a store: its range from the smallest level
+            self.trust.contrast_limits = value_range(np.asarray(self.trust.data[-1]))
 
     def end(self, stopped: str | None) -> None:
         """The run is over: ``stopped`` None (the result is whole), "cancelled" or "failed" (keep what is done)."""

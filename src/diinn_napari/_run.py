@@ -72,7 +72,8 @@ class Stored:
 
     blocks_done of blocks_total level-0 chunks are in the store; resumed: the
     blocks it held when the run began (a cancelled run's); notes: what the
-    opening did (e.g. a temporary store of other work replaced).
+    opening did (e.g. a temporary store of other work replaced); trust_path:
+    the store of its trust map, when asked for (filled block by block with it).
     """
 
     path: str
@@ -80,6 +81,7 @@ class Stored:
     blocks_total: int
     resumed: int = 0
     notes: tuple[str, ...] = ()
+    trust_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,23 +159,29 @@ def store_updates(data, plan: RunPlan) -> Updates:
 
     opened = open_store(plan, data)
     store = opened.store
+    trust = None if opened.trust_path is None else str(opened.trust_path)
     if store is None:  # finished before: nothing to decode
-        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes))
+        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes), trust)
         yield RunUpdate(Phase.UPSCALING, 1, 1, plan.units_total, stored=stored)
         return RunResult(None, stored=stored)
     per_plane = len(store.block_windows())
 
     def stored() -> Stored:
-        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes))
+        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes),
+                      trust)
 
     def planes_done() -> int:  # the last one counts once the store is finished: a cancel before that is partial
         return min(len(store.done) // per_plane, plan.units_total - 1)
 
     yield RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored())
     step = None
-    for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask):
+    for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask,
+                                       return_trust=trust is not None):
         yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
-    store.finish(opened.record)
+    if trust is None:
+        store.finish(opened.record)
+    else:
+        store.finish(opened.record, opened.trust_record)
     total = step.total if step is not None else 1
     yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
     return RunResult(None, stored=stored())

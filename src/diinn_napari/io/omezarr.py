@@ -855,6 +855,47 @@ class BlockSelection:
         return len(self.numbers - self.store.done)
 
 
+class TrustedBlocks:
+    """An image's :class:`BlockStore` and its trust map's (float32, the image's Y and X) as one block sink.
+
+    The engine (``Engine.steps(image, out=sink, return_trust=True)``) hands
+    every block over with its trust map (``write_block(..., trust=)``); a
+    block is done when both stores hold it, so a resumed run makes whatever
+    either lacks (the image's block again, bit for bit, when only the map lacked it).
+    """
+
+    takes_trust = True
+
+    def __init__(self, image: BlockStore, trust: BlockStore):
+        if trust.block_windows() != image.block_windows() or trust._leading != image._leading:
+            raise ValueError("the trust map's store needs the image's planes and blocks")
+        self.image, self.trust = image, trust
+        self.shape, self.dtype = image.shape, image.dtype
+
+    @property
+    def done(self) -> set[int]:
+        return self.image.done & self.trust.done
+
+    @property
+    def blocks_total(self) -> int:
+        return self.image.blocks_total
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        return self.image.block_windows()
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self.image.is_done(index, window) and self.trust.is_done(index, window)
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray, *, trust: np.ndarray) -> None:
+        self.trust.write_block(index, window, trust)  # the map first: the image's ledger then says both are in
+        self.image.write_block(index, window, data)
+
+    def finish(self, record: dict | None = None, trust_record: dict | None = None) -> None:
+        """Both stores are whole: the map finished first, so a finished image always has its finished map."""
+        self.trust.finish(trust_record)
+        self.image.finish(record)
+
+
 def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
     """Level-0 chunk sides rounded up to a multiple of ``2 ** (levels - 1)``, so blocks make exact lower levels."""
     step = 2 ** max(0, levels - 1)
