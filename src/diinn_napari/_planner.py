@@ -238,8 +238,6 @@ def store_refusal(plan: RunPlan) -> str | None:
         return ("isotropic voxels builds its whole volume in memory and cannot write to a store; to fit the "
                 "memory, crop the layer (fewer Y rows or planes) or raise the output Z step, or pick a "
                 "plane-wise size mode (factor, pixel size, output shape), whose results a store takes")
-    if plan.self_adapt_steps:
-        return "adapt to each plane first works in memory (untick it, Advanced)"
     return None
 
 

@@ -146,13 +146,15 @@ def upscale_updates(data, plan: RunPlan, cancel: threading.Event | None = None) 
     return RunResult(image.result, None if trust is None else trust.result)
 
 
-def store_updates(data, plan: RunPlan) -> Updates:
+def store_updates(data, plan: RunPlan, cancel: threading.Event | None = None) -> Updates:
     """The plane-wise run into the plan's OME-Zarr store (:mod:`~diinn_napari._store`), block by block.
 
     The first update names the store (and the blocks a cancelled run left
     there, which are skipped); one follows every decoded window; when every
     block is in, the store is finished (its ledger removed). A store of other
     work at the user's path is refused (ValueError, shown as the run's error).
+    With the trust map, its store fills in with the result's; with
+    ``plan.self_adapt_steps``, each plane is adapted to first (:func:`_adapted_into`).
     """
     from ._store import open_store
     from .engine import Engine
@@ -174,17 +176,56 @@ def store_updates(data, plan: RunPlan) -> Updates:
         return min(len(store.done) // per_plane, plan.units_total - 1)
 
     yield RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored())
-    step = None
-    for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask,
-                                       return_trust=trust is not None):
-        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
+    total = 1
+    if plan.self_adapt_steps:
+        total = yield from _adapted_into(data, plan, store, cancel if cancel is not None else threading.Event(),
+                                         lambda: RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored()))
+    else:
+        for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask,
+                                           return_trust=trust is not None):
+            total = step.total
+            yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
     if trust is None:
         store.finish(opened.record)
     else:
         store.finish(opened.record, opened.trust_record)
-    total = step.total if step is not None else 1
     yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
     return RunResult(None, stored=stored())
+
+
+def _adapted_into(data, plan: RunPlan, store, cancel: threading.Event, now: Callable[[], RunUpdate]
+                  ) -> Generator[RunUpdate, None, int]:
+    """Into a store, plane by plane: adapt a copy of the model to the plane (as :func:`self_adapted_updates`),
+    then write the plane's blocks with it (:class:`~diinn_napari.io.omezarr.PlaneBlocks`); return the run's steps.
+
+    A plane whose blocks are all in is neither read nor adapted to; a plane a
+    cancel cut short is adapted to again (seed 0: the same copy on the same
+    device) and only its missing blocks are made. ``now``: the update that says
+    where the store stands (its planes and blocks done).
+    """
+    from dataclasses import replace
+
+    from .engine import Engine
+    from .io.omezarr import PlaneBlocks
+    from .train.self_adapt import adapt_plane
+
+    rgb, steps, mask = plan.source.rgb, plan.self_adapt_steps, plan.source.mask  # mask: (Y, X), every plane
+    leading = tuple(data.shape[:-3] if rgb else data.shape[:-2])
+    indices, windows = list(np.ndindex(*leading)), store.block_windows()
+    total = 1
+    for k, index in enumerate(indices):
+        if all(store.is_done(index, window) for window in windows):
+            continue
+        plane = np.asarray(data[index])
+        adapted = yield from in_thread(
+            lambda progress, plane=plane: adapt_plane(plane, plan.ratio, plan.run, steps, rgb=rgb, mask=mask,
+                                                      progress=progress, cancel=cancel),
+            Phase.ADAPTING_PLANE, steps, now().units_done, cancel)
+        for step in Engine(plan.run.replace(model=adapted.model)).steps(
+                plane, rgb=rgb, out=PlaneBlocks(store, index), mask=mask, return_trust=plan.trust_map):
+            total = step.total * len(indices)  # over the run, as upscale_updates counts
+            yield replace(now(), done=k * step.total + step.done, total=total)
+    return total
 
 
 def in_thread(work: Callable[[Callable[[int, int, float], Any]], Any], phase: Phase, total: int, units_done: int,
@@ -375,7 +416,7 @@ class RunController:
             index = plan.plane if plan.plane_only else None
             if index is not None:
                 data = data[tuple(slice(i, i + 1) for i in index)]
-            updates = upscale_updates(data, plan, cancel) if plan.store is None else store_updates(data, plan)
+            updates = upscale_updates(data, plan, cancel) if plan.store is None else store_updates(data, plan, cancel)
         worker = self.worker_factory(updates)
         run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
         worker.yielded.connect(lambda update: self._on_update(run, update))

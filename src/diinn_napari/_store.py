@@ -75,6 +75,8 @@ def store_record(plan: RunPlan, data) -> dict:
         record["nodata"] = repr(run.nodata)
     if plan.trust_map:  # a store with its trust map beside it is other work than one without
         record["trust_map"] = True
+    if plan.self_adapt_steps:  # each plane by a copy of the model adapted to it (the batch's --self-adapt record)
+        record["self_adapt"] = {"steps": plan.self_adapt_steps, "seed": 0, "each": "plane"}
     # JSON-clean (a model instance is its class name), so a record read back from the store compares equal
     record["napari"] = json.loads(json.dumps(plan.record, default=str))
     return record

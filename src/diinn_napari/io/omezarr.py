@@ -896,6 +896,26 @@ class TrustedBlocks:
         self.image.finish(record)
 
 
+class PlaneBlocks:
+    """Plane ``index`` of a block sink (:class:`BlockStore`, :class:`TrustedBlocks`, :class:`BlockSelection`) as a
+    block sink of one plane: ``Engine.steps(plane, out=PlaneBlocks(store, index))`` writes that plane's blocks
+    alone, e.g. with a model adapted to the plane (the widget's "adapt to each plane first")."""
+
+    def __init__(self, sink, index: tuple[int, ...]):
+        self.sink, self.index = sink, tuple(int(i) for i in index)
+        self.shape, self.dtype = tuple(sink.shape[len(self.index):]), sink.dtype
+        self.takes_trust = getattr(sink, "takes_trust", False)
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        return self.sink.block_windows()
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self.sink.is_done(self.index + tuple(index), window)
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray, **trust) -> None:
+        self.sink.write_block(self.index + tuple(index), window, data, **trust)
+
+
 def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
     """Level-0 chunk sides rounded up to a multiple of ``2 ** (levels - 1)``, so blocks make exact lower levels."""
     step = 2 ** max(0, levels - 1)
