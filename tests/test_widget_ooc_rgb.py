@@ -1,5 +1,7 @@
 """Store mode (results larger than memory) for RGB / RGBA layers: the colour as NGFF's c axis (xvfb-run -a pytest)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -80,8 +82,20 @@ def test_an_rgb_store_cancelled_keeps_its_blocks_and_a_rerun_resumes_to_the_unin
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)
+    viewer.dims.set_point(0, 0.0)  # the first plane on screen: its blocks come first
+    on_screen = []
+
+    def look(update):  # mid-run, before the Cancel: the rgb layer over the store shows the blocks done
+        if update.stored is not None and update.stored.blocks_done >= 3 and not on_screen:
+            with warnings.catch_warnings():  # napari has no public accessor of the displayed slice
+                warnings.simplefilter("ignore", FutureWarning)
+                on_screen.append(np.asarray(widget.result._slice.image.raw).copy())
+
+    widget.controller.updated.connect(look)
     cancel_at(qtbot, widget, when=lambda u: u.stored is not None and u.stored.blocks_done >= 3)
+    widget.controller.updated.disconnect(look)
     assert widget.state is RunState.CANCELLED
+    assert on_screen and on_screen[0].shape[-1] == 3 and on_screen[0].any()
     kept = written_blocks(path)
     assert 3 <= kept < 8
     partial = widget.result

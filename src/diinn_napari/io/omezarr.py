@@ -537,7 +537,7 @@ class OmeZarrFormat:
     def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
         """Write ``planes`` (leading axes in C order) as a multiscale OME-Zarr image with its pyramid."""
         writer = PyramidWriter.create(path, info, record)
-        for index, plane in zip(np.ndindex(*info.shape[:-2]), planes):
+        for index, plane in zip(np.ndindex(*info.leading), planes):
             writer.write_plane(index, plane)
 
     def read_record(self, path: Path) -> dict | None:
