@@ -129,6 +129,30 @@ def test_an_rgba_result_keeps_its_alpha_in_the_store(setup, rgb_weights, qtbot, 
     assert np.all(levels[0][3, :38] == 0) and np.all(levels[0][3, 42:] == 255)
 
 
+def test_an_rgb_store_result_saved_from_napari_as_ome_zarr_keeps_its_colour_and_place(setup, rgb_weights, qtbot,
+                                                                                        tmp_path):
+    viewer, widget = setup
+    widget.add_model_file(rgb_weights)
+    widget.layer.value = photo(viewer, np.random.default_rng(8), (40, 48, 3))
+    widget.to_zarr.value = True
+    widget.zarr_path.value = str(tmp_path / "photo.ome.zarr")
+    run(qtbot, widget)
+    result = widget.result
+    viewer.layers.selection.select_only(result)
+    assert list(viewer.layers.selection) == [result]
+    saved = tmp_path / "saved.ome.zarr"
+    viewer.layers.save(str(saved), selected=True, plugin="diinn-napari")  # File > Save Selected Layers
+    levels, meta = ome_image(saved)
+    assert [a["name"] for a in meta["axes"]] == ["c", "y", "x"] and meta["channel_names"] == ["red", "green", "blue"]
+    np.testing.assert_array_equal(levels[0], ome_image(tmp_path / "photo.ome.zarr")[0][0])
+    import zarr
+
+    transforms = zarr.open_group(str(saved), mode="r").attrs["ome"]["multiscales"][0]["datasets"][0][
+        "coordinateTransformations"]
+    np.testing.assert_allclose(transforms[0]["scale"], [1.0, *result.scale])
+    np.testing.assert_allclose(transforms[1]["translation"], [0.0, *result.translate])
+
+
 def test_an_rgb_layer_above_the_budget_goes_to_a_store():
     from diinn_napari._planner import Request, Source, plan_run
 
