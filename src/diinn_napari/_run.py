@@ -323,6 +323,64 @@ def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
     return RunResult(volume.result)
 
 
+def isotropic_store_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
+    """Isotropic voxels into the plan's OME-Zarr store: adapt to the stack (if asked), then resample Z band by
+    band of Y rows, each band written as the store's blocks of every output plane.
+
+    The store's blocks are bands of Y rows (:func:`~diinn_napari._store.store_chunks`),
+    so a band of the Z resampling fills whole blocks; a band whose blocks are all
+    in (a cancelled run's) is neither read nor decoded, and the pixels of a band do
+    not depend on which others were made, so a resumed run equals an uninterrupted
+    one. A resumed run adapts to the stack again (seed 0: the same copy on the
+    same device) unless every band is in.
+    """
+    from ._store import open_store
+    from .adapt import adapt
+    from .isotropic import isotropic_steps
+
+    iso, run = plan.isotropic, plan.run
+    opened = open_store(plan, data)
+    store = opened.store
+    if store is None:  # finished before: nothing to decode
+        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes))
+        yield RunUpdate(Phase.UPSCALING, 1, 1, plan.units_total, stored=stored)
+        return RunResult(None, stored=stored)
+    planes, windows = plan.shape[-3], store.block_windows()
+    bands = sorted({(y0, y1) for y0, y1, _, _ in windows})
+
+    def band_done(index: tuple[int, ...], rows: tuple[int, int]) -> bool:
+        return all(store.is_done(index + (k,), w) for k in range(planes) for w in windows if w[:2] == rows)
+
+    def stored() -> Stored:
+        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes))
+
+    rows_done = sum(y1 - y0 for index in np.ndindex(*plan.shape[:-3]) for y0, y1 in bands
+                    if band_done(index, (y0, y1)))
+    last = plan.units_total - 1  # the last row counts once the store is finished: a cancel before that is partial
+    yield RunUpdate(Phase.UPSCALING, 0, 1, min(rows_done, last), stored=stored())
+    model = run.model
+    if plan.adapt_steps and rows_done < plan.units_total:
+        model = yield from in_thread(
+            lambda progress, start=model: adapt(data, iso.spacing, iso.target, model=start, steps=plan.adapt_steps,
+                                   axial_sigma=plan.axial_sigma, device=run.device, intensity=run.intensity,
+                                   cancel=cancel, progress=progress),
+            Phase.ADAPTING, plan.adapt_steps, min(rows_done, last), cancel)
+    total = 1
+    for step in isotropic_steps(data, iso.spacing, iso.target, settings=run.replace(model=model), fusion="mean",
+                                block_rows=store.block[0], skip=band_done):
+        total = step.total
+        if step.rows is not None:
+            for window in windows:
+                if window[:2] == step.rows:
+                    for k in range(planes):
+                        store.write_block(step.index + (k,), window, step.block[k, :, window[2]:window[3]])
+            rows_done += step.rows[1] - step.rows[0]
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, min(rows_done, last), stored=stored())
+    store.finish(opened.record)
+    yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
+    return RunResult(None, stored=stored())
+
+
 def thread_worker_for(updates: Updates) -> GeneratorWorker:
     """The default worker factory: napari's generator thread worker over ``updates``, not started.
 
@@ -411,7 +469,8 @@ class RunController:
         data = level0(layer)
         cancel = threading.Event()
         if plan.isotropic is not None:
-            index, updates = None, isotropic_updates(data, plan, cancel)
+            store = plan.store is not None
+            index, updates = None, (isotropic_store_updates if store else isotropic_updates)(data, plan, cancel)
         else:
             index = plan.plane if plan.plane_only else None
             if index is not None:

@@ -77,6 +77,11 @@ def store_record(plan: RunPlan, data) -> dict:
         record["trust_map"] = True
     if plan.self_adapt_steps:  # each plane by a copy of the model adapted to it (the batch's --self-adapt record)
         record["self_adapt"] = {"steps": plan.self_adapt_steps, "seed": 0, "each": "plane"}
+    if plan.isotropic is not None:  # Z resampled: the Z steps, planes, fusion and the adaptation to the stack
+        iso = plan.isotropic
+        record["isotropic"] = {"z_step_in": iso.z_step, "z_step_out": iso.target, "planes": plan.record["z_planes"],
+                               "fusion": "mean", "adapt_steps": plan.adapt_steps, "axial_sigma": plan.axial_sigma,
+                               "seed": 0}
     # JSON-clean (a model instance is its class name), so a record read back from the store compares equal
     record["napari"] = json.loads(json.dumps(plan.record, default=str))
     return record
@@ -146,7 +151,7 @@ def open_store(plan: RunPlan, data) -> OpenedStore:
 
     path = Path(plan.store)
     record = store_record(plan, data)
-    opened = _open_one(path, store_info(plan, path), record, replace=plan.store_named)
+    opened = _open_one(path, store_info(plan, path), record, replace=plan.store_named, chunks=store_chunks(plan))
     if not plan.trust_map:
         return opened
     tpath = trust_path(path)
@@ -167,7 +172,23 @@ def open_store(plan: RunPlan, data) -> OpenedStore:
     return OpenedStore(both, path, record, len(both.done), notes=notes, trust_path=tpath, trust_record=trecord)
 
 
-def _open_one(path: Path, info, record: dict, *, replace: bool, fresh: bool = False) -> OpenedStore:
+def store_chunks(plan: RunPlan) -> tuple[int, int] | None:
+    """The level-0 chunk (block) of the plan's store: the default (None) for the plane-wise modes; for isotropic
+    voxels, bands of Y rows as the Z resampling makes them (about 4 M output voxels a band, as
+    :func:`~diinn_napari.isotropic.isotropic_steps` sizes its blocks), 512 wide."""
+    from .io.omezarr import BLOCK_CHUNK
+
+    if plan.isotropic is None:
+        return None
+    planes, (height, width) = plan.shape[-3], plan.shape[-2:]
+    return max(8, min(height, BAND_VOXELS // max(1, planes * width))), BLOCK_CHUNK
+
+
+BAND_VOXELS = 1 << 22  # isotropic voxels into a store: output voxels of one band of Y rows (all planes, all X)
+
+
+def _open_one(path: Path, info, record: dict, *, replace: bool, fresh: bool = False,
+              chunks: tuple[int, int] | None = None) -> OpenedStore:
     """One store at ``path`` for ``record``: resumed, finished, new, or refused. ``replace``: a store of other work
     there is replaced (a temporary one the widget named); ``fresh``: a new store is made even over this work's
     (a DIINN store there is replaced, anything else refused unless ``replace``)."""
@@ -191,7 +212,7 @@ def _open_one(path: Path, info, record: dict, *, replace: bool, fresh: bool = Fa
                      + (f": it {why}" if why else ": an earlier trust map"))
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = BlockStore.create(path, info, header, {**record, "partial": True})
+    store = BlockStore.create(path, info, header, {**record, "partial": True}, chunks=chunks)
     return OpenedStore(store, path, record, notes=notes)
 
 
