@@ -65,6 +65,13 @@ def test_an_rgb_result_is_stored_with_a_c_axis_and_shown_as_an_rgb_multiscale_la
     in_memory = viewer.layers["photo x2 DIINN"]  # the same placement as the in-memory layer
     np.testing.assert_allclose(result.scale, in_memory.scale)
     np.testing.assert_allclose(result.translate, in_memory.translate)
+    # napari-ome-zarr opens it as three coloured channel layers (what an NGFF viewer makes of a c axis)
+    channels = viewer.open(str(path), plugin="napari-ome-zarr")
+    assert [layer.name for layer in channels] == [f"photo.ome.zarr: {c}" for c in ("red", "green", "blue")]
+    assert [layer.colormap.name for layer in channels] == ["red", "green", "blue"]
+    assert all(layer.multiscale for layer in channels) and channels[-1].blending == "additive"
+    for k, layer in enumerate(channels):
+        np.testing.assert_array_equal(np.asarray(layer.data[0]), memory[..., k])
 
 
 def test_an_rgb_store_cancelled_keeps_its_blocks_and_a_rerun_resumes_to_the_uninterrupted_result(
