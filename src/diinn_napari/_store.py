@@ -174,8 +174,8 @@ def open_store(plan: RunPlan, data) -> OpenedStore:
 
 def store_chunks(plan: RunPlan) -> tuple[int, int] | None:
     """The level-0 chunk (block) of the plan's store: the default (None) for the plane-wise modes; for isotropic
-    voxels, bands of Y rows as the Z resampling makes them (about 4 M output voxels a band, as
-    :func:`~diinn_napari.isotropic.isotropic_steps` sizes its blocks), 512 wide."""
+    voxels, bands of Y rows that :func:`~diinn_napari.isotropic.isotropic_steps` makes one at a time (about
+    :data:`BAND_VOXELS` output voxels a band, over every output plane), 512 wide."""
     from .io.omezarr import BLOCK_CHUNK
 
     if plan.isotropic is None:
@@ -184,7 +184,11 @@ def store_chunks(plan: RunPlan) -> tuple[int, int] | None:
     return max(8, min(height, BAND_VOXELS // max(1, planes * width))), BLOCK_CHUNK
 
 
-BAND_VOXELS = 1 << 22  # isotropic voxels into a store: output voxels of one band of Y rows (all planes, all X)
+# Isotropic voxels into a store: output voxels of one band of Y rows (all planes, all X). 8 M: the resampling's
+# peak is about 7 float32 copies of a band (benchmarks/bench_isotropic_band.py: 211 MiB for 7.6 M voxels); the
+# in-memory block size (4 M) would make twice the chunk files and fsyncs, and napari read XY planes in twice the
+# chunks.
+BAND_VOXELS = 1 << 23
 
 
 def _open_one(path: Path, info, record: dict, *, replace: bool, fresh: bool = False,
