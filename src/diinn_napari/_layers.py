@@ -101,6 +101,15 @@ def looks_like(source: Image, data: np.ndarray | None, dtype=None) -> dict:
     return kwargs
 
 
+def sampled_planes(level, most: int = 8) -> np.ndarray:
+    """At most ``most`` planes of ``level`` (an array-like (..., Y, X)), evenly spread over its leading axes:
+    enough for a contrast range, read from the store each time (a stack's smallest level is not read whole)."""
+    leading = tuple(level.shape[:-2])
+    count = int(np.prod(leading, dtype=np.int64))
+    picks = np.unique(np.linspace(0, count - 1, min(most, count)).round().astype(int))
+    return np.stack([np.asarray(level[np.unravel_index(k, leading) if leading else ()]) for k in picks])
+
+
 def value_range(data: np.ndarray) -> tuple[float, float]:
     lo, hi = float(np.min(data)), float(np.max(data))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -211,7 +220,7 @@ class ResultLayers:
             if layer is not None:
                 layer.refresh()
         if self.trust is not None and self.trust.multiscale:  # a map in a store: its range from the smallest level
-            self.trust.contrast_limits = value_range(np.asarray(self.trust.data[-1]))
+            self.trust.contrast_limits = value_range(sampled_planes(self.trust.data[-1]))
 
     def end(self, stopped: str | None) -> None:
         """The run is over: ``stopped`` None (the result is whole), "cancelled" or "failed" (keep what is done)."""
