@@ -74,3 +74,20 @@ def test_a_cancelled_adapted_store_resumes_adapting_only_the_unfinished_plane(se
     assert not (path / BlockStore.LEDGER).exists()
     for a, b in zip(ome_image(path)[0], ome_image(clean)[0], strict=True):
         np.testing.assert_array_equal(a, b)  # plane 1 adapted to again, the same copy: the same bits
+
+
+def test_adapted_planes_with_the_trust_map_fill_both_stores_as_in_memory(setup, qtbot, tmp_path):
+    viewer, widget = setup
+    adapting(widget, viewer.add_image(np.stack([waves((40, 48)), waves((40, 48), 2.0)]), name="waves"))
+    widget.trust_map.value = True
+    run(qtbot, widget)
+    memory = np.asarray(widget.result.data)
+    memory_trust = np.asarray(viewer.layers["waves x2 DIINN trust"].data)
+    widget.to_zarr.value = True
+    widget.zarr_path.value = str(tmp_path / "both.ome.zarr")
+    run(qtbot, widget)
+    assert widget.state is RunState.FINISHED
+    np.testing.assert_array_equal(ome_image(tmp_path / "both.ome.zarr")[0][0], memory)
+    trust = ome_image(tmp_path / "both.trust.ome.zarr")[0][0]
+    assert memory_trust.any()
+    np.testing.assert_allclose(trust, memory_trust, rtol=1e-5, atol=1e-6 * float(memory_trust.max()))
