@@ -7,7 +7,7 @@ import pytest
 napari = pytest.importorskip("napari")
 zarr = pytest.importorskip("zarr")
 
-from test_widget import cancel_at, run  # noqa: F401
+from test_widget import cancel_at, run
 from test_widget_isotropic import blobs, iso  # noqa: F401 (iso: a fixture)
 from test_widget_ooc import infos, written_blocks  # noqa: F401 (infos: a fixture)
 from test_widget_ooc_rgb import ome_image

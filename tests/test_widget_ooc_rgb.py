@@ -106,7 +106,7 @@ def test_an_rgb_store_cancelled_keeps_its_blocks_and_a_rerun_resumes_to_the_unin
     kept = written_blocks(path)
     assert 3 <= kept < 8
     partial = widget.result
-    assert partial.rgb and partial.name.endswith(f"of 8 blocks)")
+    assert partial.rgb and partial.name.endswith(f"(partial: {partial.metadata['diinn']['blocks_done']} of 8 blocks)")
     seen = infos()
     run(qtbot, widget)
     assert widget.state is RunState.FINISHED
