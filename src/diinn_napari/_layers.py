@@ -101,6 +101,15 @@ def looks_like(source: Image, data: np.ndarray | None, dtype=None) -> dict:
     return kwargs
 
 
+def sampled_planes(level, most: int = 8) -> np.ndarray:
+    """At most ``most`` planes of ``level`` (an array-like (..., Y, X)), evenly spread over its leading axes:
+    enough for a contrast range, read from the store each time (a stack's smallest level is not read whole)."""
+    leading = tuple(level.shape[:-2])
+    count = int(np.prod(leading, dtype=np.int64))
+    picks = np.unique(np.linspace(0, count - 1, min(most, count)).round().astype(int))
+    return np.stack([np.asarray(level[np.unravel_index(k, leading) if leading else ()]) for k in picks])
+
+
 def value_range(data: np.ndarray) -> tuple[float, float]:
     lo, hi = float(np.min(data)), float(np.max(data))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -181,11 +190,19 @@ class ResultLayers:
                     self._done_key: 0, "partial": True, "store": stored.path, "blocks_total": stored.blocks_total,
                     "blocks_done": stored.blocks_done, "blocks_resumed": stored.resumed}
             self.image = self.viewer.add_image(
-                open_levels(stored.path), multiscale=True, name=f"{self.source.name} {plan.label} DIINN",
+                open_levels(stored.path, colour_last=plan.source.rgb), multiscale=True, name=f"{self.source.name} {plan.label} DIINN",
                 scale=scale, translate=translate,
                 metadata={**result_metadata(self.source.metadata, plan.in_yx, plan.out_yx), "diinn": meta},
                 **same_affine(self.source), **looks_like(self.source, None, plan.dtype))
+            if stored.trust_path is not None:
+                self.trust = self.viewer.add_image(
+                    open_levels(stored.trust_path), multiscale=True, name=f"{self.source.name} {plan.label} DIINN trust",
+                    scale=scale, translate=translate, **same_affine(self.source),
+                    colormap="magma", blending="additive", opacity=0.6, visible=True, contrast_limits=(0.0, 1.0),
+                    metadata={"diinn": {**plan.record, "trust_map": TRUST_NOTE, "store": stored.trust_path}})
             said = [f"DIINN: the result goes to OME-Zarr {stored.path} ({plan.memory_note})", *stored.notes]
+            if stored.trust_path is not None:
+                said.append(f"its trust map to {stored.trust_path}")
             if stored.resumed >= stored.blocks_total:
                 said.append("it was already complete: shown as it is")
             elif stored.resumed:
@@ -202,6 +219,8 @@ class ResultLayers:
         for layer in (self.image, self.trust):
             if layer is not None:
                 layer.refresh()
+        if self.trust is not None and self.trust.multiscale:  # a map in a store: its range from the smallest level
+            self.trust.contrast_limits = value_range(sampled_planes(self.trust.data[-1]))
 
     def end(self, stopped: str | None) -> None:
         """The run is over: ``stopped`` None (the result is whole), "cancelled" or "failed" (keep what is done)."""

@@ -151,7 +151,7 @@ class RunPlan:
     self_adapt_steps: int = 0  # plane-wise modes: each plane upscaled by a copy of the model adapted to it first
     store: str | None = None  # out of memory: the OME-Zarr store the result is written to (None: in memory)
     store_named: bool = False  # the store is a temporary one the widget named (not the user's path)
-    memory_note: str = ""  # why the result goes to the store, or why it stays in memory above the budget
+    memory_note: str = ""  # why the result goes to the store: asked, or above the memory budget
 
     @property
     def label(self) -> str:
@@ -175,8 +175,6 @@ class RunPlan:
                      "2-core CPU)")
         if self.store is not None:
             text += f"; written to OME-Zarr {self.store} ({self.memory_note})"
-        elif self.memory_note:
-            text += f"; {self.memory_note}"
         if self.source.result_of is not None:
             text = (f"{self.source.name!r} is itself a DIINN result (of {self.source.result_of!r}): Run upscales the "
                     f"upscaled image again; {text}")
@@ -232,37 +230,18 @@ def plan_run(source: Source, request: Request) -> RunPlan:
     return with_store(plan, request)
 
 
-def store_refusal(plan: RunPlan) -> str | None:
-    """Why ``plan``'s result cannot be written to an OME-Zarr store (None: it can)."""
-    if plan.isotropic is not None:
-        return "isotropic voxels makes its volume in memory"
-    if plan.source.rgb:
-        return "RGB pixels have no OME-Zarr axis here"
-    if plan.trust_map:
-        return "the trust map is made in memory (untick it, Advanced)"
-    if plan.self_adapt_steps:
-        return "adapt to each plane first works in memory (untick it, Advanced)"
-    return None
-
-
 def with_store(plan: RunPlan, request: Request) -> RunPlan:
     """``plan`` written to an OME-Zarr store when the request asks for it or its result exceeds the memory budget.
 
     The store is ``request.zarr_path``, or a temporary one named after the
-    settings (so a rerun with the same settings finds it and resumes).
-    A result above the budget that a store cannot take stays in memory, said
-    in :attr:`RunPlan.memory_note`; asked for explicitly, it is a ValueError.
+    settings (so a rerun with the same settings finds it and resumes). Every
+    run can go there: gray, RGB and RGBA layers, the trust map, adaptation to
+    each plane, isotropic voxels (with adaptation to the stack too).
     """
     budget = int(request.memory_budget)
     over = budget > 0 and plan.nbytes > budget
     if not (request.to_zarr or over):
         return plan
-    why_not = store_refusal(plan)
-    if why_not is not None:
-        if request.to_zarr:
-            raise ValueError(f"write to OME-Zarr: {why_not}; untick 'write to OME-Zarr' (Advanced)")
-        return replace(plan, memory_note=f"above the memory budget of {budget / 2**20:,.0f} MiB, in memory all the "
-                                         f"same: {why_not}")
     path = request.zarr_path.strip()
     note = "asked" if request.to_zarr else f"above the memory budget of {budget / 2**20:,.0f} MiB"
     store = str(Path(path).expanduser()) if path else str(temporary_store(plan))
@@ -274,7 +253,8 @@ def temporary_store(plan: RunPlan) -> Path:
     a hash of the settings record (the same settings, the same store)."""
     digest = hashlib.sha256(json.dumps(plan.record, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.source.name).strip("._") or "image"
-    return Path(tempfile.gettempdir()) / "diinn-napari" / f"{name}-{plan.label.replace(',', '_')}-{digest}.ome.zarr"
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", plan.label)
+    return Path(tempfile.gettempdir()) / "diinn-napari" / f"{name}-{label}-{digest}.ome.zarr"
 
 
 def run_settings(source: Source, request: Request, consistency: int) -> RunSettings:

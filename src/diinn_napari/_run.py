@@ -72,7 +72,8 @@ class Stored:
 
     blocks_done of blocks_total level-0 chunks are in the store; resumed: the
     blocks it held when the run began (a cancelled run's); notes: what the
-    opening did (e.g. a temporary store of other work replaced).
+    opening did (e.g. a temporary store of other work replaced); trust_path:
+    the store of its trust map, when asked for (filled block by block with it).
     """
 
     path: str
@@ -80,6 +81,7 @@ class Stored:
     blocks_total: int
     resumed: int = 0
     notes: tuple[str, ...] = ()
+    trust_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,39 +146,86 @@ def upscale_updates(data, plan: RunPlan, cancel: threading.Event | None = None) 
     return RunResult(image.result, None if trust is None else trust.result)
 
 
-def store_updates(data, plan: RunPlan) -> Updates:
+def store_updates(data, plan: RunPlan, cancel: threading.Event | None = None) -> Updates:
     """The plane-wise run into the plan's OME-Zarr store (:mod:`~diinn_napari._store`), block by block.
 
     The first update names the store (and the blocks a cancelled run left
     there, which are skipped); one follows every decoded window; when every
     block is in, the store is finished (its ledger removed). A store of other
     work at the user's path is refused (ValueError, shown as the run's error).
+    With the trust map, its store fills in with the result's; with
+    ``plan.self_adapt_steps``, each plane is adapted to first (:func:`_adapted_into`).
     """
     from ._store import open_store
     from .engine import Engine
 
     opened = open_store(plan, data)
     store = opened.store
+    trust = None if opened.trust_path is None else str(opened.trust_path)
     if store is None:  # finished before: nothing to decode
-        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes))
+        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes), trust)
         yield RunUpdate(Phase.UPSCALING, 1, 1, plan.units_total, stored=stored)
         return RunResult(None, stored=stored)
     per_plane = len(store.block_windows())
 
     def stored() -> Stored:
-        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes))
+        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes),
+                      trust)
 
     def planes_done() -> int:  # the last one counts once the store is finished: a cancel before that is partial
         return min(len(store.done) // per_plane, plan.units_total - 1)
 
     yield RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored())
-    step = None
-    for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask):
-        yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
-    store.finish(opened.record)
-    total = step.total if step is not None else 1
+    total = 1
+    if plan.self_adapt_steps:
+        total = yield from _adapted_into(data, plan, store, cancel if cancel is not None else threading.Event(),
+                                         lambda: RunUpdate(Phase.UPSCALING, 0, 1, planes_done(), stored=stored()))
+    else:
+        for step in Engine(plan.run).steps(data, rgb=plan.source.rgb, out=store, mask=plan.source.mask,
+                                           return_trust=trust is not None):
+            total = step.total
+            yield RunUpdate(Phase.UPSCALING, step.done, step.total, planes_done(), stored=stored())
+    if trust is None:
+        store.finish(opened.record)
+    else:
+        store.finish(opened.record, opened.trust_record)
     yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
     return RunResult(None, stored=stored())
+
+
+def _adapted_into(data, plan: RunPlan, store, cancel: threading.Event, now: Callable[[], RunUpdate]
+                  ) -> Generator[RunUpdate, None, int]:
+    """Into a store, plane by plane: adapt a copy of the model to the plane (as :func:`self_adapted_updates`),
+    then write the plane's blocks with it (:class:`~diinn_napari.io.omezarr.PlaneBlocks`); return the run's steps.
+
+    A plane whose blocks are all in is neither read nor adapted to; a plane a
+    cancel cut short is adapted to again (seed 0: the same copy on the same
+    device) and only its missing blocks are made. ``now``: the update that says
+    where the store stands (its planes and blocks done).
+    """
+    from dataclasses import replace
+
+    from .engine import Engine
+    from .io.omezarr import PlaneBlocks
+    from .train.self_adapt import adapt_plane
+
+    rgb, steps, mask = plan.source.rgb, plan.self_adapt_steps, plan.source.mask  # mask: (Y, X), every plane
+    leading = tuple(data.shape[:-3] if rgb else data.shape[:-2])
+    indices, windows = list(np.ndindex(*leading)), store.block_windows()
+    total = 1
+    for k, index in enumerate(indices):
+        if all(store.is_done(index, window) for window in windows):
+            continue
+        plane = np.asarray(data[index])
+        adapted = yield from in_thread(
+            lambda progress, plane=plane: adapt_plane(plane, plan.ratio, plan.run, steps, rgb=rgb, mask=mask,
+                                                      progress=progress, cancel=cancel),
+            Phase.ADAPTING_PLANE, steps, now().units_done, cancel)
+        for step in Engine(plan.run.replace(model=adapted.model)).steps(
+                plane, rgb=rgb, out=PlaneBlocks(store, index), mask=mask, return_trust=plan.trust_map):
+            total = step.total * len(indices)  # over the run, as upscale_updates counts
+            yield replace(now(), done=k * step.total + step.done, total=total)
+    return total
 
 
 def in_thread(work: Callable[[Callable[[int, int, float], Any]], Any], phase: Phase, total: int, units_done: int,
@@ -274,6 +323,64 @@ def isotropic_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
     return RunResult(volume.result)
 
 
+def isotropic_store_updates(data, plan: RunPlan, cancel: threading.Event) -> Updates:
+    """Isotropic voxels into the plan's OME-Zarr store: adapt to the stack (if asked), then resample Z band by
+    band of Y rows, each band written as the store's blocks of every output plane.
+
+    The store's blocks are bands of Y rows (:func:`~diinn_napari._store.store_chunks`),
+    so a band of the Z resampling fills whole blocks; a band whose blocks are all
+    in (a cancelled run's) is neither read nor decoded, and the pixels of a band do
+    not depend on which others were made, so a resumed run equals an uninterrupted
+    one. A resumed run adapts to the stack again (seed 0: the same copy on the
+    same device) unless every band is in.
+    """
+    from ._store import open_store
+    from .adapt import adapt
+    from .isotropic import isotropic_steps
+
+    iso, run = plan.isotropic, plan.run
+    opened = open_store(plan, data)
+    store = opened.store
+    if store is None:  # finished before: nothing to decode
+        stored = Stored(str(opened.path), opened.resumed, opened.resumed, opened.resumed, tuple(opened.notes))
+        yield RunUpdate(Phase.UPSCALING, 1, 1, plan.units_total, stored=stored)
+        return RunResult(None, stored=stored)
+    planes, windows = plan.shape[-3], store.block_windows()
+    bands = sorted({(y0, y1) for y0, y1, _, _ in windows})
+
+    def band_done(index: tuple[int, ...], rows: tuple[int, int]) -> bool:
+        return all(store.is_done(index + (k,), w) for k in range(planes) for w in windows if w[:2] == rows)
+
+    def stored() -> Stored:
+        return Stored(str(opened.path), len(store.done), store.blocks_total, opened.resumed, tuple(opened.notes))
+
+    rows_done = sum(y1 - y0 for index in np.ndindex(*plan.shape[:-3]) for y0, y1 in bands
+                    if band_done(index, (y0, y1)))
+    last = plan.units_total - 1  # the last row counts once the store is finished: a cancel before that is partial
+    yield RunUpdate(Phase.UPSCALING, 0, 1, min(rows_done, last), stored=stored())
+    model = run.model
+    if plan.adapt_steps and rows_done < plan.units_total:
+        model = yield from in_thread(
+            lambda progress, start=model: adapt(data, iso.spacing, iso.target, model=start, steps=plan.adapt_steps,
+                                   axial_sigma=plan.axial_sigma, device=run.device, intensity=run.intensity,
+                                   cancel=cancel, progress=progress),
+            Phase.ADAPTING, plan.adapt_steps, min(rows_done, last), cancel)
+    total = 1
+    for step in isotropic_steps(data, iso.spacing, iso.target, settings=run.replace(model=model), fusion="mean",
+                                block_rows=store.block[0], skip=band_done):
+        total = step.total
+        if step.rows is not None:
+            for window in windows:
+                if window[:2] == step.rows:
+                    for k in range(planes):
+                        store.write_block(step.index + (k,), window, step.block[k, :, window[2]:window[3]])
+            rows_done += step.rows[1] - step.rows[0]
+        yield RunUpdate(Phase.UPSCALING, step.done, step.total, min(rows_done, last), stored=stored())
+    store.finish(opened.record)
+    yield RunUpdate(Phase.UPSCALING, total, total, plan.units_total, stored=stored())
+    return RunResult(None, stored=stored())
+
+
 def thread_worker_for(updates: Updates) -> GeneratorWorker:
     """The default worker factory: napari's generator thread worker over ``updates``, not started.
 
@@ -362,12 +469,13 @@ class RunController:
         data = level0(layer)
         cancel = threading.Event()
         if plan.isotropic is not None:
-            index, updates = None, isotropic_updates(data, plan, cancel)
+            store = plan.store is not None
+            index, updates = None, (isotropic_store_updates if store else isotropic_updates)(data, plan, cancel)
         else:
             index = plan.plane if plan.plane_only else None
             if index is not None:
                 data = data[tuple(slice(i, i + 1) for i in index)]
-            updates = upscale_updates(data, plan, cancel) if plan.store is None else store_updates(data, plan)
+            updates = upscale_updates(data, plan, cancel) if plan.store is None else store_updates(data, plan, cancel)
         worker = self.worker_factory(updates)
         run = self._run = _Run(plan, ResultLayers(self.viewer, layer, plan, index), worker, cancel)
         worker.yielded.connect(lambda update: self._on_update(run, update))

@@ -73,65 +73,154 @@ def store_record(plan: RunPlan, data) -> dict:
               **run_record(run, 3 if plan.source.rgb else 1)}
     if run.nodata is not None:
         record["nodata"] = repr(run.nodata)
+    if plan.trust_map:  # a store with its trust map beside it is other work than one without
+        record["trust_map"] = True
+    if plan.self_adapt_steps:  # each plane by a copy of the model adapted to it (the batch's --self-adapt record)
+        record["self_adapt"] = {"steps": plan.self_adapt_steps, "seed": 0, "each": "plane"}
+    if plan.isotropic is not None:  # Z resampled: the Z steps, planes, fusion and the adaptation to the stack
+        iso = plan.isotropic
+        record["isotropic"] = {"z_step_in": iso.z_step, "z_step_out": iso.target, "planes": plan.record["z_planes"],
+                               "fusion": "mean", "adapt_steps": plan.adapt_steps, "axial_sigma": plan.axial_sigma,
+                               "seed": 0}
     # JSON-clean (a model instance is its class name), so a record read back from the store compares equal
     record["napari"] = json.loads(json.dumps(plan.record, default=str))
     return record
 
 
-def store_info(plan: RunPlan, path: Path):
+def trust_path(path: str | Path) -> Path:
+    """Where the trust map of the store at ``path`` goes: beside it, ``result.ome.zarr`` -> ``result.trust.ome.zarr``."""
+    from .io.omezarr import zarr_stem
+
+    path = Path(path)
+    return path.with_name(f"{zarr_stem(path)}.trust.ome.zarr")
+
+
+def store_info(plan: RunPlan, path: Path, *, trust: bool = False):
     """The :class:`~diinn_napari.io.ImageInfo` of the store: the result's shape and dtype, axes ``...ZYX``
-    (NGFF's order), level 0 placed as the in-memory result layer (:func:`~diinn_napari._layers.placement`)."""
+    (NGFF's order; RGB / RGBA: ``...ZYXS``, the colour stored as NGFF's c axis), level 0 placed as the
+    in-memory result layer (:func:`~diinn_napari._layers.placement`). ``trust``: of its trust map's store
+    (float32, one value per output pixel: no colour axis)."""
     from ._layers import placement
     from .io import ImageInfo
 
     scale, translate = placement(plan, plan.plane if plan.plane_only else None)
     shape = tuple(int(n) for n in plan.shape)
-    axes = "TCZYX"[5 - len(shape):] if len(shape) <= 5 else None
+    rgb = plan.source.rgb and not trust
+    if trust and plan.source.rgb:
+        shape = shape[:-1]
+    if rgb:  # the c axis holds the colour: at most T, Z, Y, X besides
+        axes = "TZYX"[5 - len(shape):] + "S" if len(shape) <= 5 else None
+    else:
+        axes = "TCZYX"[5 - len(shape):] if len(shape) <= 5 else None
     if axes is None:
         raise ValueError(f"a result of {len(shape)} axes has no OME-Zarr layout (at most T, C, Z, Y, X)")
-    info = ImageInfo(Path(path), "ome-zarr", axes, shape, plan.dtype, pixel_size=(scale[-2], scale[-1]),
-                     z_spacing=scale[-3] if len(shape) >= 3 else None)
-    info.metadata["translation"] = [float(v) for v in translate]
+    info = ImageInfo(Path(path), "ome-zarr", axes, shape, np.dtype("float32") if trust else plan.dtype,
+                     pixel_size=(scale[-2], scale[-1]), z_spacing=scale[-3] if len(scale) >= 3 else None)
+    translate = [float(v) for v in translate]
+    if rgb:  # (per stored axis: the c axis, first or after t, has none)
+        at = 1 if axes.startswith("T") else 0
+        translate = translate[:at] + [0.0] + translate[at:]
+    info.metadata["translation"] = translate
     return info
 
 
 @dataclass
 class OpenedStore:
-    """A store ready for the engine: ``resumed`` blocks were there already (``complete``: all of them, finished)."""
+    """A store ready for the engine: ``resumed`` blocks were there already (``complete``: all of them, finished).
 
-    store: object  # BlockStore
+    With a trust map, ``store`` is a :class:`~diinn_napari.io.omezarr.TrustedBlocks` over both stores and
+    ``trust_path`` the map's."""
+
+    store: object  # BlockStore, or TrustedBlocks
     path: Path
     record: dict
     resumed: int = 0
     complete: bool = False
     notes: list[str] = field(default_factory=list)
+    trust_path: Path | None = None
+    trust_record: dict | None = None
 
 
 def open_store(plan: RunPlan, data) -> OpenedStore:
-    """The plan's store with what it holds: resumed, finished, new, or refused (ValueError naming the differences)."""
-    from .batch.partial_store import make_header
-    from .io.omezarr import BlockStore
+    """The plan's store with what it holds: resumed, finished, new, or refused (ValueError naming the differences).
+
+    With a trust map, its store beside (:func:`trust_path`) is opened by the same
+    rules; a new result gets a new map (replacing an earlier DIINN one there), and
+    a finished result needs its finished map."""
+    from .io.omezarr import TrustedBlocks
 
     path = Path(plan.store)
     record = store_record(plan, data)
+    opened = _open_one(path, store_info(plan, path), record, replace=plan.store_named, chunks=store_chunks(plan))
+    if not plan.trust_map:
+        return opened
+    tpath = trust_path(path)
+    trecord = {**record, "dtype": "float32"}
+    info = store_info(plan, tpath, trust=True)
+    fresh = opened.store is not None and not opened.resumed  # a new result: a new map
+    trust = _open_one(tpath, info, trecord, replace=plan.store_named, fresh=fresh)
+    notes = opened.notes + trust.notes
+    if opened.complete:
+        if not trust.complete:
+            raise ValueError(f"{path} is finished but its trust map {tpath} is missing or unfinished; delete "
+                             f"{path} to make both again, or untick the trust map (Advanced)")
+        return OpenedStore(None, path, record, opened.resumed, True, notes, tpath, trecord)
+    if trust.complete:  # a map without its finished image (a crash between the two): made again with it
+        trust = _open_one(tpath, info, trecord, replace=plan.store_named, fresh=True)
+        notes += trust.notes
+    both = TrustedBlocks(opened.store, trust.store)
+    return OpenedStore(both, path, record, len(both.done), notes=notes, trust_path=tpath, trust_record=trecord)
+
+
+def store_chunks(plan: RunPlan) -> tuple[int, int] | None:
+    """The level-0 chunk (block) of the plan's store: the default (None) for the plane-wise modes; for isotropic
+    voxels, bands of Y rows that :func:`~diinn_napari.isotropic.isotropic_steps` makes one at a time (about
+    :data:`BAND_VOXELS` output voxels a band, over every output plane), 512 wide."""
+    from .io.omezarr import BLOCK_CHUNK
+
+    if plan.isotropic is None:
+        return None
+    planes, (height, width) = plan.shape[-3], plan.shape[-2:]
+    return max(8, min(height, BAND_VOXELS // max(1, planes * width))), BLOCK_CHUNK
+
+
+# Isotropic voxels into a store: output voxels of one band of Y rows (all planes, all X). 8 M: the resampling's
+# peak is about 7 float32 copies of a band (benchmarks/bench_isotropic_band.py: 211 MiB for 7.6 M voxels); the
+# in-memory block size (4 M) would make twice the chunk files and fsyncs, and napari read XY planes in twice the
+# chunks.
+BAND_VOXELS = 1 << 23
+
+
+def _open_one(path: Path, info, record: dict, *, replace: bool, fresh: bool = False,
+              chunks: tuple[int, int] | None = None) -> OpenedStore:
+    """One store at ``path`` for ``record``: resumed, finished, new, or refused. ``replace``: a store of other work
+    there is replaced (a temporary one the widget named); ``fresh``: a new store is made even over this work's
+    (a DIINN store there is replaced, anything else refused unless ``replace``)."""
+    from .batch.partial_store import make_header
+    from .io.omezarr import BlockStore
+
     compared = {k: v for k, v in record.items() if k != "napari"}
-    info = store_info(plan, path)
     header = make_header(compared, info)
     notes: list[str] = []
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # (an empty folder is new)
-        found = BlockStore.open(path, info, header)
+        found = None if fresh else BlockStore.open(path, info, header)
         if found is not None:
             return OpenedStore(found, path, record, resumed=len(found.done), notes=notes)
         why = _refusal(path, header, compared)
-        if why is None:  # a finished store of this work
+        if why is None and not fresh:  # a finished store of this work
             return OpenedStore(None, path, record, resumed=blocks_in(path), complete=True, notes=notes)
-        if not plan.store_named:
+        ours = why is None or not why.startswith(NOT_OURS)
+        if not (replace or (fresh and ours)):
             raise ValueError(f"{path} {why}; pick another path (Advanced > OME-Zarr store) or delete it")
-        notes.append(f"replaced the temporary store {path.name}: it {why}")
+        notes.append(f"replaced {'the temporary store ' if replace else ''}{path.name}"
+                     + (f": it {why}" if why else ": an earlier trust map"))
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = BlockStore.create(path, info, header, {**record, "partial": True})
+    store = BlockStore.create(path, info, header, {**record, "partial": True}, chunks=chunks)
     return OpenedStore(store, path, record, notes=notes)
+
+
+NOT_OURS = "exists and is not a DIINN OME-Zarr result"
 
 
 def _refusal(path: Path, header: bytes, compared: dict) -> str | None:
@@ -147,7 +236,7 @@ def _refusal(path: Path, header: bytes, compared: dict) -> str | None:
     except Exception:  # not a readable OME-Zarr image (another folder, a file): not a result of this work
         old = None
     if not isinstance(old, dict):
-        return "exists and is not a DIINN OME-Zarr result"
+        return NOT_OURS
     found = differences(old, compared)
     if found:
         return f"holds a result made with other settings ({'; '.join(found)})"

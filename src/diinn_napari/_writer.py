@@ -1,7 +1,8 @@
 """napari writer: *File > Save Selected Layers* writes an image layer as OME-Zarr (with its pyramid) or TIFF.
 
 ``.zarr`` (``.ome.zarr``): a multiscale OME-Zarr image (NGFF 0.5), levels
-made by :mod:`diinn_napari.io.omezarr` plane by plane; ``.tif``/``.tiff``:
+made by :mod:`diinn_napari.io.omezarr` plane by plane (an RGB / RGBA layer's
+colour as NGFF's c axis); ``.tif``/``.tiff``:
 an ImageJ hyperstack (``.tif``) or an OME-TIFF (``.ome.tif``). The layer's
 scale and translate become the physical pixel size and origin (NGFF scale and
 translation; TIFF resolution, ImageJ spacing / OME PhysicalSize), its axis
@@ -50,7 +51,9 @@ def write_image(path: str, data: Any, meta: dict) -> list[str]:
     target = Path(path)
     lower = target.name.lower()
     rgb = bool(meta.get("rgb"))
-    if isinstance(data, list):  # a multiscale layer: level 0 is the image, the pyramid is made again
+    # a multiscale layer (napari hands its levels over as a list or as its MultiScaleData): level 0 is the image,
+    # the pyramid is made again
+    if isinstance(data, (list, tuple)) or meta.get("multiscale"):
         data = data[0]
     shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
     axes = _axes(len(shape), rgb, meta.get("axis_labels"))
@@ -74,12 +77,18 @@ def write_image(path: str, data: Any, meta: dict) -> list[str]:
             yield np.asarray(data[index])
 
     if lower.endswith(".zarr"):
-        if rgb:
-            raise ValueError("an RGB layer has no OME-Zarr sample axis; save it as .tif")
-        info.metadata["ngff"] = {"axes": [{"name": a.lower(), "type": omezarr.AXIS_TYPES[a.lower()],
-                                           **({"unit": omezarr.ngff_unit(units[i])} if i < len(units) and units[i]
-                                              not in ("pixel", "None", "") else {})} for i, a in enumerate(axes)],
-                                 "scale": scale, "translation": translate, "zarr_format": 3}
+        spatial = axes.rstrip("S")
+        ngff_axes = [{"name": a.lower(), "type": omezarr.AXIS_TYPES[a.lower()],
+                      **({"unit": omezarr.ngff_unit(units[i])} if i < len(units) and units[i]
+                         not in ("pixel", "None", "") else {})} for i, a in enumerate(spatial)]
+        ngff_scale, ngff_translation = list(scale), list(translate)
+        if rgb:  # the colour as NGFF's c axis, after t (as io.omezarr stores it)
+            at = omezarr.colour_axis(info)
+            ngff_axes.insert(at, {"name": "c", "type": "channel"})
+            ngff_scale.insert(at, 1.0)
+            ngff_translation.insert(at, 0.0)
+        info.metadata["ngff"] = {"axes": ngff_axes, "scale": ngff_scale, "translation": ngff_translation,
+                                 "zarr_format": 3}
         with atomic_write(target, target.with_name(f".{target.name}.writing")) as tmp:
             omezarr.OME_ZARR.write(tmp, info, planes(), record)
         return [str(target)]

@@ -231,6 +231,9 @@ class Engine:
         :class:`~diinn_napari.io.omezarr.PyramidSink`): every tile is written
         there as it finishes and no output plane is held, so memory follows
         the tile, whatever the output's size; steps then carry no plane.
+        A block sink (:class:`~diinn_napari.io.omezarr.BlockStore`) with
+        ``return_trust=True`` must take the trust map too (``takes_trust``:
+        :class:`~diinn_napari.io.omezarr.TrustedBlocks`), block by block.
         """
         s = self.settings
         leading, (h, w) = _spatial_layout(image, rgb)
@@ -248,7 +251,11 @@ class Engine:
             if tuple(sink.shape) != expected:
                 raise ValueError(f"out has shape {tuple(sink.shape)}; the output needs {expected}")
         if sink is not None and hasattr(sink, "write_block"):
-            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel, masks)
+            if return_trust and not getattr(sink, "takes_trust", False):
+                raise ValueError("return_trust into a block sink needs one that takes the trust map too "
+                                 "(diinn_napari.io.omezarr.TrustedBlocks)")
+            yield from self._block_steps(image, sink, rgb, (h, w), (H, W), leading, dtype, progress, cancel, masks,
+                                         return_trust)
             return
         with self.model(rgb) as net:
             dev = next(net.parameters()).device
@@ -271,7 +278,7 @@ class Engine:
                         out[:prepared.channels, y0:y1, x0:x1] = tile_out
                     if trust is not None:
                         # in the image's own units: the map's values compare with the output's
-                        trust[y0:y1, x0:x1] = correction.max(0) * abs(prepared.mapping.hi - prepared.mapping.lo)
+                        trust[y0:y1, x0:x1] = prepared.trust(correction)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -283,7 +290,7 @@ class Engine:
                                trust if finished else None)
 
     def _block_steps(self, image, sink, rgb: bool, lr_shape, out_shape, leading, dtype, progress, cancel,
-                     masks) -> Iterator[Step]:
+                     masks, return_trust: bool = False) -> Iterator[Step]:
         """:meth:`steps` into a block sink (:class:`~diinn_napari.io.omezarr.BlockStore`): whole blocks, resumable.
 
         Each block (a level-0 chunk) is decoded in windows of at most
@@ -291,7 +298,8 @@ class Engine:
         output), cast into one block buffer and handed over whole; blocks the
         sink holds already are skipped, and a plane whose blocks are all done
         is not read. The windows depend only on the block grid, so a resumed
-        run gives the bits an uninterrupted one gives.
+        run gives the bits an uninterrupted one gives. ``return_trust``: each
+        block's trust map goes with it (``sink.write_block(..., trust=)``).
         """
         s = self.settings
         (h, w), (H, W) = lr_shape, out_shape
@@ -315,16 +323,23 @@ class Engine:
                 for block, parts in todo:
                     y0, y1, x0, x1 = block
                     buffer = np.empty((prepared.channels, y1 - y0, x1 - x0), dtype)
+                    trust = np.empty((y1 - y0, x1 - x0), np.float32) if return_trust else None
                     for window in parts:
                         check_cancel(cancel, done, total, "tiles")
                         a0, a1, b0, b1 = window
-                        buffer[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = prepared.decode(net, dev, window)[0]
+                        colour, correction = prepared.decode(net, dev, window, trust=return_trust)
+                        buffer[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = colour
+                        if trust is not None:
+                            trust[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = prepared.trust(correction)
                         done += 1
                         if progress is not None:
                             progress(done, total)
                         if window is not parts[-1]:
                             yield Step(done, total, index, None)
-                    sink.write_block(index, block, prepared.finish(buffer, block))
+                    if trust is None:
+                        sink.write_block(index, block, prepared.finish(buffer, block))
+                    else:
+                        sink.write_block(index, block, prepared.finish(buffer, block), trust=trust)
                     yield Step(done, total, index, None)
 
     def planes(self, image, **kwargs) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
@@ -435,6 +450,11 @@ class _PreparedPlane:
                                     valid=self.valid, bounds=self.bounds, trust=trust)
         check_output_finite(sr, self.where)  # before casting makes NaN 0
         return cast(self.mapping.denormalize(sr, self.compute), self.dtype), correction
+
+    def trust(self, correction: np.ndarray) -> np.ndarray:
+        """A window's trust map from its (C, y, x) correction: the largest over the colours, in the image's
+        own units (the map's values compare with the output's)."""
+        return correction.max(0) * abs(self.mapping.hi - self.mapping.lo)
 
     def finish(self, colour: np.ndarray, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Decoded (C, y, x) colour of ``window`` (None: the whole plane) as output pixels: nodata put back,

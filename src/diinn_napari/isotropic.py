@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -117,6 +117,7 @@ def isotropic_steps(
     outlier_clamp: tuple[float, float] | None | str = "default",
     max_output_voxels: int | None = None,
     settings: RunSettings | None = None,
+    skip: Callable[[tuple[int, ...], tuple[int, int]], bool] | None = None,
 ) -> Iterator[IsoStep]:
     """:func:`isotropic` one network call at a time; a step that finishes a block of Y rows carries it.
 
@@ -131,6 +132,11 @@ def isotropic_steps(
     planes (tiled along X) and its YZ planes (every X, the block's rows) are
     decoded, fused, made consistent, and yielded. Memory: one block of input
     and two of output (float32), plus one tile of network features.
+
+    ``skip(index, (y0, y1))``: True for a block that is made already (a resumed
+    store): it is neither read nor decoded (a step without rows stands for it),
+    and a volume whose blocks are all skipped is not read. A block's pixels do
+    not depend on ``block_rows`` or on the blocks skipped.
     """
     import torch
 
@@ -182,9 +188,17 @@ def isotropic_steps(
         down = sample_bicubic_matrix(np.arange(Z, dtype=np.float64) / step, Zo, 0, Z, 0, Zo).to(dev)
         for index in np.ndindex(*leading):
             vol = volume[index] if index else volume
-            mapping = fit_volume_intensity(vol, intensity)
-            lo, hi = valid_range(mapping, compute)
+            mapping = None  # fitted on the whole volume, when its first block is to be made
             for (y0, y1), calls in blocks:
+                if skip is not None and skip(index, (y0, y1)):
+                    done += len(calls)
+                    if progress is not None:
+                        progress(done, total)
+                    yield IsoStep(done, total, index, None, None)
+                    continue
+                if mapping is None:
+                    mapping = fit_volume_intensity(vol, intensity)
+                    lo, hi = valid_range(mapping, compute)
                 a, b = max(0, y0 - m - 1), min(Y, y1 + m + 1)  # one more row: real neighbours for the outlier median
                 rows = np.asarray(vol[:, a:b, :])
                 check_finite(rows, "volume", f" in rows {a}..{b - 1}" + (f" of volume {index}" if index else ""))

@@ -19,13 +19,15 @@ import numpy as np
 # Keys that decide whether an existing output or partial file is the same work. "isotropic" (Z steps in and out,
 # output planes, fusion, adaptation) is in the record of --isotropic runs only, and "precision" only when it is not
 # the exact fp32, "ensemble" only when it is on, "nodata" only for files that declare one, "cog" only with --cog
-# and "self_adapt" only with --self-adapt, so the records of earlier versions still match.
+# and "self_adapt" only with --self-adapt ("trust_map" only in the widget's stores that have one), so the records
+# of earlier versions still match.
 COMPARED = ("input", "output_yx", "model", "intensity", "dtype", "consistency", "outlier_clamp", "isotropic",
-            "precision", "ensemble", "nodata", "cog", "self_adapt")
+            "precision", "ensemble", "nodata", "cog", "self_adapt", "trust_map")
 LABELS = {"input": "input file", "output_yx": "output size (Y, X)", "model": "model", "intensity": "intensity",
           "dtype": "output dtype", "consistency": "data consistency steps", "outlier_clamp": "outlier clamp",
           "isotropic": "isotropic Z resampling", "precision": "precision", "ensemble": "geometric self-ensemble",
-          "nodata": "nodata", "cog": "Cloud-Optimized GeoTIFF", "self_adapt": "self-adaptation to each plane"}
+          "nodata": "nodata", "cog": "Cloud-Optimized GeoTIFF", "self_adapt": "self-adaptation to each plane",
+          "trust_map": "trust map"}
 
 
 @functools.lru_cache(maxsize=16)

@@ -231,15 +231,39 @@ def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return data.astype(dtype)
 
 
+def ngff_letters(letters: str) -> str:
+    """Axis letters with colour samples last ("zyxs") in NGFF's order, the samples as the c axis ("czyx")."""
+    letters = letters.lower().replace("s", "")
+    at = 1 if letters.startswith("t") else 0
+    return letters[:at] + "c" + letters[at:]
+
+
+def colour_axis(info: ImageInfo) -> int | None:
+    """Where an RGB / RGBA image's samples sit among the stored array's axes (NGFF's c: first, or after t);
+    None for an image without colour samples. Colour is stored as c and handed in and out samples last."""
+    if not info.rgb:
+        return None
+    return 1 if info.axes.upper().startswith("T") else 0
+
+
+def stored_shape(info: ImageInfo) -> tuple[int, ...]:
+    """The shape of the stored level 0: ``info.shape``, colour samples moved to NGFF's c axis."""
+    shape = tuple(int(n) for n in info.shape)
+    at = colour_axis(info)
+    return shape if at is None else shape[:at] + shape[-1:] + shape[at:-1]
+
+
 def _output_axes(info: ImageInfo) -> list[dict]:
     """The NGFF axes of an output: the input's when it was OME-Zarr, else from its tifffile letters."""
     ngff = info.metadata.get("ngff")
     if ngff is not None and len(ngff["axes"]) == len(info.shape):
         return [dict(a) for a in ngff["axes"]]
     letters = info.axes.lower()
-    if "s" in letters:
-        raise ValueError(f"{info.path.name}: colour samples (axes {info.axes}) have no OME-Zarr axis; "
-                         "write RGB images as TIFF (--format tiff)")
+    if info.rgb and "c" not in letters and letters.count("s") == 1:
+        letters = ngff_letters(letters)  # colour samples: NGFF's c axis, after t (see colour_axis)
+    elif "s" in letters:
+        raise ValueError(f"{info.path.name}: samples (axes {info.axes}) have no OME-Zarr axis; "
+                         "write them as TIFF (--format tiff)")
     letters = letters.replace("q", "z").replace("i", "z")
     if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
         raise ValueError(f"{info.path.name}: axes {info.axes} cannot be written as OME-Zarr axes t, c, z, y, x")
@@ -300,6 +324,28 @@ class PyramidWriter:
     def __init__(self, group, info: ImageInfo, shapes: list[tuple[int, int]]):
         self.group, self.info, self.shapes = group, info, shapes
         self.arrays = [group[str(k)] for k in range(len(shapes))]
+        self.colour_at = colour_axis(info)  # RGB / RGBA: the stored c axis; planes come and go samples last
+
+    def key(self, index: tuple[int, ...], *yx: slice) -> tuple:
+        """The stored arrays' selection of plane ``index`` (the leading axes, colour samples not among them)."""
+        index = tuple(int(i) for i in index)
+        if self.colour_at is not None:
+            index = index[:self.colour_at] + (slice(None),) + index[self.colour_at:]
+        return index + yx
+
+    def chunk_coords(self, index: tuple[int, ...], level: int, y0: int, x0: int) -> tuple[int, ...]:
+        """The chunk of level ``level`` that holds level-0 pixel (y0, x0) of plane ``index`` (every colour)."""
+        array = self.arrays[level]
+        lead = tuple(0 if isinstance(i, slice) else i for i in self.key(index))  # one chunk holds every colour
+        return lead + ((y0 >> level) // int(array.chunks[-2]), (x0 >> level) // int(array.chunks[-1]))
+
+    def _channels_first(self, data: np.ndarray) -> np.ndarray:
+        return np.moveaxis(np.asarray(data), -1, 0) if self.colour_at is not None else data
+
+    def read(self, index: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+        """Level 0's region (ys, xs) of plane ``index``, as written (colour samples last)."""
+        data = np.asarray(self.arrays[0][self.key(index, ys, xs)])
+        return np.moveaxis(data, 0, -1) if self.colour_at is not None else data
 
     @classmethod
     def create(cls, path: str | Path, info: ImageInfo, record: dict | None = None, *, zarr_format: int | None = None,
@@ -316,13 +362,15 @@ class PyramidWriter:
         scale, translation = output_transforms(info, axes)
         shapes = pyramid_shapes(info.yx, smallest)
         chunk_yx = chunks or tuple(ngff.get("chunks_yx") or (DEFAULT_CHUNK, DEFAULT_CHUNK))
-        leading = tuple(info.shape[:-2])
+        leading = stored_shape(info)[:-2]
+        colour = colour_axis(info)
+        lead_chunks = tuple(n if k == colour else 1 for k, n in enumerate(leading))  # a pixel's colours together
         group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         datasets = []
         for k, (y, x) in enumerate(shapes):
             cy, cx = level_chunks[k] if level_chunks is not None else chunk_yx
             group.create_array(str(k), shape=leading + (y, x), dtype=info.dtype,
-                               chunks=(1,) * len(leading) + (min(cy, y), min(cx, x)),
+                               chunks=lead_chunks + (min(cy, y), min(cx, x)),
                                fill_value=0, **({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2 else {}))
             ratio = [1.0] * len(leading) + [y / shapes[0][0], x / shapes[0][1]]
             level_scale, level_translation = overlay_placement(scale, translation, ratio)
@@ -352,19 +400,20 @@ class PyramidWriter:
         return cls(group, info, pyramid_shapes(info.yx)[:count])
 
     def write_plane(self, index: tuple[int, ...], plane: np.ndarray) -> None:
-        """Plane ``index`` (the leading axes) of level 0 and of every lower level."""
-        index = tuple(int(i) for i in index)
-        self.arrays[0][index] = plane
-        level = plane
+        """Plane ``index`` (the leading axes) of level 0 and of every lower level (colour samples last)."""
+        key = self.key(index)
+        level = self._channels_first(plane)
+        self.arrays[0][key] = level
         for array in self.arrays[1:]:
             level = _cast(halve(level), self.info.dtype)  # each level from the one above as stored
-            array[index] = level
+            array[key] = level
 
     def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray, *,
                      levels_only: bool = False) -> None:
-        """A region of one plane at (y0, x0) of level 0 and the matching regions of the lower levels
-        (``levels_only``: level 0 holds it already)."""
-        index = tuple(int(i) for i in index)
+        """A region of one plane at (y0, x0) of level 0 (colour samples last) and the matching regions of the
+        lower levels (``levels_only``: level 0 holds it already)."""
+        index = self.key(index)
+        data = self._channels_first(data)
         h, w = data.shape[-2:]
         if not levels_only:
             self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
@@ -380,13 +429,17 @@ class PyramidWriter:
 def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
     ngff = info.metadata.get("ngff")
     names = [a["name"] for a in axes]
-    n_channels = info.shape[names.index("c")] if "c" in names else 1
+    n_channels = stored_shape(info)[names.index("c")] if "c" in names else 1
     if ngff is not None and ngff.get("omero"):
         omero = json.loads(json.dumps(ngff["omero"]))
         if len(omero.get("channels", [])) == n_channels:
             return omero
     if info.channel_names and len(info.channel_names) == n_channels:
         return {"channels": [{"label": str(name), "active": True} for name in info.channel_names]}
+    if info.rgb:  # colour samples: NGFF viewers show the c axis as these colours, added
+        colours = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"), ("alpha", "FFFFFF"))[:n_channels]
+        return {"channels": [{"label": label, "color": colour, "active": label != "alpha"}
+                             for label, colour in colours]}
     return None
 
 
@@ -484,7 +537,7 @@ class OmeZarrFormat:
     def write(self, path: Path, info: ImageInfo, planes: Iterable[np.ndarray], record: dict | None = None) -> None:
         """Write ``planes`` (leading axes in C order) as a multiscale OME-Zarr image with its pyramid."""
         writer = PyramidWriter.create(path, info, record)
-        for index, plane in zip(np.ndindex(*info.shape[:-2]), planes):
+        for index, plane in zip(np.ndindex(*info.leading), planes):
             writer.write_plane(index, plane)
 
     def read_record(self, path: Path) -> dict | None:
@@ -529,19 +582,22 @@ class PyramidSink:
 
     def __init__(self, writer: PyramidWriter):
         self.writer, self.array = writer, writer.arrays[0]
-        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.shape, self.dtype = tuple(writer.info.shape), self.array.dtype  # colour samples last, as written
         self.block = tuple(int(n) for n in self.array.chunks[-2:])
         step = 2 ** (len(writer.arrays) - 1)
         # a chunk as wide as its axis (clipped to the image) starts at 0 alone: aligned whatever its size
-        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, self.shape[-2:])):
+        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, writer.info.yx)):
             raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
         self._covered: dict[tuple, int] = {}
 
     def __setitem__(self, key: tuple, values: np.ndarray) -> None:
+        key = tuple(key)
+        if self.writer.colour_at is not None:
+            key = key[:-1] if len(key) == len(self.shape) else key  # (..., ys, xs[, all samples])
         *index, ys, xs = key
         index = tuple(int(i) for i in index)
-        self.array[key] = values
-        H, W = self.shape[-2:]
+        self.array[self.writer.key(index, ys, xs)] = self.writer._channels_first(values)
+        H, W = self.writer.info.yx
         by, bx = self.block
         for y in range(ys.start // by, (ys.stop - 1) // by + 1):
             for x in range(xs.start // bx, (xs.stop - 1) // bx + 1):
@@ -556,7 +612,7 @@ class PyramidSink:
 
     def _finish(self, index: tuple[int, ...], y0: int, x0: int) -> None:
         by, bx = self.block
-        data = np.asarray(self.array[index + (slice(y0, y0 + by), slice(x0, x0 + bx))])
+        data = self.writer.read(index, slice(y0, y0 + by), slice(x0, x0 + bx))
         self.writer.write_region(index, y0, x0, data, levels_only=True)
 
 
@@ -585,18 +641,18 @@ class BlockStore:
         # shared: several processes (cluster workers) write blocks of this store at once; each finished block is
         # then one marker file in MARKS (made whole by a rename), never an append to the ledger every writer shares
         self.shared = shared
-        self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
+        self.shape, self.dtype = tuple(writer.info.shape), self.array.dtype  # colour samples last, as written
         self.root = Path(str(writer.group.store.root))  # a local store (the group opened from a path)
         self.block = tuple(int(n) for n in self.array.chunks[-2:])
         step = 2 ** (len(writer.arrays) - 1)
+        H, W = writer.info.yx
         # a chunk as wide as its axis (clipped to the image) starts at 0 alone: aligned whatever its size
-        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, self.shape[-2:])):
+        if len(writer.arrays) > 1 and any(b % step and b < n for b, n in zip(self.block, (H, W))):
             raise ValueError(f"chunks {self.block} do not divide by {step} (the pyramid's levels)")
-        H, W = self.shape[-2:]
         self._windows = [(y, min(H, y + self.block[0]), x, min(W, x + self.block[1]))
                          for y in range(0, H, self.block[0]) for x in range(0, W, self.block[1])]
         self._number = {w: i for i, w in enumerate(self._windows)}
-        self._leading = tuple(self.shape[:-2])
+        self._leading = tuple(writer.info.leading)
         self.done: set[int] = set()
 
     # ---- making and opening
@@ -633,7 +689,7 @@ class BlockStore:
             writer = PyramidWriter.open(root, info)
         except (OSError, ValueError, KeyError):
             return None
-        if tuple(writer.arrays[0].shape) != tuple(info.shape) or np.dtype(writer.arrays[0].dtype) != info.dtype:
+        if tuple(writer.arrays[0].shape) != stored_shape(info) or np.dtype(writer.arrays[0].dtype) != info.dtype:
             return None
         store = cls(writer, header, durable=durable, shared=shared)
         store.done = store._read_ledger()
@@ -697,9 +753,10 @@ class BlockStore:
         rectangles of blocks in one plane, row by row, planes in C order.
         """
         by, bx = self.block
-        rows = _runs(self.shape[-2], by, [int(a.chunks[-2]) for a in self.writer.arrays])
-        cols = _runs(self.shape[-1], bx, [int(a.chunks[-1]) for a in self.writer.arrays])
-        per_row = -(-self.shape[-1] // bx)
+        H, W = self.writer.info.yx
+        rows = _runs(H, by, [int(a.chunks[-2]) for a in self.writer.arrays])
+        cols = _runs(W, bx, [int(a.chunks[-1]) for a in self.writer.arrays])
+        per_row = -(-W // bx)
         groups = []
         for plane in range(int(np.prod(self._leading, dtype=np.int64))):
             first = plane * len(self._windows)
@@ -716,14 +773,15 @@ class BlockStore:
         """Block ``window`` of plane ``index``: level 0 whole, the lower levels' regions, flushed, then recorded."""
         index = tuple(int(i) for i in index)
         y0, y1, x0, x1 = window
-        if data.shape[-2:] != (y1 - y0, x1 - x0):
+        yx = data.shape[-3:-1] if self.writer.colour_at is not None else data.shape[-2:]
+        if yx != (y1 - y0, x1 - x0):
             raise ValueError(f"block {window} needs shape {(y1 - y0, x1 - x0)}, got {data.shape}")
         self.writer.write_region(index, y0, x0, data)
         number = self._flat(index, window)
         root = self.root
         if self.durable:
             for k, array in enumerate(self.writer.arrays):
-                coords = index + ((y0 >> k) // int(array.chunks[-2]), (x0 >> k) // int(array.chunks[-1]))
+                coords = self.writer.chunk_coords(index, k, y0, x0)
                 chunk = root / array.path / array.metadata.encode_chunk_key(coords)
                 if chunk.exists():  # an all-zero chunk is not stored
                     fsync_file(chunk)
@@ -795,6 +853,67 @@ class BlockSelection:
     def missing(self) -> int:
         """How many of this selection's blocks are not written yet."""
         return len(self.numbers - self.store.done)
+
+
+class TrustedBlocks:
+    """An image's :class:`BlockStore` and its trust map's (float32, the image's Y and X) as one block sink.
+
+    The engine (``Engine.steps(image, out=sink, return_trust=True)``) hands
+    every block over with its trust map (``write_block(..., trust=)``); a
+    block is done when both stores hold it, so a resumed run makes whatever
+    either lacks (the image's block again, bit for bit, when only the map lacked it).
+    """
+
+    takes_trust = True
+
+    def __init__(self, image: BlockStore, trust: BlockStore):
+        if trust.block_windows() != image.block_windows() or trust._leading != image._leading:
+            raise ValueError("the trust map's store needs the image's planes and blocks")
+        self.image, self.trust = image, trust
+        self.shape, self.dtype = image.shape, image.dtype
+
+    @property
+    def done(self) -> set[int]:
+        return self.image.done & self.trust.done
+
+    @property
+    def blocks_total(self) -> int:
+        return self.image.blocks_total
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        return self.image.block_windows()
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self.image.is_done(index, window) and self.trust.is_done(index, window)
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray, *, trust: np.ndarray) -> None:
+        self.trust.write_block(index, window, trust)  # the map first: the image's ledger then says both are in
+        self.image.write_block(index, window, data)
+
+    def finish(self, record: dict | None = None, trust_record: dict | None = None) -> None:
+        """Both stores are whole: the map finished first, so a finished image always has its finished map."""
+        self.trust.finish(trust_record)
+        self.image.finish(record)
+
+
+class PlaneBlocks:
+    """Plane ``index`` of a block sink (:class:`BlockStore`, :class:`TrustedBlocks`, :class:`BlockSelection`) as a
+    block sink of one plane: ``Engine.steps(plane, out=PlaneBlocks(store, index))`` writes that plane's blocks
+    alone, e.g. with a model adapted to the plane (the widget's "adapt to each plane first")."""
+
+    def __init__(self, sink, index: tuple[int, ...]):
+        self.sink, self.index = sink, tuple(int(i) for i in index)
+        self.shape, self.dtype = tuple(sink.shape[len(self.index):]), sink.dtype
+        self.takes_trust = getattr(sink, "takes_trust", False)
+
+    def block_windows(self) -> list[tuple[int, int, int, int]]:
+        return self.sink.block_windows()
+
+    def is_done(self, index: tuple[int, ...], window) -> bool:
+        return self.sink.is_done(self.index + tuple(index), window)
+
+    def write_block(self, index: tuple[int, ...], window, data: np.ndarray, **trust) -> None:
+        self.sink.write_block(self.index + tuple(index), window, data, **trust)
 
 
 def block_chunks(chunks: tuple[int, int], levels: int) -> tuple[int, int]:
@@ -880,14 +999,67 @@ def open_multiscale(path: str | Path) -> list:
 OME_ZARR = register(OmeZarrFormat())
 
 
-def open_levels(path: str | Path) -> list:
+def open_levels(path: str | Path, *, colour_last: bool = False) -> list:
     """The levels of an OME-Zarr image as read-only zarr arrays, largest first (napari multiscale data).
 
     Unlike :func:`open_multiscale`'s dask arrays, every read goes to the
     store, so a layer over a store being written shows new blocks on
     ``layer.refresh()`` (over the dask levels, napari 0.9.2's dask chunk
     cache kept serving the chunks as they were first read).
+    ``colour_last``: an RGB / RGBA image's c axis is moved last
+    (:class:`SamplesLast`), as napari's ``rgb=True`` layers want it.
     """
     group = _zarr().open_group(str(path), mode="r")
-    attrs = _ome(group.attrs.asdict())
-    return [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]
+    multiscale = _ome(group.attrs.asdict())["multiscales"][0]
+    levels = [group[d["path"]] for d in multiscale["datasets"]]
+    if not colour_last:
+        return levels
+    names = [a["name"].lower() for a in multiscale["axes"]]
+    if "c" not in names:
+        raise ValueError(f"{path}: no c axis to show as colour (axes {''.join(names)})")
+    return [SamplesLast(level, names.index("c")) for level in levels]
+
+
+class SamplesLast:
+    """A lazy view of an array with its axis ``axis`` moved last: ``view[key]`` reads only what ``key`` selects.
+
+    How an RGB image stored with NGFF's c axis is shown as a napari ``rgb=True``
+    layer (colour last) without loading a level: shape, dtype and basic
+    indexing (integers, slices, an Ellipsis), every read going to the array.
+    """
+
+    def __init__(self, array, axis: int):
+        self.array, self.axis = array, int(axis)
+        shape = tuple(int(n) for n in array.shape)
+        self.shape = shape[:self.axis] + shape[self.axis + 1:] + (shape[self.axis],)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        chunks = getattr(array, "chunks", None)
+        if chunks is not None:
+            chunks = tuple(chunks)
+            self.chunks = chunks[:self.axis] + chunks[self.axis + 1:] + (chunks[self.axis],)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = tuple(int(k) if isinstance(k, (int, np.integer)) else k for k in key)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        stored = key[:self.axis] + (key[-1],) + key[self.axis:-1]
+        data = np.asarray(self.array[stored])
+        if isinstance(key[-1], int):  # one colour: no axis to move
+            return data
+        moved = sum(not isinstance(k, int) for k in stored[:self.axis])  # where the colour axis is in ``data``
+        return np.moveaxis(data, moved, -1)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
