@@ -75,7 +75,8 @@ def lean_heap() -> bool:
     so nothing calls it for you: call it once before a run (the memory
     benchmark's ``--lean-heap``), or set ``MALLOC_MMAP_THRESHOLD_=131072`` in
     the environment. Measured (docs/omezarr.md, "Memory benchmark"): an
-    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without;
+    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without
+    (before :func:`write_here`; since, 0.8-3.7 MiB without it);
     but the bundled model on the CPU took 26 % more CPU time with it (19.3-19.7
     s against 15.3-15.5 s for a 1024 x 1024 block-store result: its decoder's
     2 MiB activations are then mapped and unmapped for every 2048 queries).
