@@ -2,21 +2,82 @@
 
 A real napari viewer (run it under ``xvfb-run -a`` on a machine without a
 display) with the widget; a small random DIINN (speed is not the point)
-saved as a weights file and picked in the model list; one random uint8
-plane; *write to OME-Zarr* on (``--mode store``, default) or off
-(``--mode memory``, the in-memory result, for comparison). Run is pressed
-and the Qt event loop turns until the run has ended, so the worker, the
-multiscale layer over the store and its refreshes as blocks finish are all
-measured. The figure is the growth of the process's peak RSS (VmHWM) from
-just before Run to the end, against the size of the result; before it, a
-warm-up run of the same pipeline on a small crop (model, torch kernels, zarr
-codecs, the layer drawing).
+saved as a weights file and picked in the model list; one random uint8 (or
+``--dtype uint16``) plane; *write to OME-Zarr* on (``--mode store``,
+default) or off (``--mode memory``, the in-memory result, for comparison).
+Run is pressed and the Qt event loop turns until the run has ended, so the
+worker, the multiscale layer over the store and its refreshes as blocks
+finish are all measured. The figure is the growth of the process's peak RSS
+(VmHWM) from just before Run to the end, against the size of the result,
+printed too as blocks 0, 1, 2, 4, 8, ... arrive; before it, a warm-up run of
+the same pipeline on a small crop (model, torch kernels, zarr codecs, the
+layer drawing). The widget's settings live in a file of the run's own
+(``DIINN_NAPARI_SETTINGS``), never in the user's config folder.
 
 ``--cancel-after N`` presses Cancel once N blocks are in, then Run again:
 the second run resumes at the first missing block (both phases are timed).
+``--part`` measures a part of the store path (the breakdown below);
+``--lean-heap`` and ``--zarr-threads N`` are the process-wide allocator and
+zarr knobs; ``--smaps`` says which mappings hold the growth at the end (its
+own reading of /proc/self/smaps before Run leaves free memory in the main
+heap: the growth printed beside it reads 2-3 MiB low); ``--tracemalloc``
+traces Python and numpy allocations (about 3 times slower).
 
-    nice -n 10 xvfb-run -a python benchmarks/bench_widget_ooc.py --size 2048 --scale 4
+    nice -n 10 xvfb-run -a python benchmarks/bench_widget_ooc.py --size 2048 --scale 4 [--dtype uint16]
+    nice -n 10 xvfb-run -a python benchmarks/bench_widget_ooc.py --size 2048 --scale 4 --part no-layer
     nice -n 10 xvfb-run -a python benchmarks/bench_widget_ooc.py --size 2048 --scale 4 --mode memory
+
+Measured (2048 x 2048 at x4: an 8192 x 8192 result, 64 MiB in uint8, 128 MiB
+in uint16; 1 torch thread; a 2-core machine shared with a training job and
+other benchmarks, load average 4-7; "CPU" is the process's CPU time during
+the run, comparable between runs made side by side; one run per line unless
+several figures are given). The same command gives figures about 1.5 MiB
+apart from run to run.
+
+Where the growth went, before this breakdown's fixes (the package at
+f409cbf, put first on ``PYTHONPATH`` from ``git archive f409cbf src``), uint8:
+
+- ``--part no-thread`` (the widget's plan drained in the main thread, no
+  viewer run): 6.8 MiB; ``--part no-layer`` (worker and controller, no
+  layer): 6.0 and 5.7 MiB, 0.6 MiB at the first update, then growing with the
+  blocks (2.0 at block 8, 3.7 at 64, 5.5 at 128): the engine and the store,
+  as the batch tool (``bench_zarr_memory.py``);
+- ``--part no-refresh`` (the layer added, refreshed only at the end): 11.9
+  MiB, CPU 30.6 s; the whole path: 12.0 MiB, CPU 40.3 s (12.0 and 11.4 MiB
+  with the spaced refreshes below alone). So
+  the layer costs about 6 MiB: 3.4 MiB when it is added over the empty store
+  (napari holds the displayed level's region, 1024 x 1024 at level 3 for an
+  800 x 600 canvas, and the thumbnail level twice: tracemalloc), 1.2-1.9 MiB
+  more at the first refresh; how often it is refreshed changes nothing in
+  the peak, but refreshing once per block was a quarter of the CPU time;
+- uint16: 14.9 MiB (11.6 % of 128 MiB) whole, 8.7 MiB (6.8 %) with
+  ``--part no-layer``;
+- what did not help: ``--lean-heap`` 11.8 MiB, CPU 57.0 s (not side by side);
+  with the spaced refreshes, through options since removed: glibc's
+  ``malloc_trim(0)`` after every block or every 16 blocks, 15.6 and 10.6 MiB;
+  ``mallopt(M_ARENA_MAX)`` 1 or 2, 10.9 and 10.6 MiB;
+- what did: ``--zarr-threads 1`` (zarr's shared pool at one thread,
+  process-wide; with the spaced refreshes): 7.6 MiB, the growth with the blocks nearly gone. zarr 3
+  encodes each chunk and writes its file in a thread of its pool, up to six
+  here, each with a malloc arena of its own that keeps what it freed.
+
+The fixes: the store's writes encode in the writing thread
+(:func:`diinn_napari.io.omezarr.write_here`; measured side by side with
+the refresh fix alone: 6.4 against 11.4 MiB, CPU 41.3 against 42.6 s), the
+layer's refreshes spaced in time (``STORE_REFRESH_SHARE``; side by side
+with the package at f409cbf: CPU 42.0 against 53.6 s in uint8, 43.2 against
+52.7 s in uint16), and the input's hash without a bytes copy of each band.
+After them: uint8 7.5, 7.3 and 7.1 MiB (11.8, 11.5 and 11.0 %: above the
+10 % target by under 1 MiB; napari's display of the layer, about 4-5 MiB
+here, does not shrink with the result), CPU 41.5, 41.2 and 43.7 s; the last
+run beside the package at f409cbf: 11.9 MiB (18.6 %), CPU 56.5 s (0.77 x
+the CPU time); ``--part no-layer``: 3.0 MiB (4.6 %; 0.7 at the first
+update, 2.7 at block 128), so the layer is about 4-4.5 MiB of it.
+uint16: 10.0 MiB (7.8 %, within the target), CPU 42.5 s,
+against 14.2 MiB (11.1 %), CPU 53.1 s, at f409cbf (not side by side).
+``--size 4096 --cancel-after 300`` (16384 x 16384, 256 MiB): 14.7 MiB (5.8 %),
+9.0 until the Cancel, about 5 MiB more when the resumed run adds its layer
+beside the cancelled one; 50.5 + 231.8 s wall, CPU 152.6 s.
 """
 
 from __future__ import annotations
@@ -32,17 +93,25 @@ import numpy as np
 from bench_zarr_memory import peak_rss, reset_peak
 
 
-def run_widget(widget, app, cancel_after: int | None = None) -> float:
-    """Press Run (and Cancel after ``cancel_after`` blocks); turn the event loop until the run has ended; seconds."""
-    said = [time.perf_counter()]
+def run_widget(widget, app, cancel_after: int | None = None, base: int | None = None) -> float:
+    """Press Run (and Cancel after ``cancel_after`` blocks); turn the event loop until the run has ended; seconds.
+
+    ``base``: the RSS before Run; then the peak's growth is printed as blocks 0, 1, 2, 4, 8, ... arrive.
+    """
+    said = [time.perf_counter(), -1]
 
     def on_update(update):
-        if cancel_after is not None and update.stored is not None and update.stored.blocks_done >= cancel_after:
+        stored = update.stored
+        if cancel_after is not None and stored is not None and stored.blocks_done >= cancel_after:
             widget.cancel()
-        if update.stored is not None and time.perf_counter() - said[0] > 60:  # a sign of life on long runs
-            said[0] = time.perf_counter()
-            print(f"  {update.stored.blocks_done} of {update.stored.blocks_total} blocks, "
-                  f"peak RSS {peak_rss() / 2**20:.0f} MiB", flush=True)
+        if stored is None:
+            return
+        power = stored.blocks_done & (stored.blocks_done - 1) == 0 and stored.blocks_done > said[1]
+        if (base is not None and power) or time.perf_counter() - said[0] > 60:  # (a sign of life on long runs)
+            said[0], said[1] = time.perf_counter(), stored.blocks_done
+            grown = "" if base is None else f" (grown {(peak_rss() - base) / 2**20:.1f} MiB)"
+            print(f"  {stored.blocks_done} of {stored.blocks_total} blocks, peak RSS {peak_rss() / 2**20:.0f} MiB"
+                  f"{grown}", flush=True)
 
     widget.controller.updated.connect(on_update)
     started = time.perf_counter()
@@ -57,6 +126,73 @@ def run_widget(widget, app, cancel_after: int | None = None) -> float:
     return time.perf_counter() - started
 
 
+PARTS = {
+    "all": "the whole path (default)",
+    "no-refresh": "the layer is added but never refreshed as blocks arrive",
+    "no-layer": "no layer: the worker thread and the controller only",
+    "no-thread": "no viewer run: the widget's plan drained in the main thread (store_updates)",
+}
+
+
+def resident_by_mapping() -> dict[tuple[str, str], int]:
+    """Resident bytes per mapping of this process, keyed by (start address, what it is)."""
+    found, key = {}, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            start = int(head[0].split("-")[0], 16)
+            name = head[5] if len(head) > 5 else ("anonymous, 64 MiB aligned (a thread's malloc arena?)"
+                                                  if start % (64 << 20) == 0 else "anonymous")
+            key = (head[0].split("-")[0], name)
+        elif head[0] == "Rss:" and key is not None:
+            found[key] = int(head[1]) * 1024
+    return found
+
+
+def grown_mappings(before: dict, after: dict) -> list[str]:
+    """What grew between two :func:`resident_by_mapping`, summed by kind, largest first."""
+    kinds: dict[str, int] = {}
+    for key, rss in after.items():
+        kind = key[1] if key[1].startswith(("[", "anonymous")) else "files: " + Path(key[1]).name
+        kinds[kind] = kinds.get(kind, 0) + rss - before.get(key, 0)
+    for key, rss in before.items():
+        if key not in after:
+            kind = key[1] if key[1].startswith(("[", "anonymous")) else "files: " + Path(key[1]).name
+            kinds[kind] = kinds.get(kind, 0) - rss
+    return [f"{kind}: {grown / 2**20:+.1f} MiB" for kind, grown in sorted(kinds.items(), key=lambda kv: -abs(kv[1]))
+            if abs(grown) >= 1 << 18]
+
+
+def isolate(part: str) -> None:
+    """Switch off what ``part`` leaves out of the measured path (a benchmark's monkeypatch, never the package's)."""
+    from diinn_napari._layers import ResultLayers
+
+    if part == "no-refresh":
+        show_store = ResultLayers.show_store
+
+        def without_refresh(self, stored, units_done):
+            refresh, self.refresh = self.refresh, lambda: None
+            try:
+                show_store(self, stored, units_done)
+            finally:
+                self.refresh = refresh
+        ResultLayers.show_store = without_refresh
+    elif part == "no-layer":
+        ResultLayers.show_store = lambda self, stored, units_done: None
+
+
+def drain_here(widget) -> float:
+    """The widget's next run drained in this thread, with no controller and no layer; seconds."""
+    from diinn_napari._layers import level0
+    from diinn_napari._run import store_updates
+
+    started = time.perf_counter()
+    updates = store_updates(level0(widget.layer.value), widget.plan())
+    for _ in updates:
+        pass
+    return time.perf_counter() - started
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=2048, help="input side (pixels)")
@@ -65,7 +201,25 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=256, help="input side of the warm-up run")
     p.add_argument("--cancel-after", type=int, default=None, help="store: Cancel after this many blocks, then resume")
     p.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary folder)")
+    p.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8", help="the input's (and the result's) dtype")
+    p.add_argument("--part", choices=PARTS, default="all",
+                   help="store: measure a part of the path (the breakdown): " + "; ".join(f"{k}: {v}" for k, v in PARTS.items()))
+    p.add_argument("--lean-heap", action="store_true", help="call diinn_napari.io.omezarr.lean_heap() first")
+    p.add_argument("--zarr-threads", type=int, default=None,
+                   help="experiment: zarr's codec and I/O thread pool at most this many threads (threading.max_workers)")
+    p.add_argument("--smaps", action="store_true",
+                   help="also say which mappings (main heap, threads' arenas, other) hold the growth at the end")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="also trace Python and numpy allocations during the run (their peak; slower)")
     a = p.parse_args()
+    if a.lean_heap:
+        from diinn_napari.io.omezarr import lean_heap
+
+        print("lean heap:", lean_heap())
+    if a.zarr_threads is not None:
+        import zarr
+
+        zarr.config.set({"threading.max_workers": a.zarr_threads})
 
     import napari
     import torch
@@ -80,8 +234,10 @@ def main() -> None:
     net = DIINN(1, variant="f", skip="bicubic", decoder_width=8, encoder_args={"n_resblocks": 1, "features": 8}).eval()
     folder = Path(tempfile.mkdtemp(dir=a.dir))
     try:
+        # the widget starts from its defaults and remembers nothing in the user's config folder
+        os.environ["DIINN_NAPARI_SETTINGS"] = str(folder / "widget.json")
         weights = save_weights(net, folder / "bench.safetensors")
-        image = np.random.default_rng(0).integers(0, 256, (a.size, a.size), dtype=np.uint8)
+        image = np.random.default_rng(0).integers(0, np.iinfo(a.dtype).max + 1, (a.size, a.size), dtype=a.dtype)
         viewer = napari.Viewer(show=False)
         app = QApplication.instance()
         widget = DIINNWidget(viewer)
@@ -89,11 +245,13 @@ def main() -> None:
         widget.factor_y.value = a.scale
         widget.to_zarr.value = a.mode == "store"
 
-        # warm-up on a crop: the same widget, worker, store and layer
+        # warm-up on a crop: the same widget, worker (or main thread), store and layer as the measured part
+        part = a.part if a.mode == "store" else "all"
+        isolate(part)
         warm = viewer.add_image(image[:a.warm, :a.warm], name="warm")
         widget.layer.value = warm
         widget.zarr_path.value = str(folder / "warm.ome.zarr")
-        run_widget(widget, app)
+        drain_here(widget) if part == "no-thread" else run_widget(widget, app)
         viewer.layers.clear()
         shutil.rmtree(folder / "warm.ome.zarr", ignore_errors=True)
 
@@ -103,20 +261,42 @@ def main() -> None:
         widget.zarr_path.value = str(path)
         plan = widget.plan()
         app.processEvents()
+        if a.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start()
+        mappings = resident_by_mapping() if a.smaps else None
         reset_peak()
         base = peak_rss()
+        cpu = time.process_time()
         phases = []
-        if a.cancel_after is not None and a.mode == "store":
-            phases.append(("until Cancel", run_widget(widget, app, a.cancel_after), widget.state.value))
-        phases.append(("run" if not phases else "resumed run", run_widget(widget, app), widget.state.value))
+        if part == "no-thread":
+            phases.append(("run (main thread)", drain_here(widget), "drained"))
+        else:
+            if a.cancel_after is not None and a.mode == "store":
+                phases.append(("until Cancel", run_widget(widget, app, a.cancel_after, base), widget.state.value))
+            phases.append(("run" if not phases else "resumed run", run_widget(widget, app, None, base),
+                           widget.state.value))
         growth = peak_rss() - base
-        result = widget.result
-        meta = result.metadata["diinn"]
-        print(f"mode {a.mode}: input {a.size} x {a.size} uint8 -> result {' x '.join(map(str, plan.shape))} "
-              f"{plan.dtype} ({plan.nbytes / 2**20:.0f} MiB), x{a.scale:g}, torch threads {torch.get_num_threads()}")
+        cpu = time.process_time() - cpu
+        print(f"mode {a.mode}, part {part}: input {a.size} x {a.size} {a.dtype} -> result "
+              f"{' x '.join(map(str, plan.shape))} {plan.dtype} ({plan.nbytes / 2**20:.0f} MiB), x{a.scale:g}, "
+              f"torch threads {torch.get_num_threads()}")
         for name, seconds, state in phases:
             print(f"{name}: {seconds:.1f} s wall, {state}")
-        if a.mode == "store":
+        print(f"process CPU during the run {cpu:.1f} s")
+        if mappings is not None:
+            print("resident memory grown by the end of the run, by mapping:", "; ".join(
+                grown_mappings(mappings, resident_by_mapping())))
+        if a.tracemalloc:
+            current, peak = tracemalloc.get_traced_memory()
+            print(f"tracemalloc (Python and numpy): peak {peak / 2**20:.1f} MiB, still held {current / 2**20:.1f} MiB")
+            for stat in tracemalloc.take_snapshot().statistics("lineno")[:5]:
+                print("  held:", stat)
+            tracemalloc.stop()
+        result = widget.result
+        if a.mode == "store" and result is not None:
+            meta = result.metadata["diinn"]
             print(f"store {meta['store']}: {meta['blocks_done']} of {meta['blocks_total']} blocks; "
                   f"the resumed run found {meta['blocks_resumed']} done")
         print(f"RSS before Run {base / 2**20:.0f} MiB; peak RSS growth {growth / 2**20:.1f} MiB = "

@@ -215,3 +215,33 @@ def test_pyramid_writer_regions_equal_planes(tmp_path, rng):
             blocks.write_region((), y, x, plane[y:y + 256, x:x + 256])
     for a, b in zip(whole.arrays, blocks.arrays):
         np.testing.assert_array_equal(a[...], b[...])
+
+
+def test_pyramid_writes_encode_in_the_writing_thread_and_equal_zarrs_own_inside_an_event_loop(tmp_path, rng,
+                                                                                              monkeypatch):
+    import asyncio
+    import threading
+
+    from zarr.codecs import ZstdCodec
+
+    encoders = []
+    encode = ZstdCodec._encode_sync
+    monkeypatch.setattr(ZstdCodec, "_encode_sync",
+                        lambda self, *args: (encoders.append(threading.current_thread()), encode(self, *args))[1])
+    info = io.ImageInfo(tmp_path / "a.ome.zarr", "ome-zarr", "YX", (512, 512), np.dtype(np.uint16))
+    plane = rng.integers(0, 60000, (512, 512), dtype=np.uint16)
+    here = PyramidWriter.create(tmp_path / "a.ome.zarr", info, chunks=(256, 256))
+    encoders.clear()
+    for y in (0, 256):
+        for x in (0, 256):
+            here.write_region((), y, x, plane[y:y + 256, x:x + 256])
+    assert encoders and set(encoders) == {threading.current_thread()}  # not zarr's pool: no arena per pool thread
+
+    async def inside_a_loop():  # a notebook's code runs inside one: zarr's own path
+        looped = PyramidWriter.create(tmp_path / "b.ome.zarr", info, chunks=(256, 256))
+        looped.write_plane((), plane)
+        return looped
+
+    looped = asyncio.run(inside_a_loop())
+    for a, b in zip(here.arrays, looped.arrays, strict=True):
+        np.testing.assert_array_equal(a[...], b[...])

@@ -192,3 +192,41 @@ def test_every_mode_goes_to_a_store_above_the_budget_and_the_temporary_store_is_
     again = plan_run(gray, Request(memory_budget=80 * 100 * 2 - 1))
     other = plan_run(gray, Request(memory_budget=80 * 100 * 2 - 1, consistency=0))
     assert over.store == again.store != other.store  # the temporary store is named after the settings
+
+
+def test_the_store_layer_is_refreshed_as_blocks_arrive_spaced_in_time_and_at_the_last_block(setup, rng, tmp_path,
+                                                                                          monkeypatch):
+    from types import SimpleNamespace
+
+    from diinn_napari import _layers
+    from diinn_napari._run import Stored
+    from diinn_napari._store import open_store
+
+    viewer, widget = setup
+    layer = stack(viewer, rng, (2, 160, 160))  # x4: 8 blocks
+    widget.layer.value = layer
+    widget.factor_y.value = 4.0
+    widget.to_zarr.value = True
+    widget.zarr_path.value = str(tmp_path / "s.ome.zarr")
+    plan = widget.plan()
+    path = str(open_store(plan, layer.data).path)
+    now = [100.0]
+    monkeypatch.setattr(_layers, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    shown = _layers.ResultLayers(viewer, layer, plan, None)
+    refreshes = []
+    monkeypatch.setattr(shown, "refresh", lambda: refreshes.append(now[0]))
+
+    def arrive(blocks, at):
+        now[0] = 100.0 + at
+        shown.show_store(Stored(path, blocks, 8), 0)
+
+    arrive(0, 0.0)  # the layer is added over the store: nothing to refresh yet
+    assert shown.image is not None and refreshes == []
+    arrive(1, 0.01)  # the first block: at once
+    arrive(2, 0.05)  # too soon after it: counted, shown later
+    assert shown.image.metadata["diinn"]["blocks_done"] == 2 and len(refreshes) == 1
+    arrive(2, 0.05 + _layers.STORE_REFRESH_MIN_S)  # no new block, but one not shown yet: now
+    arrive(2, 0.30)  # nothing new: no refresh
+    arrive(3, 0.35)  # within the interval again
+    arrive(8, 0.36)  # the last block: at once
+    assert refreshes == [100.01, 100.05 + _layers.STORE_REFRESH_MIN_S, 100.36]

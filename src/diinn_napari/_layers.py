@@ -11,6 +11,7 @@ and its transform and mask scaled to the result's grid).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from napari.layers import Image
 
 PREVIEW_SUFFIX = "DIINN preview"
+# out of memory, the layer over the store is refreshed as blocks arrive, but at most so often that refreshing (napari
+# reads the displayed level's region and the thumbnail level again) takes about this share of the main thread's time
+STORE_REFRESH_SHARE = 0.1
+STORE_REFRESH_MIN_S = 0.2  # and never more often than this
 TRUST_NOTE = ("magnitude of the back-projection correction (image units): large where the model disagreed with "
               "the measured input")
 
@@ -124,8 +129,6 @@ def remove_preview(viewer: napari.Viewer, source: Image) -> None:
 def show_preview(viewer: napari.Viewer, source: Image, plan: RunPlan, window: tuple[int, int, int, int],
                  image: np.ndarray, seconds: float) -> Image:
     """Show a decoded window of the plan's current plane as the source's one preview layer."""
-    import time
-
     remove_preview(viewer, source)
     scale, translate = placement(plan, plan.plane)
     translate[-2] += window[0] * scale[-2]
@@ -149,6 +152,8 @@ class ResultLayers:
         self.viewer, self.source, self.plan, self.index = viewer, source, plan, index
         self.image: Image | None = None
         self.trust: Image | None = None
+        # out of memory: the blocks the layer shows, and the perf_counter time before which it is not refreshed
+        self._blocks_shown, self._refresh_after = 0, 0.0
 
     @property
     def _done_key(self) -> str:
@@ -179,7 +184,11 @@ class ResultLayers:
 
     def show_store(self, stored, units_done: int) -> None:
         """Out of memory: add a multiscale layer over the store on the first call (naming the store, and the
-        blocks resumed), refresh it as blocks arrive (``stored``: a :class:`~diinn_napari._run.Stored`)."""
+        blocks resumed), refresh it as blocks arrive (``stored``: a :class:`~diinn_napari._run.Stored`).
+
+        Refreshes are spaced (:data:`STORE_REFRESH_SHARE`, :data:`STORE_REFRESH_MIN_S`): blocks that arrive
+        meanwhile are shown by the next one, the last block at once (and :meth:`end` refreshes too).
+        """
         from .io.omezarr import open_levels
 
         plan = self.plan
@@ -208,12 +217,17 @@ class ResultLayers:
             elif stored.resumed:
                 said.append(f"resumed: {stored.resumed} of {stored.blocks_total} blocks were done, skipped")
             show_info("; ".join(said))
+            self._blocks_shown = stored.blocks_done  # (adding the layer read them)
         meta = self.image.metadata["diinn"]
         if meta["partial"]:
             meta[self._done_key] = max(meta[self._done_key], units_done)
-        if stored.blocks_done > meta["blocks_done"] or meta["blocks_done"] == stored.blocks_total:
-            meta["blocks_done"] = max(meta["blocks_done"], stored.blocks_done)
+        meta["blocks_done"] = max(meta["blocks_done"], stored.blocks_done)
+        now = time.perf_counter()
+        if (meta["blocks_done"] > self._blocks_shown and now >= self._refresh_after) \
+                or meta["blocks_done"] == stored.blocks_total:
             self.refresh()
+            self._blocks_shown = meta["blocks_done"]
+            self._refresh_after = now + max(STORE_REFRESH_MIN_S, (time.perf_counter() - now) / STORE_REFRESH_SHARE)
 
     def refresh(self) -> None:
         for layer in (self.image, self.trust):

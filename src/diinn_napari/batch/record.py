@@ -92,7 +92,8 @@ def pixel_digest(planes: Iterable[np.ndarray], count: int | None = None) -> dict
     digest, seen = hashlib.sha256(), 0
     for plane in planes:
         plane = np.asarray(plane)
-        digest.update(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("=")).tobytes())
+        # hashed through the buffer protocol: no bytes copy of the plane (or band)
+        digest.update(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("=")))
         seen += 1
     return {"sha256": digest.hexdigest(), "planes": seen if count is None else count}
 

@@ -24,8 +24,9 @@ zarr is imported only when a store is opened or written (``pip install
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
-import math
 import os
 import struct
 import sys
@@ -73,7 +74,8 @@ def lean_heap() -> bool:
     so nothing calls it for you: call it once before a run (the memory
     benchmark's ``--lean-heap``), or set ``MALLOC_MMAP_THRESHOLD_=131072`` in
     the environment. Measured (docs/omezarr.md, "Memory benchmark"): an
-    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without;
+    8192 x 8192 uint8 result grew by 4.2-4.7 MiB with it, 6.4-7.6 MiB without
+    (before :func:`write_here`; since, 0.8-3.7 MiB without it);
     but the bundled model on the CPU took 26 % more CPU time with it (19.3-19.7
     s against 15.3-15.5 s for a 1024 x 1024 block-store result: its decoder's
     2 MiB activations are then mapped and unmapped for every 2048 queries).
@@ -92,6 +94,51 @@ def lean_heap() -> bool:
         return bool(libc.mallopt(-3, MMAP_THRESHOLD)) and bool(libc.mallopt(-1, TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+
+
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each call at once in the thread that submits it (asyncio's default executor must be a
+    ThreadPoolExecutor; this one starts no thread)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 (handed to the awaiting coroutine, as a pool would)
+            future.set_exception(err)
+        return future
+
+
+def write_here(array, selection: tuple, value: np.ndarray) -> None:
+    """``array[selection] = value``, with zarr's chunk encoding and file writes in this thread.
+
+    zarr 3 encodes each chunk (and writes its file) in a thread of its event
+    loop's shared pool (``asyncio.to_thread``), up to six threads here, each
+    with a glibc malloc arena of its own that keeps the chunk and codec buffers
+    it freed; over thousands of blocks more of the pool takes turns and the
+    process grows. Measured through the widget (``benchmarks/bench_widget_ooc.py``,
+    two runs side by side): an 8192 x 8192 uint8 store run's peak RSS grew
+    6.4 MiB this way against 11.4 MiB, at 0.97 times the CPU time. So a local
+    store's writes run the same coroutine
+    (``AsyncArray.setitem``) in a short-lived event loop of the calling
+    thread whose executor runs each call inline. Other stores, or a caller
+    inside a running event loop (a notebook's), take zarr's own path.
+    """
+    zarr = _zarr()
+    try:
+        asyncio.get_running_loop()
+        inside_a_loop = True
+    except RuntimeError:
+        inside_a_loop = False
+    if inside_a_loop or not isinstance(array.store, zarr.storage.LocalStore):
+        array[selection] = value
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_default_executor(_InlineExecutor(max_workers=1))
+        loop.run_until_complete(array.async_array.setitem(selection, value))
+    finally:
+        loop.close()
 
 
 def _zarr():
@@ -403,10 +450,10 @@ class PyramidWriter:
         """Plane ``index`` (the leading axes) of level 0 and of every lower level (colour samples last)."""
         key = self.key(index)
         level = self._channels_first(plane)
-        self.arrays[0][key] = level
+        write_here(self.arrays[0], key, level)
         for array in self.arrays[1:]:
             level = _cast(halve(level), self.info.dtype)  # each level from the one above as stored
-            array[key] = level
+            write_here(array, key, level)
 
     def write_region(self, index: tuple[int, ...], y0: int, x0: int, data: np.ndarray, *,
                      levels_only: bool = False) -> None:
@@ -416,14 +463,14 @@ class PyramidWriter:
         data = self._channels_first(data)
         h, w = data.shape[-2:]
         if not levels_only:
-            self.arrays[0][index + (slice(y0, y0 + h), slice(x0, x0 + w))] = data
+            write_here(self.arrays[0], index + (slice(y0, y0 + h), slice(x0, x0 + w)), data)
         level = data
         for k, array in enumerate(self.arrays[1:], start=1):
             if y0 % 2 ** k or x0 % 2 ** k:
                 raise ValueError(f"region at ({y0}, {x0}) is not aligned to level {k}")
             level = _cast(halve(level), self.info.dtype)
             ly, lx = y0 >> k, x0 >> k
-            array[index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1]))] = level
+            write_here(array, index + (slice(ly, ly + level.shape[-2]), slice(lx, lx + level.shape[-1])), level)
 
 
 def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
@@ -596,7 +643,7 @@ class PyramidSink:
             key = key[:-1] if len(key) == len(self.shape) else key  # (..., ys, xs[, all samples])
         *index, ys, xs = key
         index = tuple(int(i) for i in index)
-        self.array[self.writer.key(index, ys, xs)] = self.writer._channels_first(values)
+        write_here(self.array, self.writer.key(index, ys, xs), self.writer._channels_first(values))
         H, W = self.writer.info.yx
         by, bx = self.block
         for y in range(ys.start // by, (ys.stop - 1) // by + 1):
