@@ -753,6 +753,22 @@ def data_bounds(lr: np.ndarray, dtype: np.dtype, mapping) -> DataBounds:
 
 
 
+def hole_bound(bicubic: torch.Tensor, minimum: float, step: np.ndarray) -> torch.Tensor:
+    """Per-pixel lower bound (C, y, x) that keeps an output off the dtype's ``minimum`` wherever ``bicubic`` is.
+
+    For planes whose data reach the dtype's minimum (clipped at 0: a camera
+    offset below the floor), where the floor of :class:`DataBounds` cannot
+    keep the back-projection off it. Where bicubic rounds above the minimum
+    (more than half a ``step``, the count, above it) the output stays at least
+    ``min(bicubic, minimum + 0.55 step)``: it rounds to at least one count,
+    so the output has no zero pixel bicubic would not have; elsewhere no
+    bound (-inf).
+    """
+    count = torch.from_numpy(np.asarray(step, np.float32)).to(bicubic.device)[:, None, None]
+    zero = minimum + 0.5 * count
+    return torch.where(bicubic > zero, torch.minimum(bicubic, zero + 0.05 * count), -torch.inf)
+
+
 def quantisation_gain(residual: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Wiener gain of a back-projection residual (C, h, w) whose LR was rounded: ``max(0, 1 - noise / local energy)``.
 
@@ -940,6 +956,9 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
        floor or than the network itself went.
     4. The outliers' excess over their replacement is added by bicubic
        interpolation: linear in the excess, spread no further than bicubic.
+    5. Channels whose data reach the integer output's minimum (p0.1 there,
+       e.g. clipped at 0), with ``consistency``: no output pixel rounds to
+       the minimum where bicubic does not (:func:`hole_bound`).
 
     Returns ``(sr, correction)``: (C, y1-y0, x1-x0) float32 arrays,
     ``correction`` (|x_K - x_0|, or with ``consistency`` 0 one step's
@@ -1019,5 +1038,14 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
         bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
         sr = (sr + by @ torch.from_numpy(np.ascontiguousarray(excess)).to(device) @ bx.t()).clamp(lo, hi)
+    clipped = [] if bounds is None or not consistency or not np.isfinite(lo) else [
+        c for c in range(channels) if bounds.step[c] > 0 and bounds.floor[c] <= lo]
+    if clipped:  # a plane clipped at the dtype's minimum: no new pixels at it where bicubic has none
+        seen = x[0, clipped].float()
+        if excess is not None:
+            seen = seen + torch.from_numpy(np.ascontiguousarray(excess[clipped])).to(device)
+        by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
+        bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
+        sr[clipped] = torch.maximum(sr[clipped], hole_bound(by @ seen @ bx.t(), lo, bounds.step[clipped]))
     return sr.cpu().numpy(), None if correction is None else correction.cpu().numpy()
 
