@@ -791,8 +791,9 @@ def quantisation_noise(step: np.ndarray, area_ratio: float) -> np.ndarray:
     grows with the ratio, the rounding error does not). Measured on
     ``quality.few_levels`` planes (8-48 levels, x2-x4) and the 8-bit
     few-level files of ``domains`` against the earlier half-step dead zone:
-    +0.1 to +0.3 dB at x3 / x4 for 13 levels and more, within 0.015 dB for
-    8 levels and at x2.
+    +0.04 to +0.30 dB at x3 / x4 for 13 to 48 levels (x3 on 13 levels
+    within 0.015 dB), within 0.015 dB for 8 levels and at x2; the numbers
+    are in docs/fidelity.md.
     """
     ratio = float(np.sqrt(area_ratio))
     return QUANTISATION_NOISE_SHARE * min(1.0, 2.0 / ratio) * np.square(step) / 12
