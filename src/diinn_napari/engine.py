@@ -354,7 +354,10 @@ class Engine:
 
         ``out``: a zarr array (or any array-like taking ``out[index] = tile``)
         or a path: the result is written there tile by tile and returned
-        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is returned).
+        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is
+        returned; for RGB / RGBA the colour is stored as NGFF's c axis and the
+        return is a lazy samples-last view of level 0, ``io.omezarr.SamplesLast``,
+        of the result's (..., Y, X, 3|4) shape: its ``.array`` is the zarr array).
         """
         leading, (h, w) = _spatial_layout(image, rgb)
         H, W = self.settings.output_yx((h, w), input_pixel_size)
@@ -362,12 +365,15 @@ class Engine:
             if return_trust:
                 raise ValueError("return_trust needs the result in memory; leave out=None for a trust map")
             if isinstance(out, (str, os.PathLike)):
-                from .io.omezarr import create_image
+                from .io.omezarr import SamplesLast, create_image
 
-                if rgb:
-                    raise ValueError("an OME-Zarr image has no RGB sample axis; pass a zarr array of shape "
-                                     "(..., Y, X, 3) as out instead of a path")
-                out = create_image(out, leading + (H, W), self.settings.output_dtype(image.dtype))
+                colour = (int(image.shape[-1]),) if rgb else ()
+                sink = create_image(out, leading + (H, W) + colour, self.settings.output_dtype(image.dtype), rgb=rgb)
+                for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
+                                    cancel=cancel, out=sink, mask=mask):
+                    pass
+                at = sink.writer.colour_at
+                return sink.array if at is None else SamplesLast(sink.array, at)
             for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
                                 out=out, mask=mask):
                 pass
