@@ -141,3 +141,30 @@ def test_library_out_path_writes_rgb_as_the_c_axis(tmp_path, rng, samples):
         assert [a["name"] for a in meta["axes"]] == ["c", "z", "y", "x"]
         np.testing.assert_array_equal(levels[0], colour_first(eager))
         assert len(attrs["ome"]["omero"]["channels"]) == samples
+
+
+def test_an_rgb_image_on_a_local_cluster_equals_a_single_process_run(tmp_path, rng, rgb_weights):
+    distributed = pytest.importorskip("distributed")
+    from diinn_napari import batch
+
+    src = tmp_path / "stack.tif"  # 2 RGB planes: at x4 one 512 x 512 block each, a block group each
+    tifffile.imwrite(src, rng.integers(0, 255, (2, 128, 128, 3), dtype=np.uint8), photometric="rgb")
+
+    def settings(out):
+        return batch.Settings(out, RunSettings(scale=4, model=rgb_weights, threads=1), out_format="ome-zarr",
+                              show_progress=False)
+
+    single = batch.run_batch([src], settings(tmp_path / "single"))
+    assert [r.status for r in single] == ["done"], single[0].message
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        results = batch.run_batch([src], settings(tmp_path / "cluster"), scheduler=cluster.scheduler_address)
+    assert [r.status for r in results] == ["done"], results[0].message
+    expected, found = (levels_of(tmp_path / o / "stack.ome.zarr") for o in ("single", "cluster"))
+    assert found[0].shape == (3, 2, 512, 512) and len(found) == len(expected)
+    for a, b in zip(found, expected):
+        np.testing.assert_array_equal(a, b)
+    records = [zarr.open_group(str(tmp_path / o / "stack.ome.zarr"), mode="r").attrs["diinn-napari"]
+               for o in ("single", "cluster")]
+    assert records[0]["pixels"] == records[1]["pixels"]
+    again = batch.run_batch([src], settings(tmp_path / "cluster"))  # and a rerun in one process skips it
+    assert [r.status for r in again] == ["skipped"] and "pixels verified" in again[0].message
