@@ -536,7 +536,9 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
     out: a zarr array of the output's shape (or any array-like that takes
         ``out[index] = tile``), or a path for a new multiscale OME-Zarr
         image: tiles are written there as they finish, no output plane is
-        held in memory, and the zarr array is returned.
+        held in memory, and the zarr array is returned. RGB / RGBA to a
+        path: the colour is stored as NGFF's c axis and a lazy samples-last
+        view of level 0 is returned (:meth:`Engine.run`).
 
     Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
     dtype (``out_dtype``, else the input's); with ``return_trust=True`` the
