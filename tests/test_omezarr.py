@@ -189,13 +189,6 @@ def test_rerun_skips_same_settings_and_refuses_other_settings(tmp_path, rng, gra
     assert "made with other settings (model:" in capsys.readouterr().out
 
 
-def test_rgb_tiff_to_ome_zarr_is_refused_clearly(tmp_path, rng, rgb_weights, capsys):
-    src = tmp_path / "rgb.tif"
-    tifffile.imwrite(src, rng.integers(0, 255, (8, 9, 3), dtype=np.uint8), photometric="rgb")
-    assert run(src, tmp_path / "out", rgb_weights, "--format", "ome-zarr") == 1
-    assert "RGB pixels have no OME-Zarr axis" in capsys.readouterr().out
-
-
 def test_cli_in_a_subprocess_writes_ome_zarr(tmp_path, rng, gray_weights):
     src = make_ngff(tmp_path / "s.ome.zarr", rng.integers(0, 255, (2, 10, 12), dtype=np.uint8), axes="zyx")
     done = subprocess.run([sys.executable, "-m", "diinn_napari.batch", str(src), "--scale", "2", "--out",

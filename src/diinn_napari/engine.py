@@ -356,7 +356,10 @@ class Engine:
 
         ``out``: a zarr array (or any array-like taking ``out[index] = tile``)
         or a path: the result is written there tile by tile and returned
-        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is returned).
+        (a path: a new multiscale OME-Zarr image; its level-0 zarr array is
+        returned; for RGB / RGBA the colour is stored as NGFF's c axis and the
+        return is a lazy samples-last view of level 0, ``io.omezarr.SamplesLast``,
+        of the result's (..., Y, X, 3|4) shape: its ``.array`` is the zarr array).
         """
         leading, (h, w) = _spatial_layout(image, rgb)
         H, W = self.settings.output_yx((h, w), input_pixel_size)
@@ -364,12 +367,15 @@ class Engine:
             if return_trust:
                 raise ValueError("return_trust needs the result in memory; leave out=None for a trust map")
             if isinstance(out, (str, os.PathLike)):
-                from .io.omezarr import create_image
+                from .io.omezarr import SamplesLast, create_image
 
-                if rgb:
-                    raise ValueError("an OME-Zarr image has no RGB sample axis; pass a zarr array of shape "
-                                     "(..., Y, X, 3) as out instead of a path")
-                out = create_image(out, leading + (H, W), self.settings.output_dtype(image.dtype))
+                colour = (int(image.shape[-1]),) if rgb else ()
+                sink = create_image(out, leading + (H, W) + colour, self.settings.output_dtype(image.dtype), rgb=rgb)
+                for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress,
+                                    cancel=cancel, out=sink, mask=mask):
+                    pass
+                at = sink.writer.colour_at
+                return sink.array if at is None else SamplesLast(sink.array, at)
             for _ in self.steps(image, rgb=rgb, input_pixel_size=input_pixel_size, progress=progress, cancel=cancel,
                                 out=out, mask=mask):
                 pass
@@ -532,7 +538,9 @@ def upscale(image, scale=None, *, settings: RunSettings | None = None, rgb: bool
     out: a zarr array of the output's shape (or any array-like that takes
         ``out[index] = tile``), or a path for a new multiscale OME-Zarr
         image: tiles are written there as they finish, no output plane is
-        held in memory, and the zarr array is returned.
+        held in memory, and the zarr array is returned. RGB / RGBA to a
+        path: the colour is stored as NGFF's c axis and a lazy samples-last
+        view of level 0 is returned (:meth:`Engine.run`).
 
     Returns (..., Y_out, X_out) or (..., Y_out, X_out, 3|4) in the output
     dtype (``out_dtype``, else the input's); with ``return_trust=True`` the

@@ -204,8 +204,6 @@ def converted(info: io.ImageInfo, output: io.ImageInfo, kind: str) -> io.ImageIn
     if kind != output.kind:
         meta = {k: v for k, v in meta.items() if k in ("source_yx", "source_pixel_size")
                 or (kind == "ome-zarr" and k == "ngff")}
-        if kind == "ome-zarr" and info.rgb:
-            raise ValueError(f"{info.path.name}: RGB pixels have no OME-Zarr axis here; use --format tiff")
     return dataclasses.replace(output, kind=kind, metadata=meta)
 
 

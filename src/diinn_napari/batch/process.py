@@ -127,8 +127,6 @@ def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None
     ``progress``). The pixel checksum is read back from the store in row
     bands, then the folder is renamed into place.
     """
-    from ..io.omezarr import pixel_bands
-
     path, out, info = plan.source, plan.output.path, plan.info
     with io.open_planes(info) as reader:  # refuses an unreadable layout before a partial store exists
         partial = PartialStore.claim(plan.output, plan.header_record)
@@ -144,14 +142,20 @@ def _process_store(plan: FilePlan, settings: Settings, progress: Progress | None
         except BaseException:
             partial.discard_if_empty()
             raise
-    level0 = store.array
-    leading = tuple(level0.shape[:-2])
-    record = dict(plan.record, pixels=pixel_digest(
-        (band for index in np.ndindex(*leading) for band in pixel_bands(level0, index)), count=info.n_planes))
+    record = dict(plan.record, pixels=store_digest(store.array, plan.output))
     partial.publish(record)
     if partial.start:
         notes.insert(0, f"resumed at block {partial.start + 1} of {store.blocks_total}")
     return Result(path, "done", out, plan.output.shape, time.time() - started, "; ".join(notes))
+
+
+def store_digest(array, output: io.ImageInfo) -> dict:
+    """The pixel checksum of an OME-Zarr output's level-0 ``array``, read as stored in row bands (an RGB / RGBA
+    output's colour planes on its c axis), for the ``output.n_planes`` planes it holds: the one rule for the
+    checksum recorded when the store is published and the one a rerun verifies before it skips."""
+    from ..io.omezarr import stored_bands
+
+    return pixel_digest(stored_bands(array), count=output.n_planes)
 
 
 def write_blocks(plan: FilePlan, settings: Settings, reader: io.PlaneSource, sink,
@@ -213,15 +217,18 @@ def check_same_work(plan: FilePlan) -> str | None:
         return "has no pixel checksum (written by an earlier version or cut short)"
     try:
         info = io.read_info(out)
-        if tuple(info.shape) != tuple(plan.output.shape) or info.dtype != plan.output.dtype:
-            return (f"holds {tuple(info.shape)} {info.dtype}, not the {tuple(plan.output.shape)} "
-                    f"{plan.output.dtype} it records (cut short)")
-        if info.kind == "ome-zarr":  # a store: read in row bands, never a whole plane
-            from ..io.omezarr import level0, pixel_bands
+        shape = tuple(plan.output.shape)
+        if info.kind == "ome-zarr":  # as stored: an RGB / RGBA output's colour is its c axis
+            from ..io.omezarr import stored_shape
 
-            array = level0(info)
-            found_digest = pixel_digest((band for index in np.ndindex(*info.leading)
-                                         for band in pixel_bands(array, index)), count=info.n_planes)
+            shape = stored_shape(plan.output)
+        if tuple(info.shape) != shape or info.dtype != plan.output.dtype:
+            return (f"holds {tuple(info.shape)} {info.dtype}, not the {shape} {plan.output.dtype} it records "
+                    "(cut short)")
+        if info.kind == "ome-zarr":  # a store: read in row bands, never a whole plane
+            from ..io.omezarr import level0
+
+            found_digest = store_digest(level0(info), plan.output)
         else:
             with io.open_planes(info) as reader:
                 found_digest = pixel_digest(reader[index] for index in np.ndindex(*info.leading))

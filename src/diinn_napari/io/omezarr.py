@@ -1014,7 +1014,15 @@ def pixel_bands(array, index: tuple[int, ...] = (), budget: int = 4 << 20):
         yield np.asarray(array[tuple(index) + (slice(y, min(H, y + rows)),)])
 
 
-def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str | None = None,
+def stored_bands(array, budget: int = 4 << 20):
+    """Every plane of a zarr array as stored, in C order of its leading axes (an RGB image's c axis among them),
+    as row bands of at most ``budget`` bytes: what an OME-Zarr output's pixel checksum is taken over, the same
+    bytes when it is written and when it is checked, whatever its layout."""
+    for index in np.ndindex(*array.shape[:-2]):
+        yield from pixel_bands(array, index, budget)
+
+
+def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str | None = None, rgb: bool = False,
                  pixel_size: tuple[float, float] | None = None, unit: str | None = None,
                  translation: list[float] | None = None, channel_names: list[str] | None = None,
                  record: dict | None = None, chunks: tuple[int, int] = (DEFAULT_CHUNK, DEFAULT_CHUNK),
@@ -1022,9 +1030,16 @@ def create_image(path: str | Path, shape: tuple[int, ...], dtype, *, axes: str |
     """A new multiscale OME-Zarr image at ``path`` to be filled piece by piece (``sink[...] = tile``).
 
     axes: tifffile letters in T, C, Z, Y, X order (default: the last
-    ``len(shape)`` of "TCZYX"); ``pixel_size``/``unit``/``translation``: level
-    0's physical grid (translation per axis, NGFF's, i.e. the first pixel's centre).
+    ``len(shape)`` of "TCZYX"); ``rgb``: ``shape`` ends in 3 or 4 colour samples,
+    (T, Z, Y, X, S) by default, stored as NGFF's c axis and written samples last
+    (``sink[index + (ys, xs)] = tile`` with tiles (y, x, S));
+    ``pixel_size``/``unit``/``translation``: level 0's physical grid
+    (translation per axis, NGFF's, i.e. the first pixel's centre).
     """
+    if axes is None and rgb:
+        if not 3 <= len(shape) <= 5 or shape[-1] not in (3, 4):
+            raise ValueError(f"an RGB / RGBA OME-Zarr image is (T, Z, Y, X, 3 or 4) at most; got shape {tuple(shape)}")
+        axes = "TZ"[5 - len(shape):] + "YXS"
     axes = axes or "TCZYX"[5 - len(shape):]
     info = ImageInfo(Path(path), KIND, axes.upper(), tuple(int(n) for n in shape), np.dtype(dtype),
                      pixel_size=pixel_size, unit=unit, channel_names=channel_names)
