@@ -44,6 +44,15 @@ def written_blocks(path) -> int:
     return ledger.stat().st_size // BlockStore._RECORD.size if ledger.exists() else 0
 
 
+def run_to_store(qtbot, widget, path: Path) -> Path:
+    """Press Run with *write to OME-Zarr* on and the store at ``path``; the run must finish. Returns ``path``."""
+    widget.to_zarr.value = True
+    widget.zarr_path.value = str(path)
+    run(qtbot, widget)
+    assert widget.state is RunState.FINISHED
+    return path
+
+
 def test_store_mode_controls_are_in_advanced_with_a_quarter_of_ram_by_default(make_napari_viewer, gray_weights):
     from diinn_napari._store import default_memory_budget
 
@@ -106,11 +115,7 @@ def test_cancel_keeps_the_blocks_and_a_rerun_resumes_to_the_uninterrupted_result
     layer = stack(viewer, rng, (2, 160, 160))  # x4: 2 planes of 640 x 640, 4 blocks each
     widget.layer.value = layer
     widget.factor_y.value = 4.0
-    widget.to_zarr.value = True
-    clean = tmp_path / "clean.ome.zarr"
-    widget.zarr_path.value = str(clean)
-    run(qtbot, widget)
-    assert widget.state is RunState.FINISHED
+    clean = run_to_store(qtbot, widget, tmp_path / "clean.ome.zarr")
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)

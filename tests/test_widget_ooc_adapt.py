@@ -8,7 +8,7 @@ napari = pytest.importorskip("napari")
 zarr = pytest.importorskip("zarr")
 
 from test_widget import cancel_at, run, setup  # noqa: F401 (setup: a fixture)
-from test_widget_ooc import written_blocks
+from test_widget_ooc import run_to_store, written_blocks
 from test_widget_ooc_rgb import ome_image
 
 from diinn_napari._run import Phase, RunState
@@ -55,11 +55,7 @@ def test_a_cancelled_adapted_store_resumes_adapting_only_the_unfinished_plane(se
     viewer, widget = setup
     stack = np.stack([waves((300, 280)), waves((300, 280), 1.0)])  # x2: 600 x 560, 4 blocks a plane
     adapting(widget, viewer.add_image(stack, name="waves"))
-    widget.to_zarr.value = True
-    clean = tmp_path / "clean.ome.zarr"
-    widget.zarr_path.value = str(clean)
-    run(qtbot, widget)
-    assert widget.state is RunState.FINISHED
+    clean = run_to_store(qtbot, widget, tmp_path / "clean.ome.zarr")
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)

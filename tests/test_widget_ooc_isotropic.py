@@ -9,7 +9,7 @@ zarr = pytest.importorskip("zarr")
 
 from test_widget import cancel_at, run
 from test_widget_isotropic import blobs, iso  # noqa: F401 (iso: a fixture)
-from test_widget_ooc import infos, written_blocks  # noqa: F401 (infos: a fixture)
+from test_widget_ooc import infos, run_to_store, written_blocks  # noqa: F401 (infos: a fixture)
 from test_widget_ooc_rgb import ome_image
 
 from diinn_napari._run import Phase, RunState
@@ -62,11 +62,7 @@ def test_an_isotropic_result_in_a_store_equals_the_in_memory_volume_and_sits_whe
 def test_a_cancelled_isotropic_store_resumes_at_its_first_missing_band(iso, qtbot, tmp_path, bands_of_16_rows, infos):
     viewer, widget = iso
     widget.layer.value = stack(viewer)
-    widget.to_zarr.value = True
-    clean = tmp_path / "clean.ome.zarr"
-    widget.zarr_path.value = str(clean)
-    run(qtbot, widget)
-    assert widget.state is RunState.FINISHED
+    clean = run_to_store(qtbot, widget, tmp_path / "clean.ome.zarr")
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)

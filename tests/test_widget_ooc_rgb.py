@@ -11,7 +11,7 @@ pytest.importorskip("zarr")
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from test_widget import cancel_at, errors, run, setup  # noqa: F401 (errors, setup: fixtures)
-from test_widget_ooc import infos, written_blocks  # noqa: F401 (infos: a fixture)
+from test_widget_ooc import infos, run_to_store, written_blocks  # noqa: F401 (infos: a fixture)
 
 from diinn_napari._run import RunState
 from diinn_napari.io.omezarr import BlockStore
@@ -81,11 +81,7 @@ def test_an_rgb_store_cancelled_keeps_its_blocks_and_a_rerun_resumes_to_the_unin
     layer = photo(viewer, np.random.default_rng(2), (2, 160, 160, 3))  # x4: 2 planes of 640 x 640, 4 blocks each
     widget.layer.value = layer
     widget.factor_y.value = 4.0
-    widget.to_zarr.value = True
-    clean = tmp_path / "clean.ome.zarr"
-    widget.zarr_path.value = str(clean)
-    run(qtbot, widget)
-    assert widget.state is RunState.FINISHED
+    clean = run_to_store(qtbot, widget, tmp_path / "clean.ome.zarr")
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)

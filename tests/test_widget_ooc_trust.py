@@ -7,7 +7,7 @@ napari = pytest.importorskip("napari")
 pytest.importorskip("zarr")
 
 from test_widget import cancel_at, errors, run, setup  # noqa: F401 (errors, setup: fixtures)
-from test_widget_ooc import infos, written_blocks  # noqa: F401 (infos: a fixture)
+from test_widget_ooc import infos, run_to_store, written_blocks  # noqa: F401 (infos: a fixture)
 from test_widget_ooc_rgb import ome_image, photo
 
 from diinn_napari._run import RunState
@@ -55,11 +55,7 @@ def test_a_cancelled_store_with_its_trust_map_resumes_both_to_the_uninterrupted_
     widget.layer.value = cells(viewer, np.random.default_rng(5), (2, 160, 160))  # x4: 8 blocks
     widget.factor_y.value = 4.0
     widget.trust_map.value = True
-    widget.to_zarr.value = True
-    clean = tmp_path / "clean.ome.zarr"
-    widget.zarr_path.value = str(clean)
-    run(qtbot, widget)
-    assert widget.state is RunState.FINISHED
+    run_to_store(qtbot, widget, tmp_path / "clean.ome.zarr")
 
     path = tmp_path / "resumed.ome.zarr"
     widget.zarr_path.value = str(path)
