@@ -1063,18 +1063,17 @@ def _render(net: DIINN, lr: np.ndarray, lr_shape, out_shape, window, device, mod
         sr = torch.maximum(sr + step, lower).clamp(max=hi)
     if trust and correction is None:
         correction = (sr - first).abs()
-    if excess is not None:  # outliers: their excess travels the bicubic path, linearly
-        by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
-        bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
-        sr = (sr + by @ torch.from_numpy(np.ascontiguousarray(excess)).to(device) @ bx.t()).clamp(lo, hi)
     clipped = [] if bounds is None or not consistency or not np.isfinite(lo) else [
         c for c in range(channels) if bounds.step[c] > 0 and bounds.floor[c] <= lo]
+    if excess is not None or clipped:  # bicubic from the tile's LR onto the window, for both steps below
+        by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
+        bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
+    if excess is not None:  # outliers: their excess travels the bicubic path, linearly
+        sr = (sr + by @ torch.from_numpy(np.ascontiguousarray(excess)).to(device) @ bx.t()).clamp(lo, hi)
     if clipped:  # a plane clipped at the dtype's minimum: no new pixels at it where bicubic has none
         seen = x[0, clipped].float()
         if excess is not None:
             seen = seen + torch.from_numpy(np.ascontiguousarray(excess[clipped])).to(device)
-        by = bicubic_matrix(h, H, y0, y1, t0, t1).to(device)
-        bx = bicubic_matrix(w, W, x0, x1, s0, s1).to(device)
         sr[clipped] = torch.maximum(sr[clipped], hole_bound(by @ seen @ bx.t(), lo, bounds.step[clipped]))
     return sr.cpu().numpy(), None if correction is None else correction.cpu().numpy()
 
