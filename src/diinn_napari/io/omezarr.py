@@ -285,41 +285,72 @@ def ngff_letters(letters: str) -> str:
     return letters[:at] + "c" + letters[at:]
 
 
+def _input_letters(info: ImageInfo) -> str:
+    """An image's axes as NGFF letters in its own order: colour samples as c, tifffile's Q and I as z."""
+    letters = info.axes.lower()
+    name = info.path.name
+    if info.rgb and "c" not in letters and letters.count("s") == 1:
+        letters = letters.replace("s", "c")  # colour samples: NGFF's c axis (see colour_axis)
+    elif "s" in letters:
+        raise ValueError(f"{name}: samples (axes {info.axes}) that are neither RGB colour nor the only channel axis "
+                         "have no OME-Zarr axis; write them as TIFF (--format tiff), or save the bands as a C axis")
+    letters = letters.replace("q", "z").replace("i", "z")
+    if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
+        raise ValueError(f"{name}: axes {info.axes} cannot be written as OME-Zarr axes t, c, z, y, x "
+                         "(each at most once); write it as TIFF (--format tiff)")
+    if not letters.endswith("yxc" if info.rgb else "yx"):
+        raise ValueError(f"{name}: axes {info.axes} do not end in Y, X; write it as TIFF (--format tiff)")
+    return letters
+
+
+def stored_order(info: ImageInfo) -> tuple[int, ...]:
+    """For each axis of the stored level 0 (NGFF's order t, c, z, y, x), the axis of ``info.shape`` it holds.
+
+    An image whose axes are in another order (tifffile's "ZCYX", "CTYX") is
+    stored with them permuted into NGFF's; RGB / RGBA samples (last in
+    ``info.shape``) go to the c axis. Planes are still written and read by
+    their index in ``info``'s leading axes (:meth:`PyramidWriter.key` maps it),
+    so the engine and the batch never see the permutation. An image described
+    by NGFF axes already (an OME-Zarr input, the napari writer's) is stored in
+    their order, its colour samples moved to the c axis (:func:`colour_axis`).
+    """
+    n = len(info.shape)
+    ngff = info.metadata.get("ngff")
+    if ngff is not None and len(ngff["axes"]) == n:
+        order = list(range(n))
+        if info.rgb:
+            at = 1 if info.axes.upper().startswith("T") else 0
+            order = order[:at] + [n - 1] + order[at:-1]
+        return tuple(order)
+    letters = _input_letters(info)
+    return tuple(sorted(range(n), key=lambda k: "tczyx".index(letters[k])))
+
+
 def colour_axis(info: ImageInfo) -> int | None:
     """Where an RGB / RGBA image's samples sit among the stored array's axes (NGFF's c: first, or after t);
     None for an image without colour samples. Colour is stored as c and handed in and out samples last."""
     if not info.rgb:
         return None
-    return 1 if info.axes.upper().startswith("T") else 0
+    return stored_order(info).index(len(info.shape) - 1)
 
 
 def stored_shape(info: ImageInfo) -> tuple[int, ...]:
-    """The shape of the stored level 0: ``info.shape``, colour samples moved to NGFF's c axis."""
+    """The shape of the stored level 0: ``info.shape`` in NGFF's axis order (:func:`stored_order`), colour
+    samples on the c axis."""
     shape = tuple(int(n) for n in info.shape)
-    at = colour_axis(info)
-    return shape if at is None else shape[:at] + shape[-1:] + shape[at:-1]
+    return tuple(shape[k] for k in stored_order(info))
 
 
 def _output_axes(info: ImageInfo) -> list[dict]:
-    """The NGFF axes of an output: the input's when it was OME-Zarr, else from its tifffile letters."""
+    """The NGFF axes of an output: the input's when it was OME-Zarr, else from its tifffile letters, in NGFF's
+    order (:func:`stored_order`)."""
     ngff = info.metadata.get("ngff")
     if ngff is not None and len(ngff["axes"]) == len(info.shape):
         return [dict(a) for a in ngff["axes"]]
-    letters = info.axes.lower()
-    if info.rgb and "c" not in letters and letters.count("s") == 1:
-        letters = ngff_letters(letters)  # colour samples: NGFF's c axis, after t (see colour_axis)
-    elif "s" in letters:
-        raise ValueError(f"{info.path.name}: samples (axes {info.axes}) have no OME-Zarr axis; "
-                         "write them as TIFF (--format tiff)")
-    letters = letters.replace("q", "z").replace("i", "z")
-    if any(a not in "tczyx" for a in letters) or len(set(letters)) != len(letters):
-        raise ValueError(f"{info.path.name}: axes {info.axes} cannot be written as OME-Zarr axes t, c, z, y, x")
-    if letters != "".join(a for a in "tczyx" if a in letters):
-        raise ValueError(f"{info.path.name}: axes {info.axes} are not in the OME-Zarr order T, C, Z, Y, X; "
-                         "write it as TIFF (--format tiff)")
+    letters = _input_letters(info)
     unit = ngff_unit(info.unit)
     axes = []
-    for a in letters:
+    for a in (letters[k] for k in stored_order(info)):
         axis: dict[str, Any] = {"name": a, "type": AXIS_TYPES[a]}
         if a in "zyx" and unit is not None and unit in _FROM_NGFF:
             axis["unit"] = unit
@@ -372,13 +403,14 @@ class PyramidWriter:
         self.group, self.info, self.shapes = group, info, shapes
         self.arrays = [group[str(k)] for k in range(len(shapes))]
         self.colour_at = colour_axis(info)  # RGB / RGBA: the stored c axis; planes come and go samples last
+        self.order = stored_order(info)  # the stored axes in NGFF's order, as axes of info.shape
 
     def key(self, index: tuple[int, ...], *yx: slice) -> tuple:
-        """The stored arrays' selection of plane ``index`` (the leading axes, colour samples not among them)."""
+        """The stored arrays' selection of plane ``index`` (``info``'s leading axes in its own order, colour
+        samples not among them): the index permuted into NGFF's order, every colour sample selected."""
         index = tuple(int(i) for i in index)
-        if self.colour_at is not None:
-            index = index[:self.colour_at] + (slice(None),) + index[self.colour_at:]
-        return index + yx
+        lead = len(index)  # info's leading axes come first in info.shape; Y, X (and the colour samples) after
+        return tuple(index[k] if k < lead else slice(None) for k in self.order[:-2]) + yx
 
     def chunk_coords(self, index: tuple[int, ...], level: int, y0: int, x0: int) -> tuple[int, ...]:
         """The chunk of level ``level`` that holds level-0 pixel (y0, x0) of plane ``index`` (every colour)."""
