@@ -47,7 +47,7 @@ def read_geotiff(path) -> list[tuple]:
         mask = planes.data_mask()
     bands = None
     if axes == "CYX":
-        bands = info.channel_names or [f"band {k + 1}" for k in range(data.shape[0])]
+        bands = info.channel_names  # the reader's names: descriptions, else "band 1", "band 2", ...
     transform = affine(info)
     metadata = {"transform": transform, "nodata": info.nodata, "mask": mask, "bands": bands, "path": str(path)}
     kwargs: dict = {"name": path.stem, "metadata": metadata, "rgb": axes == "YXS"}

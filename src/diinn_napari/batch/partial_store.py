@@ -88,9 +88,11 @@ class PartialStore:
 
 
 def dataclass_at(info: io.ImageInfo, path: Path) -> io.ImageInfo:
+    """``info`` of an output as written at the hidden ``path``; its image keeps the output's name (the
+    multiscale ``name`` viewers show), not the partial store's."""
     import dataclasses
 
-    return dataclasses.replace(info, path=Path(path))
+    return dataclasses.replace(info, path=Path(path), metadata={**info.metadata, "image_name": info.path.name})
 
 
 def why_other(path: Path, header: bytes) -> str:

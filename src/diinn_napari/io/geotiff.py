@@ -407,7 +407,7 @@ class GeoTiffFormat:
         info.nodata = parse_nodata(nodata_text)
         descriptions = {int(i.get("sample")): (i.text or "").strip() for i in gdal_items(gdal_xml)
                         if i.get("role") == "description" and (i.get("sample") or "").isdigit()}
-        if layout == "bands" and descriptions:
+        if layout == "bands":  # GDAL's band descriptions; "band 1", "band 2", ... where a band has none
             info.channel_names = [descriptions.get(k) or f"band {k + 1}" for k in range(samples)]
         info.metadata.update(geo=geo, gdal_metadata=gdal_xml, gdal_nodata=nodata_text, photometric=photometric,
                              planar=planar, extrasamples=extrasamples, source_yx=tuple(yx),

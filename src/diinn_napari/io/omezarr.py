@@ -456,7 +456,8 @@ class PyramidWriter:
             datasets.append({"path": str(k), "coordinateTransformations": [
                 {"type": "scale", "scale": level_scale}, {"type": "translation", "translation": level_translation}]})
         version = "0.5" if zarr_format == 3 else "0.4"
-        multiscale: dict[str, Any] = {"name": info.path.name, "axes": axes, "datasets": datasets,
+        # image_name: the published name of a store written under a hidden one (the batch's partial store)
+        multiscale: dict[str, Any] = {"name": info.metadata.get("image_name", info.path.name), "axes": axes, "datasets": datasets,
                                       "type": "mean", "metadata": {"method": "2 x 2 block mean",
                                                                    "software": "diinn-napari"}}
         ome: dict[str, Any] = {"multiscales": [multiscale]}
@@ -517,9 +518,54 @@ def _output_omero(info: ImageInfo, axes: list[dict]) -> dict | None:
         return {"channels": [{"label": str(name), "active": True} for name in info.channel_names]}
     if info.rgb:  # colour samples: NGFF viewers show the c axis as these colours, added
         colours = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"), ("alpha", "FFFFFF"))[:n_channels]
-        return {"channels": [{"label": label, "color": colour, "active": label != "alpha"}
-                             for label, colour in colours]}
+        # an integer colour's window is its dtype's whole range: no channel is stretched apart from the others
+        window = _dtype_window(info.dtype)
+        return {"channels": [{"label": label, "color": colour, "active": label != "alpha",
+                              **({"window": dict(window)} if window else {})} for label, colour in colours]}
     return None
+
+
+def _dtype_window(dtype) -> dict | None:
+    """The omero window of an integer dtype's whole range; None for floats (their range is the data's)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return None
+    lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    return {"min": lo, "max": hi, "start": lo, "end": hi}
+
+
+def fill_windows(writer: PyramidWriter) -> None:
+    """Give every omero channel without a ``window`` one from the written pixels (call once every pixel is in).
+
+    ``start`` / ``end`` are the channel's lowest and highest value in the
+    smallest pyramid level (at most 512 pixels a side, so this reads little:
+    the range a viewer first shows, the 2 x 2 means of level 0's extremes a
+    little inside it); ``min`` / ``max`` are the dtype's range for integers,
+    the same as start / end for floats. How the bands of a multiband TIFF get
+    a contrast each in NGFF viewers (napari-ome-zarr reads the window as the
+    channel's contrast limits).
+    """
+    attrs = writer.group.attrs.asdict()
+    ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
+    channels = (ome.get("omero") or {}).get("channels") or []
+    names = [a["name"].lower() for a in ome["multiscales"][0]["axes"]]
+    if "c" not in names or not any("window" not in c for c in channels):
+        return
+    smallest = np.asarray(writer.arrays[-1][...])
+    at = names.index("c")
+    if len(channels) != smallest.shape[at]:
+        return
+    for k, channel in enumerate(channels):
+        if "window" in channel:
+            continue
+        band = np.take(smallest, k, axis=at)
+        band = band[~np.isnan(band)] if band.dtype.kind == "f" else band
+        if band.size == 0:  # no value to show: no window
+            continue
+        start, end = (band.min().item(), band.max().item())
+        window = _dtype_window(smallest.dtype) or {"min": start, "max": end}
+        channel["window"] = {"min": window["min"], "max": window["max"], "start": start, "end": end}
+    writer.group.attrs.update(attrs)
 
 
 class OmeZarrFormat:
@@ -618,6 +664,7 @@ class OmeZarrFormat:
         writer = PyramidWriter.create(path, info, record)
         for index, plane in zip(np.ndindex(*info.leading), planes):
             writer.write_plane(index, plane)
+        fill_windows(writer)
 
     def read_record(self, path: Path) -> dict | None:
         attrs, _ = _read_attrs(path)
@@ -894,6 +941,7 @@ class BlockStore:
         missing = self.blocks_total - len(self.done)
         if missing:
             raise RuntimeError(f"{missing} of {self.blocks_total} blocks are not written yet")
+        fill_windows(self.writer)
         if record is not None:
             self.writer.group.attrs[settings_record.RECORD_KEY] = record
         (self.root / self.LEDGER).unlink(missing_ok=True)
