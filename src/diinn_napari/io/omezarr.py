@@ -318,8 +318,9 @@ def stored_order(info: ImageInfo) -> tuple[int, ...]:
     ngff = info.metadata.get("ngff")
     if ngff is not None and len(ngff["axes"]) == n:
         order = list(range(n))
-        if info.rgb:
-            at = 1 if info.axes.upper().startswith("T") else 0
+        names = [a["name"].lower() for a in ngff["axes"]]
+        if info.rgb:  # the colour samples are stored where the axes put the c axis (first, or after t)
+            at = names.index("c") if "c" in names else (1 if info.axes.upper().startswith("T") else 0)
             order = order[:at] + [n - 1] + order[at:-1]
         return tuple(order)
     letters = _input_letters(info)
