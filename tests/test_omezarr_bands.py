@@ -119,3 +119,25 @@ def test_killed_zcyx_batch_resumes_block_by_block_and_equals_a_clean_run(tmp_pat
     assert len(resumed) == len(clean)
     for a, b in zip(resumed, clean):
         np.testing.assert_array_equal(a, b)  # bit for bit, every block at its permuted place
+
+
+def test_zcyx_tiff_on_a_local_cluster_equals_a_single_process_run_bit_for_bit(tmp_path, rng, gray_weights):
+    distributed = pytest.importorskip("distributed")
+    from diinn_napari import RunSettings
+    from diinn_napari import batch as library
+
+    src = tmp_path / "stack.tif"  # (Z, C) = (2, 3) planes: at x2 each 600 x 80 plane is two block groups
+    tifffile.imwrite(src, rng.integers(0, 4000, (2, 3, 300, 40), dtype=np.uint16), metadata={"axes": "ZCYX"})
+
+    def settings(out):
+        return library.Settings(out, RunSettings(scale=2, model=gray_weights, threads=1), out_format="ome-zarr",
+                                show_progress=False)
+
+    assert [r.status for r in library.run_batch([src], settings(tmp_path / "single"))] == ["done"]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        results = library.run_batch([src], settings(tmp_path / "cluster"), scheduler=cluster.scheduler_address)
+    assert [r.status for r in results] == ["done"], results[0].message
+    expected, found = levels_of(tmp_path / "single" / "stack.ome.zarr"), levels_of(tmp_path / "cluster" / "stack.ome.zarr")
+    assert expected[0].shape == (3, 2, 600, 80) and len(found) == len(expected)
+    for a, b in zip(found, expected):
+        np.testing.assert_array_equal(a, b)  # every level, each plane where the permutation puts it
