@@ -137,7 +137,27 @@ def test_zcyx_tiff_on_a_local_cluster_equals_a_single_process_run_bit_for_bit(tm
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         results = library.run_batch([src], settings(tmp_path / "cluster"), scheduler=cluster.scheduler_address)
     assert [r.status for r in results] == ["done"], results[0].message
-    expected, found = levels_of(tmp_path / "single" / "stack.ome.zarr"), levels_of(tmp_path / "cluster" / "stack.ome.zarr")
+    expected = levels_of(tmp_path / "single" / "stack.ome.zarr")
+    found = levels_of(tmp_path / "cluster" / "stack.ome.zarr")
     assert expected[0].shape == (3, 2, 600, 80) and len(found) == len(expected)
     for a, b in zip(found, expected):
         np.testing.assert_array_equal(a, b)  # every level, each plane where the permutation puts it
+
+
+def test_float_band_windows_skip_nan_and_an_all_nan_band_gets_none(tmp_path, rng):
+    from pathlib import Path
+
+    from diinn_napari.io import ImageInfo
+    from diinn_napari.io.omezarr import OME_ZARR
+
+    planes = rng.normal(5.0, 2.0, (3, 24, 20)).astype(np.float32)
+    planes[0, :4] = np.nan  # NaN pixels (no data) do not widen or poison the range
+    planes[2] = np.nan  # a band without a single value
+    info = ImageInfo(Path(tmp_path / "f.ome.zarr"), "ome-zarr", "CYX", planes.shape, np.float32,
+                     channel_names=["a", "b", "c"])
+    OME_ZARR.write(info.path, info, iter(planes))
+    channels = read_client(info.path)[2]["ome"]["omero"]["channels"]
+    for k in (0, 1):
+        lo, hi = float(np.nanmin(planes[k])), float(np.nanmax(planes[k]))  # one level: the smallest is level 0
+        assert channels[k]["window"] == {"min": lo, "max": hi, "start": lo, "end": hi}
+    assert "window" not in channels[2]

@@ -278,13 +278,6 @@ def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return data.astype(dtype)
 
 
-def ngff_letters(letters: str) -> str:
-    """Axis letters with colour samples last ("zyxs") in NGFF's order, the samples as the c axis ("czyx")."""
-    letters = letters.lower().replace("s", "")
-    at = 1 if letters.startswith("t") else 0
-    return letters[:at] + "c" + letters[at:]
-
-
 def _input_letters(info: ImageInfo) -> str:
     """An image's axes as NGFF letters in its own order: colour samples as c, tifffile's Q and I as z."""
     letters = info.axes.lower()
@@ -458,7 +451,8 @@ class PyramidWriter:
                 {"type": "scale", "scale": level_scale}, {"type": "translation", "translation": level_translation}]})
         version = "0.5" if zarr_format == 3 else "0.4"
         # image_name: the published name of a store written under a hidden one (the batch's partial store)
-        multiscale: dict[str, Any] = {"name": info.metadata.get("image_name", info.path.name), "axes": axes, "datasets": datasets,
+        name = info.metadata.get("image_name", info.path.name)
+        multiscale: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets,
                                       "type": "mean", "metadata": {"method": "2 x 2 block mean",
                                                                    "software": "diinn-napari"}}
         ome: dict[str, Any] = {"multiscales": [multiscale]}
@@ -539,34 +533,39 @@ def fill_windows(writer: PyramidWriter) -> None:
     """Give every omero channel without a ``window`` one from the written pixels (call once every pixel is in).
 
     ``start`` / ``end`` are the channel's lowest and highest value in the
-    smallest pyramid level (at most 512 pixels a side, so this reads little:
-    the range a viewer first shows, the 2 x 2 means of level 0's extremes a
-    little inside it); ``min`` / ``max`` are the dtype's range for integers,
-    the same as start / end for floats. How the bands of a multiband TIFF get
-    a contrast each in NGFF viewers (napari-ome-zarr reads the window as the
-    channel's contrast limits).
+    smallest pyramid level (at most 512 pixels a side, read one plane at a
+    time: little to read, and the range a viewer first shows; the 2 x 2 means
+    put it a little inside level 0's extremes); ``min`` / ``max`` are the
+    dtype's range for integers, the same as start / end for floats. How the
+    bands of a multiband TIFF get a contrast each in NGFF viewers
+    (napari-ome-zarr reads the window as the channel's contrast limits).
     """
     attrs = writer.group.attrs.asdict()
     ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
     channels = (ome.get("omero") or {}).get("channels") or []
     names = [a["name"].lower() for a in ome["multiscales"][0]["axes"]]
+    smallest = writer.arrays[-1]
     if "c" not in names or not any("window" not in c for c in channels):
         return
-    smallest = np.asarray(writer.arrays[-1][...])
     at = names.index("c")
     if len(channels) != smallest.shape[at]:
         return
-    for k, channel in enumerate(channels):
-        if "window" in channel:
+    ranges: dict[int, tuple] = {}  # channel: (lowest, highest) so far
+    for index in np.ndindex(*smallest.shape[:-2]):
+        if "window" in channels[index[at]]:
             continue
-        band = np.take(smallest, k, axis=at)
-        band = band[~np.isnan(band)] if band.dtype.kind == "f" else band
-        if band.size == 0:  # no value to show: no window
+        plane = np.asarray(smallest[index])
+        plane = plane[~np.isnan(plane)] if plane.dtype.kind == "f" else plane
+        if plane.size == 0:  # a plane without values (all NaN) says nothing of the range
             continue
-        start, end = (band.min().item(), band.max().item())
-        window = _dtype_window(smallest.dtype) or {"min": start, "max": end}
-        channel["window"] = {"min": window["min"], "max": window["max"], "start": start, "end": end}
-    writer.group.attrs.update(attrs)
+        lo, hi = plane.min().item(), plane.max().item()
+        old = ranges.get(index[at])
+        ranges[index[at]] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    for k, (start, end) in ranges.items():
+        whole = _dtype_window(smallest.dtype) or {"min": start, "max": end}
+        channels[k]["window"] = {"min": whole["min"], "max": whole["max"], "start": start, "end": end}
+    if ranges:
+        writer.group.attrs.update(attrs)
 
 
 class OmeZarrFormat:
