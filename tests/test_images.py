@@ -87,6 +87,18 @@ def test_two_samples_per_pixel_are_two_bands_for_both_readers(tmp_path):
     assert len(image_planes(path, 1)) == 2
 
 
+def test_four_gray_samples_per_page_are_bands_not_rgba(tmp_path, rng):
+    # regression: a multi-page stack of 4 minisblack samples was read as RGBA (the 4th band taken for alpha)
+    path = tmp_path / "bands.tif"
+    data = (rng.random((3, 20, 30, 4)) * 4000).astype(np.uint16)
+    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ValueError, match="4 gray samples per pixel.*save the bands as a channel axis"):
+        read_info(path)
+    array, is_rgb = read_image(path)  # training and evaluation: every band a gray plane
+    assert not is_rgb and np.array_equal(array, np.moveaxis(data, -1, 1))
+    assert len(image_planes(path, 1)) == 12
+
+
 def test_atomic_write_flushes_the_file_then_the_folder_after_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace

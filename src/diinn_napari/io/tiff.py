@@ -292,6 +292,7 @@ class TiffFormat:
                 series = tif.series[0]
                 info = ImageInfo(path, "tiff", series.axes, tuple(series.shape), np.dtype(series.dtype))
                 page = tif.pages[0]
+                photometric = int(page.photometric)
                 meta = info.metadata
                 meta["extrasamples"] = tuple(int(v) for v in getattr(page, "extrasamples", ()) or ())
                 if "NewSubfileType" in page.tags:
@@ -319,11 +320,14 @@ class TiffFormat:
             raise
         except HEADER_ERRORS as err:
             raise ValueError(f"{path.name}: cannot read this TIFF ({err})") from err
-        if sample_layout(path.name, info.axes, info.shape) == "bands":
-            # plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first
-            raise ValueError(f"{path.name}: {info.shape[-1]} samples per pixel in an {info.kind.upper()} file; "
-                             "only gray, RGB (3) and RGBA (4) are read from ImageJ and OME-TIFF (save the bands as a "
-                             "channel axis)")
+        # Plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first. Samples that
+        # the file calls gray (minisblack / miniswhite) are bands even when there are 3 or 4 of them: read as
+        # RGB(A) they would go through the colour model with the fourth band taken for alpha.
+        gray_samples = info.axes.endswith("S") and photometric in (0, 1)
+        if gray_samples or sample_layout(path.name, info.axes, info.shape) == "bands":
+            raise ValueError(f"{path.name}: {info.shape[-1]} {'gray ' if gray_samples else ''}samples per pixel in "
+                             "this stack; only gray pixels, RGB (3) and RGBA (4) colour are read "
+                             "from ImageJ, OME and multi-page TIFF (save the bands as a channel axis)")
         drop_invalid_sizes(info)
         if info.pixel_size is None:
             info.metadata["has_resolution"] = False  # an invalid calibration is not written back
@@ -341,7 +345,10 @@ class TiffFormat:
     def read_array(self, path: Path) -> tuple[np.ndarray, str]:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return series.asarray(), series.axes
+            array, axes = series.asarray(), series.axes
+            if axes.endswith("S") and int(tif.pages[0].photometric) in (0, 1):  # gray samples are bands
+                array, axes = np.moveaxis(array, -1, -3), axes[:-3] + "C" + axes[-3:-1]
+            return array, axes
 
     def output_name(self, path: Path) -> str:
         return path.name
