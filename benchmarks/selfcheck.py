@@ -19,7 +19,9 @@ the blend with the proxy's ``w`` (the blend applied to the final output,
 rounded to the dtype), for ``w`` always and for ``w`` only where the proxy's
 gain is below each of ``--margins`` dB (else ``w = 1``), and the oracle
 ``w`` fitted on the truth with its gain. Then, per scale: the mean gain, the
-files below bicubic, the worst gain and the largest drop against the default.
+files below bicubic, the worst gain and the largest drop against the default;
+and how well the proxy tracks the truth (Pearson correlation of the gains and
+of the weights, over all rows and over the ``--focus`` images).
 Nothing of this is in the engine: it measures whether it should be.
 """
 
@@ -74,6 +76,11 @@ def blended(model: np.ndarray, base: np.ndarray, w: float) -> np.ndarray:
     return cast((b + w * (model.astype(np.float64) - b)).astype(np.float32), model.dtype)
 
 
+def correlation(rows: list[dict], a: str, b: str) -> float:
+    """Pearson correlation of two columns of ``rows``."""
+    return float(np.corrcoef([r[a] for r in rows], [r[b] for r in rows])[0, 1])
+
+
 def score(hr: np.ndarray, scale: float, net, margins: list[float]) -> dict:
     """The proxy, the truth and the blends of one crop at one scale."""
     lr = degrade(hr, scale)
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", default="2,3,4")
     p.add_argument("--margins", default="0,0.5", help="proxy gains (dB) below which the blend is applied")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--focus", default="colicoords", help="also correlate over the images whose name holds this")
     p.add_argument("--json", type=Path, default=None, help="write all rows here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -126,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             g = np.array([r[key] for r in sel])
             print(f"x{scale:g} {key:<12} {len(sel)} files: mean {g.mean():+.3f} ({g.mean() - base.mean():+.3f}); "
                   f"below bicubic {int((g < 0).sum())}; worst {g.min():+.2f}; largest drop {(g - base).min():+.2f}")
+    print("\nPearson correlation: proxy gain with the true gain; proxy w with the oracle w")
+    for label, sel in (("all", rows), (a.focus, [r for r in rows if a.focus in r["image"]])):
+        if len(sel) > 2:
+            print(f"{label:<12} {len(sel)} rows: gain {correlation(sel, 'proxy_gain', 'gain'):+.2f}; "
+                  f"w {correlation(sel, 'w', 'oracle_w'):+.2f}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0
