@@ -5,12 +5,14 @@
 # and the RGB domain files), all layers, a cosine sized to the time limit; then score the
 # result like the bundled model (Set14, Set5, the RGB domain files; default consistency).
 #
-#   nice -n 19 bash scripts/rgb_continue.sh [DATA] [OUT] [MINUTES]   (../shared/data, runs/rgb-continue, 120)
+#   nice -n 19 bash scripts/rgb_continue.sh [DATA] [OUT] [MINUTES] [SEED]   (../shared/data, runs/rgb-continue, 120, 4)
+#
+# A new SEED per continuation draws other patches than the run before.
 #
 # Resumable: rerun the same command after an interruption (--resume from the state beside --out).
 set -u
 cd "$(dirname "$0")/.."
-D=${1:-../shared/data}; OUT=${2:-runs/rgb-continue}; MINUTES=${3:-120}
+D=${1:-../shared/data}; OUT=${2:-runs/rgb-continue}; MINUTES=${3:-120}; SEED=${4:-4}
 mkdir -p "$OUT"
 HOLD=$(python -c "
 from pathlib import Path; from diinn_napari.weights import read_metadata
@@ -18,7 +20,7 @@ print(' '.join(f'--hold-out {Path(f).stem}.*' for f in read_metadata('weights/di
 resume=""; [ -f "$OUT/rgb.state.pt" ] && resume="--resume"
 if [ ! -f "$OUT/finished" ]; then
   python -m diinn_napari.finetune --weights weights/diinn-rgb.safetensors --channels 3 --threads 1 \
-    --data "$D/train/T91" --data "$D/train/BSDS200" $HOLD --val-fraction 0 --seed 4 \
+    --data "$D/train/T91" --data "$D/train/BSDS200" $HOLD --val-fraction 0 --seed "$SEED" \
     --batch 8 --patch 32 --queries 1024 --preset finetune --train all --lr 1e-4 --warmup 100 \
     --time-limit "$MINUTES" --ema 0.999 --loss charbonnier --val-every 250 \
     --recipe scientific --axial 0 --dark 0.1 --sparse 0.05 --jitter 0.1 --shot-noise 0.1 --aniso 0.1 \
