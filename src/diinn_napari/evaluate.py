@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import cast
-from .io import data_mask, find_images, image_planes, open_planes, read_image, read_info
+from .io import data_pixels, find_images, image_planes, nodata_rule, read_image
 from .engine import get_model, upscale
 from .settings import DEFAULT_CONSISTENCY, PRECISIONS
 from .intensity import Intensity, fit_intensity, to_luminance
@@ -92,22 +92,10 @@ def load_valid(path: Path, native: np.ndarray) -> np.ndarray | None:
     """The (Y, X) mask of ``native`` (the file's first plane, :func:`load_native`) that holds data, or None (all).
 
     Pixels equal to the file's nodata value in any channel (NaN included) or
-    outside its internal data mask are not data.
+    outside its internal data mask are not data (:func:`diinn_napari.io.data_pixels`,
+    the rule training's patches follow too).
     """
-    info = read_info(path)
-    valid = None
-    if info.nodata is not None:
-        values = native if native.ndim == 2 else native.reshape(*native.shape[:2], -1)
-        hit = np.isnan(values) if np.isnan(info.nodata) else values == info.nodata
-        valid = ~(hit if hit.ndim == 2 else hit.any(-1))
-    try:
-        with open_planes(info) as source:
-            mask = data_mask(source)
-    except (OSError, ValueError):
-        mask = None
-    if mask is not None and mask.shape == native.shape[:2]:
-        valid = mask if valid is None else valid & mask
-    return None if valid is None or valid.all() else valid
+    return data_pixels(native, *nodata_rule(path))
 
 
 def scored_pixels(valid: np.ndarray, scale: float) -> np.ndarray:

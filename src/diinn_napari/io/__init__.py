@@ -35,11 +35,11 @@ from .atomic import atomic_write, current_umask, fsync_folder, publish
 from .base import (ImageFormat, ImageInfo, PlaneSource, drop_invalid_sizes, format_for, format_of, formats, is_colour, is_image, register,
                    sample_layout, suffixes)
 from .record import RECORD_KEY, RECORD_TAG, read_record
-from .whole import find_images, image_planes, image_suffixes, read_image
+from .whole import data_pixels, data_planes, find_images, image_planes, image_suffixes, nodata_rule, read_image
 
 __all__ = ["ImageFormat", "ImageInfo", "PlaneSource", "RECORD_KEY", "RECORD_TAG", "atomic_write", "current_umask",
-           "data_mask", "find_images", "format_for", "format_of", "formats", "fsync_folder", "image_planes", "image_suffixes",
-           "is_colour", "is_image", "open_planes", "publish", "read_image", "read_info", "read_record", "register",
+           "data_mask", "data_pixels", "data_planes", "find_images", "format_for", "format_of", "formats", "fsync_folder", "image_planes", "image_suffixes",
+           "is_colour", "is_image", "nodata_rule", "open_planes", "publish", "read_image", "read_info", "read_record", "register",
            "sample_layout", "suffixes", "write_planes"]
 
 

@@ -1,4 +1,9 @@
-"""Whole files, for training and evaluation: find them, read one, make normalised float planes of it."""
+"""Whole files, for training and evaluation: find them, read one, make normalised float planes of it.
+
+Pixels without data (a GeoTIFF's nodata value or GDAL internal mask) are found by
+one rule, :func:`nodata_rule` + :func:`data_pixels`, which evaluation's scores and
+training's patches share.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +56,72 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
     if is_rgb:
         array = array[..., :3]
     return array, is_rgb
+
+
+def nodata_rule(path: str | Path) -> tuple[float | None, np.ndarray | None]:
+    """What marks a file's pixels without data: (its nodata value or None, its (Y, X) internal data mask or None).
+
+    A mask that cannot be read counts as none (the file's pixels are read as they are).
+    """
+    from . import data_mask, open_planes, read_info
+
+    path = Path(path)
+    if path.suffix.lower() in WHOLE_ONLY_SUFFIXES:  # BMP and WebP carry neither
+        return None, None
+    info = read_info(path)
+    try:
+        with open_planes(info) as source:
+            mask = data_mask(source)
+    except (OSError, ValueError):
+        mask = None
+    return info.nodata, mask
+
+
+def data_pixels(values: np.ndarray, nodata: float | None, mask: np.ndarray | None) -> np.ndarray | None:
+    """The (Y, X) bool mask of ``values`` ((Y, X) or (Y, X, C)) that holds data, or None when all of it does.
+
+    A pixel holds no data where it equals ``nodata`` in any channel (NaN: is NaN there)
+    or where ``mask`` (True: data; ignored unless it is (Y, X) of ``values``) is False.
+    """
+    valid = None
+    if nodata is not None:
+        flat = values if values.ndim == 2 else values.reshape(*values.shape[:2], -1)
+        hit = np.isnan(flat) if np.isnan(nodata) else flat == nodata
+        valid = ~(hit if hit.ndim == 2 else hit.any(-1))
+    if mask is not None and mask.shape == values.shape[:2]:
+        valid = mask if valid is None else valid & mask
+    return None if valid is None or valid.all() else valid
+
+
+def data_planes(path: str | Path, channels: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Like :func:`image_planes`, for training: (normalised plane, (Y, X) data mask or None) of every sample.
+
+    The pixels without data (:func:`data_pixels` of the file's samples: for RGB any
+    colour at the nodata value) are left out of each plane's intensity fit, as the
+    engine leaves them out, and set to 0 (a NaN nodata never reaches the network).
+    """
+    from ..intensity import Intensity, fit_intensity, to_luminance
+
+    array, is_rgb = read_image(path)
+    nodata, mask = nodata_rule(path)
+    if channels == 3 and not is_rgb:
+        return []
+    stack = array.reshape(-1, *array.shape[-3:]) if is_rgb else array.reshape(-1, *array.shape[-2:])
+    out = []
+    for raw in stack:
+        valid = data_pixels(raw, nodata, mask)
+        values = to_luminance(raw) if is_rgb and channels == 1 else raw
+        if array.dtype == np.uint8:  # luminance of uint8 keeps the uint8 range, so map it like uint8
+            mapping = Intensity(0.0, 255.0)
+        elif valid is None:
+            mapping = fit_intensity(values)
+        else:
+            mapping = fit_intensity(values[valid]) if valid.any() else Intensity(0.0, 1.0)
+        plane = mapping.normalize(values)
+        if valid is not None:
+            plane[~valid] = 0.0
+        out.append((plane.transpose(2, 0, 1) if plane.ndim == 3 else plane, valid))
+    return out
 
 
 def image_planes(path: str | Path, channels: int) -> list[np.ndarray]:

@@ -1,8 +1,11 @@
 """Training data: normalised planes of image files, and the sampler of LR/HR pairs.
 
 Every YX plane of every file is a sample (2D images, RGB, multi-page and nD
-TIFF stacks), read by :func:`diinn_napari.io.image_planes` (intensities
+TIFF stacks), read by :func:`diinn_napari.io.data_planes` (intensities
 normalised by the engine's own code, so the model trains on what it will see).
+Pixels without data (a GeoTIFF's nodata value or internal mask, the rule
+``evaluate`` scores by) are left out of the normalisation, and no training
+patch or validation crop touches them (:mod:`.footprint`).
 """
 
 from __future__ import annotations
@@ -16,48 +19,96 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import image_planes
+from ..io import data_planes
 from ..isotropic_plan import default_axial_sigma
 from ..quality import degrade_axis, downsample
 from .config import parse_scales
+from .footprint import Footprint
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PlaneSet", "load_planes", "parse_scales", "PairSampler", "jitter_intensity", "sparse_spots", "gaussian_blur",
-           "downsample", "validation_crops", "ValidationCrops", "quantise_levels"]
+           "downsample", "validation_crops", "ValidationCrops", "quantise_levels", "left_out_line"]
 
 
 @dataclass
 class PlaneSet:
-    """Normalised training planes, each (C, Y, X) float32; ``owners[i]``: the index in ``files`` of plane i's file."""
+    """Normalised training planes, each (C, Y, X) float32; ``owners[i]``: the index in ``files`` of plane i's file.
+
+    ``footprints[i]``: where plane i holds data (None: everywhere); ``left_out[path]``: the
+    pixels without data of a used file (files without any are not listed).
+    """
 
     planes: list[torch.Tensor]
     files: list[Path]
     skipped: list[tuple[Path, str]]
     owners: list[int] = field(default_factory=list)
+    footprints: list[Footprint | None] = field(default_factory=list)
+    left_out: dict[Path, int] = field(default_factory=dict)
+
+    def footprint(self, i: int) -> Footprint | None:
+        """Plane i's :class:`Footprint`, or None when all of it holds data."""
+        return self.footprints[i] if i < len(self.footprints) else None
 
 
 def load_planes(files: list[Path], channels: int, min_size: int) -> PlaneSet:
-    """Read every plane of ``files``; skip unreadable or too-small ones with a warning."""
-    planes, used, skipped, owners = [], [], [], []
+    """Read every plane of ``files``; skip unreadable or too-small ones with a warning.
+
+    A plane with pixels without data is too small when no ``min_size`` px square of it
+    lies wholly on data; its nodata pixels are counted in ``left_out``.
+    """
+    planes, used, skipped, owners, footprints, left_out = [], [], [], [], [], {}
     for path in files:
         try:
-            found = image_planes(path, channels)
+            found = data_planes(path, channels)
         except Exception as err:  # unreadable file: count it, never crash the run
             skipped.append((path, f"unreadable ({err.__class__.__name__}: {err})"))
             continue
-        small = [p for p in found if min(p.shape[-2:]) < min_size]
-        found = [p for p in found if min(p.shape[-2:]) >= min_size and np.isfinite(p).all()]
-        if not found:
-            why = f"smaller than {min_size} px" if small else "no usable plane"
+        kept, small, thin, empty, missing = [], False, False, False, 0
+        for plane, valid in found:
+            shape = plane.shape[-2:]
+            if min(shape) < min_size:
+                small = True
+                continue
+            footprint = None if valid is None else Footprint(valid)
+            if footprint is not None and footprint.data_pixels == 0:
+                empty = True
+                continue
+            if footprint is not None and footprint.side < min_size:
+                thin = True
+                continue
+            if not np.isfinite(plane).all():
+                continue
+            kept.append((plane, footprint))
+            missing += 0 if footprint is None else footprint.left_out
+        if not kept:
+            why = (f"smaller than {min_size} px" if small and not (thin or empty) else
+                   f"no {min_size} x {min_size} px square wholly on data (the rest is nodata or masked)" if thin else
+                   "no pixel holds data (all nodata or masked)" if empty else "no usable plane")
             skipped.append((path, why))
             continue
-        planes += [torch.from_numpy(np.ascontiguousarray(p)).reshape(channels, *p.shape[-2:]) for p in found]
-        owners += [len(used)] * len(found)
+        planes += [torch.from_numpy(np.ascontiguousarray(p)).reshape(channels, *p.shape[-2:]) for p, _ in kept]
+        footprints += [f for _, f in kept]
+        owners += [len(used)] * len(kept)
         used.append(path)
+        if missing:
+            left_out[path] = missing
     for path, why in skipped:
         log.warning("skipped %s: %s", path, why)
-    return PlaneSet(planes, used, skipped, owners)
+    return PlaneSet(planes, used, skipped, owners, footprints, left_out)
+
+
+def left_out_line(sets: list[PlaneSet]) -> str | None:
+    """One line: how many pixels without data the used files had (left out of patches, crops and normalisation)."""
+    counts = {path: n for s in sets for path, n in s.left_out.items()}
+    if not counts:
+        return None
+    total = sum(counts.values())
+    pixels = sum(int(p.shape[-1] * p.shape[-2]) for s in sets for p in s.planes)
+    files = sum(len(s.files) for s in sets)
+    worst = max(counts, key=counts.get)
+    return (f"left out {total} pixels without data (nodata or masked, {100 * total / max(pixels, 1):.1f} % of the "
+            f"planes' pixels) in {len(counts)} of {files} files; the most in {worst.name} ({counts[worst]})")
 
 
 @dataclass
@@ -85,22 +136,29 @@ def validation_crops(planes: PlaneSet, count: int, size: int, seed: int, min_fil
         return ValidationCrops([], 0, 0, ["no held-aside file to validate on: the result cannot be checked against the "
                                           "start and is written unchecked"])
     rng = np.random.default_rng(seed)
-    by_file: dict[int, list[torch.Tensor]] = {}
+    by_file: dict[int, list[int]] = {}
     owners = planes.owners or list(range(len(planes.planes)))
-    for plane, owner in zip(planes.planes, owners):
-        by_file.setdefault(owner, []).append(plane)
+    for i, owner in enumerate(owners):
+        by_file.setdefault(owner, []).append(i)
     order = list(by_file)
     rng.shuffle(order)
     crops, covered = [], 0
     for i in range(count):
         group = by_file[order[i % len(order)]]
-        plane = group[int(rng.integers(len(group)))]
+        k = group[int(rng.integers(len(group)))]
+        plane, footprint = planes.planes[k], planes.footprint(k)
         _, h, w = plane.shape
         ch, cw = min(h, size), min(w, size)
-        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        if footprint is None:
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        else:  # wholly on data: the largest square there when the asked crop does not fit
+            if not footprint.starts(ch, cw).any():
+                ch = cw = min(footprint.side, size)
+            (y, x), = footprint.pick([rng.random()], ch, cw)
         crops.append(plane[:, y : y + ch, x : x + cw].contiguous())
         covered += ch * cw
-    distinct = sum(int(p.shape[-1] * p.shape[-2]) for p in planes.planes)
+    distinct = sum(int(p.shape[-1] * p.shape[-2]) if planes.footprint(i) is None else planes.footprint(i).data_pixels
+                   for i, p in enumerate(planes.planes))
     warnings = []
     if len(by_file) < min_files:
         warnings.append(f"only {len(by_file)} held-aside file{'s' if len(by_file) != 1 else ''} to validate on "
@@ -164,6 +222,9 @@ class PairSampler:
       (dim 8- to 16-bit data); the HR target stays smooth, so the staircase is not
       learnt as structure (:func:`quantise_levels`).
 
+    ``footprints`` (one per plane, None where a plane holds data everywhere): every crop
+    lies wholly on data, its size capped by the largest all-data square of the plane.
+
     The same generator state always gives the same pairs.
     """
 
@@ -179,8 +240,11 @@ class PairSampler:
     aniso: float = 0.0
     axial: float = 0.0
     levels: float = 0.0
+    footprints: list[Footprint | None] | None = None
 
     def __post_init__(self) -> None:
+        if self.footprints is not None and len(self.footprints) != len(self.planes):
+            raise ValueError(f"{len(self.footprints)} footprints for {len(self.planes)} planes")
         for name in ("dark", "sparse", "jitter", "shot_noise", "aniso", "axial", "levels"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -233,7 +297,10 @@ class PairSampler:
         lrs, hrs = [], []
         for i in range(n):
             plane = self.planes[int(index[i])]
+            footprint = self.footprints[int(index[i])] if self.footprints else None
             _, ph, pw = plane.shape
+            if footprint is not None:  # sizes capped by the largest square on data, so an all-data crop exists
+                ph = pw = footprint.side
             if aniso[i]:  # each axis capped by the plane on its own
                 fy, fx = min(float(sy[i]), ph / p), min(float(sx[i]), pw / p)
             else:  # one scale, capped by the smaller fit, so the item stays isotropic
@@ -247,12 +314,15 @@ class PairSampler:
                 z_blur = 0.0 if axial_u[i, 1] < 1 / 3 else float(axial_u[i, 2]) * default_axial_sigma(ratio)
                 margin = min(math.ceil(3 * z_blur) if z_blur >= 0.1 else 0, (rows - n_hr) // 2)
                 h, w = (n_hr + 2 * margin, p) if not flips[i, 2] else (p, n_hr + 2 * margin)
-            ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h)
-            xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w)
+            if footprint is None:
+                ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h).tolist()
+                xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w).tolist()
+            else:  # each candidate one of the starts whose crop holds data only
+                ys, xs = zip(*footprint.pick(positions[i, :, 0].numpy(), h, w))
             k = 0
             if dark[i]:  # background-dominated: the darkest of the candidate crops
-                k = int(torch.stack([plane[:, y : y + h, x : x + w].mean() for y, x in zip(ys.tolist(), xs.tolist())]).argmin())
-            hr = plane[:, int(ys[k]) : int(ys[k]) + h, int(xs[k]) : int(xs[k]) + w]
+                k = int(torch.stack([plane[:, y : y + h, x : x + w].mean() for y, x in zip(ys, xs)]).argmin())
+            hr = plane[:, ys[k] : ys[k] + h, xs[k] : xs[k] + w]
             if sparse[i]:
                 hr = sparse_spots(hr, spots[i])
             if jitter[i]:

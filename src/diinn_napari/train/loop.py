@@ -29,7 +29,7 @@ from ..io import atomic_write, find_images
 from ..model import DIINN
 from ..weights import load_weights, resolve, save_weights
 from .config import TrainingError, learning_rate, resolve_recipe, side_paths
-from .data import PairSampler, PlaneSet, ValidationCrops, load_planes, validation_crops
+from .data import PairSampler, PlaneSet, ValidationCrops, left_out_line, load_planes, validation_crops
 from .optim import StepClock, ema_decay, make_optimizer
 from .sources import split_by_source
 from .step import PointLoss, train_step
@@ -122,16 +122,20 @@ def prepare_data(args: argparse.Namespace, channels: int, main: bool = True) -> 
     val = load_planes(val_files, channels, min_size)
     if not train.planes:
         raise TrainingError(f"no usable training image in {', '.join(args.data)} "
-                            f"({len(train.skipped)} skipped: unreadable, not {channels}-channel, or smaller than {min_size} px)")
+                            f"({len(train.skipped)} skipped: unreadable, not {channels}-channel, smaller than {min_size} px "
+                            f"or without a {min_size} px square wholly on data)")
     validation = validation_crops(val, args.val_patches, args.val_crop, args.seed)
     sampler = PairSampler(train.planes, args.patch, args.scale_spec, args.noise, args.blur, dark=args.dark, sparse=args.sparse,
                           jitter=args.jitter, shot_noise=args.shot_noise, aniso=args.aniso, axial=args.axial,
-                          levels=args.levels)
+                          levels=args.levels, footprints=train.footprints if any(train.footprints) else None)
     val_scales = validation_scales(sampler.max_scale())
     if main:
         log.info("training on %d planes from %d files, validating on %d crops of %d px from %d files; %d files skipped",
                  len(train.planes), len(train.files), len(validation.crops), args.val_crop, validation.files,
                  len(train.skipped) + len(val.skipped))
+        left_out = left_out_line([train, val])
+        if left_out:
+            log.info("%s", left_out)
         for note in split.notes:
             log.info("%s", note)
         for warning in validation.warnings:
