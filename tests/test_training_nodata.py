@@ -148,3 +148,19 @@ def test_finetune_command_line_on_tiles_with_nodata(tmp_path):
     per_scene = int((scene()[0] == 0).sum())
     assert f"left out {3 * per_scene} pixels without data" in text
     assert (tmp_path / "tuned.last.safetensors").exists()
+
+
+def test_footprint_agrees_with_a_brute_force_search():
+    from diinn_napari.train.footprint import Footprint
+
+    rng = np.random.default_rng(1)
+    valid = rng.random((30, 40)) > 0.02
+    valid[:3] = False
+    footprint = Footprint(valid)
+    for h, w in [(1, 1), (4, 6), (7, 3), (9, 9)]:
+        brute = np.array([[valid[y:y + h, x:x + w].all() for x in range(40 - w + 1)] for y in range(30 - h + 1)])
+        assert np.array_equal(footprint.starts(h, w), brute)
+        for y, x in footprint.place(rng.random((50, 2)), rng.random(50), h, w):
+            assert valid[y:y + h, x:x + w].all()
+    side = max(s for s in range(1, 31) if footprint.starts(s, s).any())
+    assert footprint.side == side and footprint.left_out == int((~valid).sum())

@@ -289,6 +289,8 @@ class PairSampler:
         if self.axial > 0:  # drawn only when used: the random stream of the other recipes is unchanged
             axial_u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
             axial = axial_u[:, 0] < self.axial
+        if self.footprints:  # drawn only when used: where a random crop touches nodata, one of these places it
+            elsewhere = torch.rand(n, DARK_CANDIDATES, generator=gen, dtype=torch.float64)
         quantised = torch.zeros(n, dtype=torch.bool)
         if self.levels > 0:  # drawn only when used, like the axial numbers
             levels_u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
@@ -318,7 +320,7 @@ class PairSampler:
                 ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h).tolist()
                 xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w).tolist()
             else:  # each candidate one of the starts whose crop holds data only
-                ys, xs = zip(*footprint.pick(positions[i, :, 0].numpy(), h, w))
+                ys, xs = zip(*footprint.place(positions[i].numpy(), elsewhere[i].numpy(), h, w))
             k = 0
             if dark[i]:  # background-dominated: the darkest of the candidate crops
                 k = int(torch.stack([plane[:, y : y + h, x : x + w].mean() for y, x in zip(ys, xs)]).argmin())

@@ -39,6 +39,26 @@ class Footprint:
         missing = t[h:, w:] - t[:-h, w:] - t[h:, :-w] + t[:-h, :-w]
         return missing == 0
 
+    def holds_data(self, y: int, x: int, h: int, w: int) -> bool:
+        """Whether the ``h`` x ``w`` crop starting at (``y``, ``x``) holds data only (O(1))."""
+        t = self._table
+        return int(t[y + h, x + w] - t[y, x + w] - t[y + h, x] + t[y, x]) == 0
+
+    def place(self, tries, fractions, h: int, w: int) -> list[tuple[int, int]]:
+        """All-data ``h`` x ``w`` crop starts: each (y, x) fractions pair of ``tries`` ((n, 2) uniform numbers) where
+        its crop holds data only, else the :meth:`pick` of the matching one of ``fractions`` (n uniform numbers).
+
+        Still uniform over the allowed starts (a try is uniform over all starts, kept when allowed; the
+        rest are uniform over the allowed ones), and cheap where data dominates: :meth:`pick` scans the
+        plane, a try looks up four numbers.
+        """
+        ph, pw = self.valid.shape
+        out = []
+        for (fy, fx), u in zip(np.asarray(tries, dtype=np.float64), np.asarray(fractions, dtype=np.float64)):
+            y, x = min(int(fy * (ph - h + 1)), ph - h), min(int(fx * (pw - w + 1)), pw - w)
+            out.append((y, x) if y >= 0 and x >= 0 and self.holds_data(y, x, h, w) else self.pick([u], h, w)[0])
+        return out
+
     def pick(self, fractions, h: int, w: int) -> list[tuple[int, int]]:
         """The (y, x) starts of all-data ``h`` x ``w`` crops for ``fractions`` (uniform numbers in [0, 1)).
 
