@@ -66,7 +66,7 @@ def with_nan_at_nodata(planes: PlaneSet) -> PlaneSet:
     return PlaneSet(marked, planes.files, planes.skipped, planes.owners, planes.footprints, planes.left_out)
 
 
-def test_the_data_mask_is_evaluates_and_the_normalisation_ignores_nodata(scene_file):
+def test_training_uses_evaluates_data_mask_and_normalises_on_data_only(scene_file):
     path, data, valid = scene_file
     planes = load_planes([path], 1, 32)
     footprint = planes.footprint(0)

@@ -93,17 +93,19 @@ def data_pixels(values: np.ndarray, nodata: float | None, mask: np.ndarray | Non
     return None if valid is None or valid.all() else valid
 
 
-def data_planes(path: str | Path, channels: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Like :func:`image_planes`, for training: (normalised plane, (Y, X) data mask or None) of every sample.
+def data_planes(path: str | Path, channels: int, honour_nodata: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Every sample of one file as (normalised float32 plane, (Y, X) data mask or None): (Y, X) planes
+    for 1 channel (RGB files as luminance), (3, Y, X) for 3 (RGB files only).
 
-    The pixels without data (:func:`data_pixels` of the file's samples: for RGB any
+    Intensities go through :mod:`diinn_napari.intensity`, the code the engine uses.
+    With ``honour_nodata`` the pixels without data (:func:`data_pixels` of the file's samples: for RGB any
     colour at the nodata value) are left out of each plane's intensity fit, as the
     engine leaves them out, and set to 0 (a NaN nodata never reaches the network).
     """
     from ..intensity import Intensity, fit_intensity, to_luminance
 
     array, is_rgb = read_image(path)
-    nodata, mask = nodata_rule(path)
+    nodata, mask = nodata_rule(path) if honour_nodata else (None, None)
     if channels == 3 and not is_rgb:
         return []
     stack = array.reshape(-1, *array.shape[-3:]) if is_rgb else array.reshape(-1, *array.shape[-2:])
@@ -130,18 +132,7 @@ def image_planes(path: str | Path, channels: int) -> list[np.ndarray]:
     Intensities go through :mod:`diinn_napari.intensity`, the code the engine
     uses, so a model trains and is evaluated on what it will see. RGB files
     become luminance for a 1-channel model; a 3-channel model takes RGB files only.
+    Every pixel counts in the normalisation, nodata included (:func:`data_planes`
+    leaves those out).
     """
-    from ..intensity import fit_intensity, to_luminance
-
-    array, is_rgb = read_image(path)
-    if is_rgb:
-        stack = array.reshape(-1, *array.shape[-3:])
-        if channels == 1:
-            planes = [to_luminance(rgb) for rgb in stack]
-            # luminance of uint8 keeps the uint8 range, so map it like uint8
-            return [plane / 255.0 if array.dtype == np.uint8 else fit_intensity(plane).normalize(plane) for plane in planes]
-        return [fit_intensity(rgb).normalize(rgb).transpose(2, 0, 1) for rgb in stack]
-    if channels == 3:
-        return []
-    stack = array.reshape(-1, *array.shape[-2:])
-    return [fit_intensity(plane).normalize(plane) for plane in stack]
+    return [plane for plane, _ in data_planes(path, channels, honour_nodata=False)]
