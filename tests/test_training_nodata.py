@@ -160,7 +160,7 @@ def test_footprint_agrees_with_a_brute_force_search():
     for h, w in [(1, 1), (4, 6), (7, 3), (9, 9)]:
         brute = np.array([[valid[y:y + h, x:x + w].all() for x in range(40 - w + 1)] for y in range(30 - h + 1)])
         assert np.array_equal(footprint.starts(h, w), brute)
-        for y, x in footprint.place(rng.random((50, 2)), rng.random(50), h, w):
+        for y, x in footprint.place(rng.random((50, 3, 2)), rng.random(50), h, w):
             assert valid[y:y + h, x:x + w].all()
     side = max(s for s in range(1, 31) if footprint.starts(s, s).any())
     assert footprint.side == side and footprint.left_out == int((~valid).sum())

@@ -179,6 +179,7 @@ PHOTON_GAIN_RANGE = (1e-4, 3e-2)  # log-uniform Poisson variance per unit signal
 READ_NOISE_RANGE = (0.0, 0.02)  # uniform Gaussian sigma of the camera read noise
 MAX_SPOTS = 24  # per synthetic sparse item
 DARK_CANDIDATES = 8  # crop positions compared to pick a background-dominated crop
+PLACE_TRIES = 16  # random starts tried for a crop wholly on data before the plane is scanned for one
 LEVELS_RANGE = (8, 64)  # log-uniform number of quantisation levels over a quantised LR patch's range
 
 
@@ -289,7 +290,8 @@ class PairSampler:
         if self.axial > 0:  # drawn only when used: the random stream of the other recipes is unchanged
             axial_u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
             axial = axial_u[:, 0] < self.axial
-        if self.footprints:  # drawn only when used: where a random crop touches nodata, one of these places it
+        if self.footprints:  # drawn only when used: the tries at a crop wholly on data (Footprint.place)
+            tries = torch.rand(n, DARK_CANDIDATES, PLACE_TRIES, 2, generator=gen, dtype=torch.float64)
             elsewhere = torch.rand(n, DARK_CANDIDATES, generator=gen, dtype=torch.float64)
         quantised = torch.zeros(n, dtype=torch.bool)
         if self.levels > 0:  # drawn only when used, like the axial numbers
@@ -320,7 +322,8 @@ class PairSampler:
                 ys = (positions[i, :, 0] * (ph - h + 1)).long().clamp(max=ph - h).tolist()
                 xs = (positions[i, :, 1] * (pw - w + 1)).long().clamp(max=pw - w).tolist()
             else:  # each candidate one of the starts whose crop holds data only
-                ys, xs = zip(*footprint.place(positions[i].numpy(), elsewhere[i].numpy(), h, w))
+                m = DARK_CANDIDATES if dark[i] else 1  # only the dark pick compares candidates
+                ys, xs = zip(*footprint.place(tries[i, :m].numpy(), elsewhere[i, :m].numpy(), h, w))
             k = 0
             if dark[i]:  # background-dominated: the darkest of the candidate crops
                 k = int(torch.stack([plane[:, y : y + h, x : x + w].mean() for y, x in zip(ys, xs)]).argmin())

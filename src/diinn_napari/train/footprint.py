@@ -45,18 +45,20 @@ class Footprint:
         return int(t[y + h, x + w] - t[y, x + w] - t[y + h, x] + t[y, x]) == 0
 
     def place(self, tries, fractions, h: int, w: int) -> list[tuple[int, int]]:
-        """All-data ``h`` x ``w`` crop starts: each (y, x) fractions pair of ``tries`` ((n, 2) uniform numbers) where
-        its crop holds data only, else the :meth:`pick` of the matching one of ``fractions`` (n uniform numbers).
+        """All-data ``h`` x ``w`` crop starts, one per row of ``tries`` ((m, T, 2) uniform (y, x) fractions of the
+        plane): the first of a row's T starts whose crop holds data only, else the :meth:`pick` of that row's
+        number in ``fractions`` ((m,) uniform numbers).
 
-        Still uniform over the allowed starts (a try is uniform over all starts, kept when allowed; the
-        rest are uniform over the allowed ones), and cheap where data dominates: :meth:`pick` scans the
-        plane, a try looks up four numbers.
+        Uniform over the allowed starts either way (the first hit of uniform tries is uniform over the
+        hits), and cheap where data is common: a try looks up four numbers, :meth:`pick` scans the plane.
         """
         ph, pw = self.valid.shape
         out = []
-        for (fy, fx), u in zip(np.asarray(tries, dtype=np.float64), np.asarray(fractions, dtype=np.float64)):
-            y, x = min(int(fy * (ph - h + 1)), ph - h), min(int(fx * (pw - w + 1)), pw - w)
-            out.append((y, x) if y >= 0 and x >= 0 and self.holds_data(y, x, h, w) else self.pick([u], h, w)[0])
+        for row, u in zip(np.asarray(tries, dtype=np.float64), np.asarray(fractions, dtype=np.float64)):
+            ys = np.minimum((row[:, 0] * (ph - h + 1)).astype(np.int64), ph - h)
+            xs = np.minimum((row[:, 1] * (pw - w + 1)).astype(np.int64), pw - w)
+            hit = next(((int(y), int(x)) for y, x in zip(ys, xs) if y >= 0 and x >= 0 and self.holds_data(y, x, h, w)), None)
+            out.append(hit if hit is not None else self.pick([u], h, w)[0])
         return out
 
     def pick(self, fractions, h: int, w: int) -> list[tuple[int, int]]:
