@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import struct
@@ -1112,10 +1113,15 @@ def open_levels(path: str | Path, *, colour_last: bool = False) -> list:
 
 
 class ReadHere:
-    """A read-only view of a zarr array whose reads run in the reading thread (:func:`read_here`): shape, dtype,
-    chunks and basic indexing (integers, slices, an Ellipsis), as napari reads a multiscale layer's levels.
+    """A read-only view of a zarr array whose reads run in the reading thread (:func:`read_here`), one chunk at a
+    time: shape, dtype, chunks and basic indexing (integers, slices, an Ellipsis), as napari reads a multiscale
+    layer's levels.
 
-    ``array`` is the zarr array itself."""
+    One chunk at a time: zarr reads every chunk of a selection (its file's
+    bytes) before it decodes them into the result, so a read of n chunks
+    held about n chunks' bytes and decoded buffers beside the result; here the
+    result is filled chunk by chunk, a chunk's buffers freed before the next
+    is read. ``array`` is the zarr array itself."""
 
     def __init__(self, array):
         self.array = array
@@ -1132,11 +1138,58 @@ class ReadHere:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
-        return read_here(self.array, key)
+        bounds = _basic_bounds(key, self.shape)
+        if bounds is None:  # (a step, an index array: zarr's own selection, in one read)
+            return read_here(self.array, key)
+        pieces = [range(lo // c, -(-hi // c)) if sliced else range(lo // c, lo // c + 1)
+                  for (lo, hi, sliced), c in zip(bounds, self.chunks)]
+        if int(np.prod([len(r) for r in pieces], dtype=np.int64)) <= 1:
+            return read_here(self.array, tuple(slice(lo, hi) if sliced else lo for lo, hi, sliced in bounds))
+        out = np.empty(tuple(hi - lo for lo, hi, sliced in bounds if sliced), self.dtype)
+        for chunk in itertools.product(*pieces):
+            source, target = [], []
+            for k, (lo, hi, sliced), c in zip(chunk, bounds, self.chunks):
+                if not sliced:
+                    source.append(lo)
+                    continue
+                a, b = max(lo, k * c), min(hi, (k + 1) * c)
+                source.append(slice(a, b))
+                target.append(slice(a - lo, b - lo))
+            out[tuple(target)] = read_here(self.array, tuple(source))
+        return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self[...]
         return data if dtype is None else data.astype(dtype)
+
+
+def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | None:
+    """(start, stop, is a slice) on each axis of a basic selection ``key`` of an array of ``shape`` (integers,
+    slices of step 1, one Ellipsis); None for other keys (a step, an index array, a new axis)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        return None
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (len(shape) - len(key) + 1) + key[at + 1:]
+    if len(key) > len(shape):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    bounds = []
+    for k, n in zip(key, shape):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} is out of bounds for an axis of size {n}")
+            bounds.append((i, i + 1, False))
+        elif isinstance(k, slice):
+            lo, hi, step = k.indices(n)
+            if step != 1:
+                return None
+            bounds.append((lo, max(lo, hi), True))
+        else:
+            return None
+    return bounds
 
 
 class SamplesLast:
