@@ -143,7 +143,8 @@ def read_here(array, selection) -> np.ndarray:
     layer over a store each time the layer is refreshed; through zarr's pool
     those reads left their freed chunk buffers in the pool threads' malloc
     arenas, and the process grew with the refreshes
-    (``benchmarks/bench_layer_reads.py``).
+    (``benchmarks/bench_layer_reads.py``: an 8192 x 8192 uint8 store layer added and refreshed 20 times,
+    10.8-11.5 MiB through zarr's pool, 6.5 MiB here).
     """
     loop = _inline_loop(array)
     if loop is None:
