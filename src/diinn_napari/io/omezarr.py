@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import struct
@@ -124,21 +125,50 @@ def write_here(array, selection: tuple, value: np.ndarray) -> None:
     thread whose executor runs each call inline. Other stores, or a caller
     inside a running event loop (a notebook's), take zarr's own path.
     """
-    zarr = _zarr()
-    try:
-        asyncio.get_running_loop()
-        inside_a_loop = True
-    except RuntimeError:
-        inside_a_loop = False
-    if inside_a_loop or not isinstance(array.store, zarr.storage.LocalStore):
+    loop = _inline_loop(array)
+    if loop is None:
         array[selection] = value
         return
-    loop = asyncio.new_event_loop()
     try:
-        loop.set_default_executor(_InlineExecutor(max_workers=1))
         loop.run_until_complete(array.async_array.setitem(selection, value))
     finally:
         loop.close()
+
+
+def read_here(array, selection) -> np.ndarray:
+    """``array[selection]`` (basic indexing: integers, slices), with zarr's file reads and chunk decoding in this
+    thread, as :func:`write_here` writes.
+
+    napari reads the displayed level's region and the thumbnail level of a
+    layer over a store each time the layer is refreshed; through zarr's pool
+    those reads left their freed chunk buffers in the pool threads' malloc
+    arenas, and the process grew with the refreshes
+    (``benchmarks/bench_layer_reads.py``: an 8192 x 8192 uint8 store layer added and refreshed 20 times,
+    10.8-11.5 MiB through zarr's pool, 6.5 MiB here).
+    """
+    loop = _inline_loop(array)
+    if loop is None:
+        return np.asarray(array[selection])
+    try:
+        return np.asarray(loop.run_until_complete(array.async_array.getitem(selection)))
+    finally:
+        loop.close()
+
+
+def _inline_loop(array) -> asyncio.AbstractEventLoop | None:
+    """A new event loop of this thread whose executor runs each call inline, for ``array`` (a zarr array) in a local
+    store; None (take zarr's own path) for other stores, or when an event loop is running in this thread."""
+    zarr = _zarr()
+    try:
+        asyncio.get_running_loop()
+        return None
+    except RuntimeError:
+        pass
+    if not isinstance(getattr(array, "store", None), zarr.storage.LocalStore):
+        return None
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_InlineExecutor(max_workers=1))
+    return loop
 
 
 def _zarr():
@@ -1147,19 +1177,100 @@ def open_levels(path: str | Path, *, colour_last: bool = False) -> list:
     Unlike :func:`open_multiscale`'s dask arrays, every read goes to the
     store, so a layer over a store being written shows new blocks on
     ``layer.refresh()`` (over the dask levels, napari 0.9.2's dask chunk
-    cache kept serving the chunks as they were first read).
+    cache kept serving the chunks as they were first read), each read in the
+    reading thread (:class:`ReadHere`).
     ``colour_last``: an RGB / RGBA image's c axis is moved last
     (:class:`SamplesLast`), as napari's ``rgb=True`` layers want it.
     """
     group = _zarr().open_group(str(path), mode="r")
     multiscale = _ome(group.attrs.asdict())["multiscales"][0]
-    levels = [group[d["path"]] for d in multiscale["datasets"]]
+    levels = [ReadHere(group[d["path"]]) for d in multiscale["datasets"]]
     if not colour_last:
         return levels
     names = [a["name"].lower() for a in multiscale["axes"]]
     if "c" not in names:
         raise ValueError(f"{path}: no c axis to show as colour (axes {''.join(names)})")
     return [SamplesLast(level, names.index("c")) for level in levels]
+
+
+class ReadHere:
+    """A read-only view of a zarr array whose reads run in the reading thread (:func:`read_here`), one chunk at a
+    time: shape, dtype, chunks and basic indexing (integers, slices, an Ellipsis), as napari reads a multiscale
+    layer's levels.
+
+    One chunk at a time: zarr reads every chunk of a selection (its file's
+    bytes) before it decodes them into the result, so a read of n chunks
+    held about n chunks' bytes and decoded buffers beside the result; here the
+    result is filled chunk by chunk, a chunk's buffers freed before the next
+    is read. ``array`` is the zarr array itself."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.chunks = tuple(int(n) for n in array.chunks)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        bounds = _basic_bounds(key, self.shape)
+        if bounds is None:  # (a step, an index array: zarr's own selection, in one read)
+            return read_here(self.array, key)
+        pieces = [range(lo // c, -(-hi // c)) if sliced else range(lo // c, lo // c + 1)
+                  for (lo, hi, sliced), c in zip(bounds, self.chunks)]
+        if int(np.prod([len(r) for r in pieces], dtype=np.int64)) <= 1:
+            return read_here(self.array, tuple(slice(lo, hi) if sliced else lo for lo, hi, sliced in bounds))
+        out = np.empty(tuple(hi - lo for lo, hi, sliced in bounds if sliced), self.dtype)
+        for chunk in itertools.product(*pieces):
+            source, target = [], []
+            for k, (lo, hi, sliced), c in zip(chunk, bounds, self.chunks):
+                if not sliced:
+                    source.append(lo)
+                    continue
+                a, b = max(lo, k * c), min(hi, (k + 1) * c)
+                source.append(slice(a, b))
+                target.append(slice(a - lo, b - lo))
+            out[tuple(target)] = read_here(self.array, tuple(source))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | None:
+    """(start, stop, is a slice) on each axis of a basic selection ``key`` of an array of ``shape`` (integers,
+    slices of step 1, one Ellipsis); None for other keys (a step, an index array, a new axis)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        return None
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (len(shape) - len(key) + 1) + key[at + 1:]
+    if len(key) > len(shape):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    bounds = []
+    for k, n in zip(key, shape):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} is out of bounds for an axis of size {n}")
+            bounds.append((i, i + 1, False))
+        elif isinstance(k, slice):
+            lo, hi, step = k.indices(n)
+            if step != 1:
+                return None
+            bounds.append((lo, max(lo, hi), True))
+        else:
+            return None
+    return bounds
 
 
 class SamplesLast:
