@@ -119,10 +119,29 @@ import numpy as np
 from bench_zarr_memory import peak_rss, reset_peak
 
 
-def run_widget(widget, app, cancel_after: int | None = None, base: int | None = None) -> float:
+def malloc_state() -> str:
+    """glibc's heap over all malloc arenas (mallinfo2): bytes in use, free inside the arenas, mapped on their own."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc 2.33+
+        return "no mallinfo2"
+    mallinfo2.restype = MallInfo2
+    m = mallinfo2()
+    return (f"malloc: arenas {m.arena / 2**20:.1f} MiB (in use {m.uordblks / 2**20:.1f}, free "
+            f"{m.fordblks / 2**20:.1f}), mapped chunks {m.hblkhd / 2**20:.1f} MiB")
+
+
+def run_widget(widget, app, cancel_after: int | None = None, base: int | None = None, heap: bool = False) -> float:
     """Press Run (and Cancel after ``cancel_after`` blocks); turn the event loop until the run has ended; seconds.
 
-    ``base``: the RSS before Run; then the peak's growth is printed as blocks 0, 1, 2, 4, 8, ... arrive.
+    ``base``: the RSS before Run; then the peak's growth is printed as blocks 0, 1, 2, 4, 8, ... arrive
+    (``heap``: with :func:`malloc_state`).
     """
     said = [time.perf_counter(), -1]
 
@@ -137,7 +156,7 @@ def run_widget(widget, app, cancel_after: int | None = None, base: int | None = 
             said[0], said[1] = time.perf_counter(), stored.blocks_done
             grown = "" if base is None else f" (grown {(peak_rss() - base) / 2**20:.1f} MiB)"
             print(f"  {stored.blocks_done} of {stored.blocks_total} blocks, peak RSS {peak_rss() / 2**20:.0f} MiB"
-                  f"{grown}", flush=True)
+                  f"{grown}" + (f"; {malloc_state()}" if heap else ""), flush=True)
 
     widget.controller.updated.connect(on_update)
     started = time.perf_counter()
@@ -235,6 +254,8 @@ def main() -> None:
                    help="experiment: zarr's codec and I/O thread pool at most this many threads (threading.max_workers)")
     p.add_argument("--smaps", action="store_true",
                    help="also say which mappings (main heap, threads' arenas, other) hold the growth at the end")
+    p.add_argument("--mallinfo", action="store_true",
+                   help="also print glibc's heap (all malloc arenas: in use, free, mapped) as the blocks arrive")
     p.add_argument("--tracemalloc", action="store_true",
                    help="also trace Python and numpy allocations during the run (their peak; slower)")
     a = p.parse_args()
@@ -300,8 +321,9 @@ def main() -> None:
             phases.append(("run (main thread)", drain_here(widget), "drained"))
         else:
             if a.cancel_after is not None and a.mode == "store":
-                phases.append(("until Cancel", run_widget(widget, app, a.cancel_after, base), widget.state.value))
-            phases.append(("run" if not phases else "resumed run", run_widget(widget, app, None, base),
+                phases.append(("until Cancel", run_widget(widget, app, a.cancel_after, base, a.mallinfo),
+                               widget.state.value))
+            phases.append(("run" if not phases else "resumed run", run_widget(widget, app, None, base, a.mallinfo),
                            widget.state.value))
         growth = peak_rss() - base
         cpu = time.process_time() - cpu

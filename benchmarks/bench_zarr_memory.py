@@ -47,7 +47,7 @@ def run_store(image, scale, net, a, path):
     from diinn_napari.io import ImageInfo
     from diinn_napari.io.omezarr import BlockStore
 
-    settings = RunSettings(scale=scale, model=net, tile_size=a.tile, threads=a.threads, consistency=0)
+    settings = RunSettings(scale=scale, model=net, tile_size=a.tile, threads=a.threads, consistency=a.consistency)
     out_yx = settings.output_yx(image.shape)
     info = ImageInfo(path, "ome-zarr", "YX", out_yx, image.dtype)
     store = BlockStore.create(path, info, b"benchmark\n")
@@ -74,6 +74,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=None,
                    help="store sink: stop after this many block rows and extrapolate the time to the whole result")
     p.add_argument("--blocks", type=int, default=None, help="store sink: stop after this many blocks (as --rows)")
+    p.add_argument("--model", choices=("tiny", "widget"), default="tiny",
+                   help="tiny: the smallest DIINN (2 x 4 decoder, 4 features); widget: bench_widget_ooc.py's "
+                        "(decoder width 8, 8 features), to compare with the napari widget's store path")
+    p.add_argument("--consistency", type=int, default=0,
+                   help="back-projection steps (store sink; the widget's default is 2)")
     p.add_argument("--lean-heap", action="store_true",
                    help="call diinn_napari.io.omezarr.lean_heap() first: glibc's mmap threshold kept at 128 KiB "
                         "(less peak memory, more system CPU)")
@@ -91,8 +96,11 @@ def main() -> None:
     torch.manual_seed(0)
     # the smallest DIINN the package builds (2 x 4 decoder, 4 features, one residual block): the memory is the
     # pipeline's (windows, blocks, zarr), not the model's, and the 32768 x 32768 run then ends in minutes of CPU
-    net = DIINN(1, variant="f", skip="bicubic", decoder_layers=2, decoder_width=4,
-                encoder_args={"n_resblocks": 1, "features": 4}).eval()
+    if a.model == "tiny":
+        net = DIINN(1, variant="f", skip="bicubic", decoder_layers=2, decoder_width=4,
+                    encoder_args={"n_resblocks": 1, "features": 4}).eval()
+    else:  # bench_widget_ooc.py's model
+        net = DIINN(1, variant="f", skip="bicubic", decoder_width=8, encoder_args={"n_resblocks": 1, "features": 8}).eval()
     side = round(a.size / a.scale)
     image = np.random.default_rng(0).integers(0, np.iinfo(a.dtype).max + 1, (side, side), dtype=a.dtype)
     folder = Path(tempfile.mkdtemp(dir=a.dir))
@@ -121,7 +129,8 @@ def main() -> None:
         growth = peak_rss() - base
         result_bytes = int(np.prod(level0.shape)) * level0.dtype.itemsize
         print(f"sink {a.sink}: input {side} x {side} {a.dtype} -> result {level0.shape[0]} x {level0.shape[1]} {a.dtype} "
-              f"({result_bytes / 2**20:.0f} MiB), x{a.scale:g}, tile {a.tile}, {a.threads} threads")
+              f"({result_bytes / 2**20:.0f} MiB), x{a.scale:g}, tile {a.tile}, {a.threads} threads, model {a.model}, "
+              f"consistency {a.consistency if a.sink == 'store' else 0}")
         done = "" if fraction == 1 else (f" for {100 * fraction:.1f} % of the blocks (extrapolated to the whole "
                                          f"result: {seconds / fraction / 3600:.1f} h wall)")
         print(f"time {seconds:.1f} s wall{done}; process CPU {cpu:.0f} s; RSS before {base / 2**20:.0f} MiB; "
