@@ -104,6 +104,47 @@ uint8 at 8192 x 8192 by the engine's 2.5 MiB beside napari's part.
 ``--size 4096 --scale 8`` (32768 x 32768, 1024 MiB, 4096 blocks): finished,
 991.1 s wall, CPU 656.0 s, peak RSS growth 21.8 MiB (2.1 %; 10.1 at the
 first block, 15.6 by block 687, 21.8 from block 2048 on), peak RSS 520 MiB.
+
+The engine's part (``--part no-layer``) against the batch store path, at
+1c05585 (load average about 2; one run per figure; ``nice -n 5``): the batch
+benchmark's 0.7-0.8 MiB is of its own settings, the smallest model (2 x 4
+decoder, 4 features) and ``consistency=0``. With this benchmark's model and the
+widget's default ``consistency=2`` (``bench_zarr_memory.py --size 8192
+--scale 4 --model widget --consistency 2``, the same 256 tile) the batch path
+grows 2.7, 2.8, 2.0, 2.6, 2.4 MiB (CPU 33-35 s, as the widget's); with the
+model alone (``--model widget``) 2.1 and 1.3 MiB. The widget at the same
+time: ``--part no-layer`` 2.3, 2.6, 2.6, 2.7, 3.6 MiB (CPU 34-37 s),
+``--part no-thread`` (main thread) 3.4 MiB. So the widget's store path keeps
+nothing the batch path does not: the figure is the engine's at this model and
+back-projection, in the worker thread or not. Nothing accumulates from block
+to block: glibc's bytes in use over all malloc arenas (mallinfo2, here
+``--mallinfo``) are the same at the first and the last block (133.3-133.5
+MiB; the batch path's 88.1 MiB at every block it was read); what grows is
+free memory inside the arenas (about 1-2 MiB over the run: 141.0 -> 143.2,
+141.3 -> 142.3 MiB of arenas), the fragments that the windows' and blocks'
+temporaries of varying shapes (edge windows, halos, the pyramid's regions)
+leave, plus the largest transient working set of a window met so far (the
+peak creeps up as more window shapes meet one another). tracemalloc
+(``--tracemalloc``, no-layer) holds 0.7 MiB of Python and numpy objects at
+the end, 2.5 MiB at its peak (the largest lines held, under 0.2 MiB each:
+model/decoder.py:151, engine.py:623, io/omezarr.py:893; traced, the RSS grew
+9.3 MiB). What did not cut it
+(measured, each change reverted): one output block buffer reused for every
+block (no-layer 2.6 and 3.1 MiB against 3.6 and 2.7, the second pair side by
+side; arenas +1.4 and +0.5 against +2.2 and +1.1 MiB over the run); the back-projection with the encoder's features freed first,
+the untrusted run holding no copy of the first output, and its update in
+place (bit-identical output; batch path at the widget's settings 3.6, 2.4, 2.1
+MiB against 2.0, 2.6, 2.4 alternated); windows of 128 instead of
+``BLOCK_WINDOW`` 256 (no-layer 3.1 MiB, CPU 53.6 against 35 s);
+``--lean-heap`` (no-layer 4.6 MiB: every window's buffers mapped afresh);
+a fixed 32 MiB mmap threshold and 256 MiB trim threshold in the environment
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``; batch path 2.5 MiB).
+The whole path at 1c05585 then: uint8 8.7, 7.7, 7.0 MiB (13.6, 12.1, 10.9 %;
+4.3-4.6 MiB already at block 0, the layer over the empty store), CPU 36.7-37.6
+s, 37-38 s wall; uint16 9.8 MiB (7.7 %), CPU 38.1 s. napari's layer (about
+4.3 MiB, above) and the engine's 2-3 MiB at this model and back-projection
+are where the bytes are; the uint8 target (6.4 MiB) is missed by about the
+engine's part.
 """
 
 from __future__ import annotations
