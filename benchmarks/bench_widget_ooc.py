@@ -107,14 +107,15 @@ first block, 15.6 by block 687, 21.8 from block 2048 on), peak RSS 520 MiB.
 
 The engine's part (``--part no-layer``) against the batch store path, at
 1c05585 (load average about 2; one run per figure; ``nice -n 5``): the batch
-benchmark's 0.7-0.8 MiB is of its own settings, the smallest model (2 x 4
+benchmark's 0.8 MiB is one low draw of a wide spread (0.5-3.9 MiB in 14 runs of
+the same code, its docstring) and of its own settings, the smallest model (2 x 4
 decoder, 4 features) and ``consistency=0``. With this benchmark's model and the
 widget's default ``consistency=2`` (``bench_zarr_memory.py --size 8192
 --scale 4 --model widget --consistency 2``, the same 256 tile) the batch path
-grows 2.7, 2.8, 2.0, 2.6, 2.4 MiB (CPU 33-35 s, as the widget's); with the
+grows 2.7, 2.0, 2.8, 2.0, 2.6, 2.4 MiB (CPU 33-35 s, as the widget's); with the
 model alone (``--model widget``) 2.1 and 1.3 MiB. The widget at the same
-time: ``--part no-layer`` 2.3, 2.6, 2.6, 2.7, 3.6 MiB (CPU 34-37 s),
-``--part no-thread`` (main thread) 3.4 MiB. So the widget's store path keeps
+time: ``--part no-layer`` 3.6, 2.7, 2.6 MiB (CPU 33.9, -, 35.2 s; 2.3 with ``--smaps``,
+which reads low), ``--part no-thread`` (main thread) 3.4 MiB. So the widget's store path keeps
 nothing the batch path does not: the figure is the engine's at this model and
 back-projection, in the worker thread or not. Nothing accumulates from block
 to block: glibc's bytes in use over all malloc arenas (mallinfo2, here

@@ -15,6 +15,14 @@ stops after N blocks.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_zarr_memory.py --size 8192 --scale 4
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_zarr_memory.py --size 32768 --scale 8   # tens of minutes
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bench_zarr_memory.py --size 8192 --scale 4 --model widget --consistency 2
+
+The last: the napari widget benchmark's model (``bench_widget_ooc.py``) and the widget's default
+back-projection, so its figure compares with that benchmark's ``--part no-layer``. Measured at 1c05585 (load
+average about 2): 8192 x 8192 uint8, the default 0.5-3.9 MiB in 14 runs (0.7, 3.4, 3.3, 1.3, 1.1, 1.0, 1.6,
+1.9, 3.9, 0.5, 3.1, 2.9, 0.8, 1.1; CPU 13-14 s; the same code each time, this file or its copy at 1c05585
+with or without these lines: the spread is the allocator's, not the code's); ``--model widget
+--consistency 2`` 2.7, 2.0, 2.8, 2.0, 2.6, 2.4 MiB (CPU 33-35 s); ``--model widget`` 2.1 and 1.3 MiB (CPU 20-21 s).
 """
 
 from __future__ import annotations
