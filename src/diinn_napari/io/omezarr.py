@@ -1193,7 +1193,24 @@ def open_levels(path: str | Path, *, colour_last: bool = False) -> list:
     return [SamplesLast(level, names.index("c")) for level in levels]
 
 
-class ReadHere:
+class _ArrayView:
+    """What napari and dask ask of an array beyond its shape, dtype and indexing."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class ReadHere(_ArrayView):
     """A read-only view of a zarr array whose reads run in the reading thread (:func:`read_here`), one chunk at a
     time: shape, dtype, chunks and basic indexing (integers, slices, an Ellipsis), as napari reads a multiscale
     layer's levels.
@@ -1208,15 +1225,7 @@ class ReadHere:
         self.array = array
         self.shape = tuple(int(n) for n in array.shape)
         self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
         self.chunks = tuple(int(n) for n in array.chunks)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
         bounds = _basic_bounds(key, self.shape)
@@ -1273,7 +1282,7 @@ def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | 
     return bounds
 
 
-class SamplesLast:
+class SamplesLast(_ArrayView):
     """A lazy view of an array with its axis ``axis`` moved last: ``view[key]`` reads only what ``key`` selects.
 
     How an RGB image stored with NGFF's c axis is shown as a napari ``rgb=True``
@@ -1286,18 +1295,10 @@ class SamplesLast:
         shape = tuple(int(n) for n in array.shape)
         self.shape = shape[:self.axis] + shape[self.axis + 1:] + (shape[self.axis],)
         self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
         chunks = getattr(array, "chunks", None)
         if chunks is not None:
             chunks = tuple(chunks)
             self.chunks = chunks[:self.axis] + chunks[self.axis + 1:] + (chunks[self.axis],)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
