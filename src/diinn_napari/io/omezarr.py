@@ -1209,6 +1209,19 @@ class _ArrayView:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _full_key(key, ndim: int) -> tuple:
+    """An indexing ``key`` as a tuple with its Ellipsis expanded and trailing ``slice(None)`` up to ``ndim``."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1:]
+    return key + (slice(None),) * (ndim - len(key))
+
 
 class ReadHere(_ArrayView):
     """A read-only view of a zarr array whose reads run in the reading thread (:func:`read_here`), one chunk at a
@@ -1248,10 +1261,6 @@ class ReadHere(_ArrayView):
             out[tuple(target)] = read_here(self.array, tuple(source))
         return out
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        data = self[...]
-        return data if dtype is None else data.astype(dtype)
-
 
 def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | None:
     """(start, stop, is a slice) on each axis of a basic selection ``key`` of an array of ``shape`` (integers,
@@ -1259,12 +1268,9 @@ def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | 
     key = key if isinstance(key, tuple) else (key,)
     if sum(k is Ellipsis for k in key) > 1:
         return None
-    if any(k is Ellipsis for k in key):
-        at = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:at] + (slice(None),) * (len(shape) - len(key) + 1) + key[at + 1:]
+    key = _full_key(key, len(shape))
     if len(key) > len(shape):
         return None
-    key = key + (slice(None),) * (len(shape) - len(key))
     bounds = []
     for k, n in zip(key, shape):
         if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
@@ -1301,19 +1307,10 @@ class SamplesLast(_ArrayView):
             self.chunks = chunks[:self.axis] + chunks[self.axis + 1:] + (chunks[self.axis],)
 
     def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            at = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
-        key = tuple(int(k) if isinstance(k, (int, np.integer)) else k for k in key)
-        key = key + (slice(None),) * (self.ndim - len(key))
+        key = tuple(int(k) if isinstance(k, (int, np.integer)) else k for k in _full_key(key, self.ndim))
         stored = key[:self.axis] + (key[-1],) + key[self.axis:-1]
         data = np.asarray(self.array[stored])
         if isinstance(key[-1], int):  # one colour: no axis to move
             return data
         moved = sum(not isinstance(k, int) for k in stored[:self.axis])  # where the colour axis is in ``data``
         return np.moveaxis(data, moved, -1)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        data = self[...]
-        return data if dtype is None else data.astype(dtype)
