@@ -18,22 +18,24 @@ class Footprint:
     """The data mask of one (Y, X) plane, answering "which h x w crops hold data only" with a summed-area table."""
 
     def __init__(self, valid: np.ndarray):
-        self.valid = np.asarray(valid, dtype=bool)
-        missing = (~self.valid).astype(np.int64)
-        self._table = np.zeros((missing.shape[0] + 1, missing.shape[1] + 1), np.int64)
-        self._table[1:, 1:] = missing.cumsum(0).cumsum(1)
-        self.left_out = int(missing.sum())
+        self.valid = valid = np.asarray(valid, dtype=bool)
+        self.shape = valid.shape
+        # int32 counts suffice below 2**31 pixels: the table is then the size of a float32 plane, not twice it
+        dtype = np.int32 if valid.size < 2**31 else np.int64
+        self._table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype)
+        np.cumsum(np.cumsum(~valid, axis=0, dtype=dtype), axis=1, out=self._table[1:, 1:])
+        self.left_out = int(self._table[-1, -1])
         self.side = self._largest_square()
 
     @property
     def data_pixels(self) -> int:
         """How many pixels of the plane hold data."""
-        return int(self.valid.size - self.left_out)
+        return int(self.shape[0] * self.shape[1] - self.left_out)
 
     def starts(self, h: int, w: int) -> np.ndarray:
         """(ph - h + 1, pw - w + 1) bool: True where an ``h`` x ``w`` crop starting there holds data only."""
         t = self._table
-        ph, pw = self.valid.shape
+        ph, pw = self.shape
         if h > ph or w > pw or h < 1 or w < 1:
             return np.zeros((max(0, ph - h + 1), max(0, pw - w + 1)), bool)
         missing = t[h:, w:] - t[:-h, w:] - t[h:, :-w] + t[:-h, :-w]
@@ -52,7 +54,7 @@ class Footprint:
         Uniform over the allowed starts either way (the first hit of uniform tries is uniform over the
         hits), and cheap where data is common: a try looks up four numbers, :meth:`pick` scans the plane.
         """
-        ph, pw = self.valid.shape
+        ph, pw = self.shape
         out = []
         for row, u in zip(np.asarray(tries, dtype=np.float64), np.asarray(fractions, dtype=np.float64)):
             ys = np.minimum((row[:, 0] * (ph - h + 1)).astype(np.int64), ph - h)
@@ -76,7 +78,7 @@ class Footprint:
 
     def _largest_square(self) -> int:
         """The side of the largest square wholly on data (0 when no pixel holds data): a binary search of :meth:`starts`."""
-        lo, hi = 0, min(self.valid.shape)
+        lo, hi = 0, min(self.shape)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if self.starts(mid, mid).any():
