@@ -275,6 +275,11 @@ def needs_bigtiff(shape: tuple[int, ...], dtype) -> bool:
     return math.prod(shape) * np.dtype(dtype).itemsize > 2**32 - 2**25
 
 
+def _gray_samples(axes: str, photometric: int) -> bool:
+    """Samples per pixel that the file calls gray (minisblack / miniswhite): bands, whatever their number."""
+    return axes.endswith("S") and photometric in (0, 1)
+
+
 class TiffFormat:
     """ImageJ, OME and plain TIFF (the ``ImageFormat`` of ``.tif`` / ``.tiff`` files)."""
 
@@ -323,7 +328,7 @@ class TiffFormat:
         # Plain multiband TIFFs are read by the GeoTIFF format (io.geotiff), which is asked first. Samples that
         # the file calls gray (minisblack / miniswhite) are bands even when there are 3 or 4 of them: read as
         # RGB(A) they would go through the colour model with the fourth band taken for alpha.
-        gray_samples = info.axes.endswith("S") and photometric in (0, 1)
+        gray_samples = _gray_samples(info.axes, photometric)
         if gray_samples or sample_layout(path.name, info.axes, info.shape) == "bands":
             raise ValueError(f"{path.name}: {info.shape[-1]} {'gray ' if gray_samples else ''}samples per pixel in "
                              "this stack; only gray pixels, RGB (3) and RGBA (4) colour are read "
@@ -346,7 +351,7 @@ class TiffFormat:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
-            if axes.endswith("S") and int(tif.pages[0].photometric) in (0, 1):  # gray samples are bands
+            if _gray_samples(axes, int(tif.pages[0].photometric)):  # bands, one gray plane each
                 array, axes = np.moveaxis(array, -1, -3), axes[:-3] + "C" + axes[-3:-1]
             return array, axes
 
