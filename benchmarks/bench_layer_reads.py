@@ -29,6 +29,8 @@ add and 20 refreshes, against the RSS before the add; each figure one run):
   7.76, 7.55 MiB (the first refresh +2.9); ``--reads zarr`` 11.52, 10.83, 10.85 MiB (the add +5.0-5.5,
   still +0.3 MiB at the second refresh);
 - uint16: ``--reads here`` 10.30 MiB, ``--reads zarr`` 18.94 MiB;
+- a region read again refilled in place while napari still holds it (``ReadHere``, load average about 1):
+  ``--reads here`` uint8 4.52 MiB (the add +3.43, the first refresh +0.74, the second +0.05), uint16 6.30 MiB;
 - a 16 x 16 layer added: +1.82-1.85 MiB (tracemalloc: about 1.4 MiB of it Python objects, freed when the
   layer is removed: weak references, events, vispy's shader objects and kernel textures), so of the
   store layer's 3.4 MiB about 1.8 MiB is what any layer costs and 1.25 MiB the level-3 region and the

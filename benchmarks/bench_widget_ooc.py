@@ -146,6 +146,17 @@ s, 37-38 s wall; uint16 9.8 MiB (7.7 %), CPU 38.1 s. napari's layer (about
 4.3 MiB, above) and the engine's 2-3 MiB at this model and back-projection
 are where the bytes are; the uint8 target (6.4 MiB) is missed by about the
 engine's part.
+
+A refresh held the displayed region twice (napari's slice keeps the last read
+until the new one is in); :class:`diinn_napari.io.omezarr.ReadHere` now refills
+a region read again in place while it is held (load average about 1, one run
+per figure): uint8 6.9, 7.3, 6.8, 6.9, 7.5 MiB (10.6-11.7 %; napari's
+``add_image`` of the layer 4.1-4.4 MiB of it, timed by wrapping it), CPU
+37.6-39.6 s, against 8.4, 8.5 MiB (13.2, 13.3 %) just before at 3948c51;
+``--size 1024 --scale 8`` (the same result size) 6.6 MiB (10.4 %); uint16
+9.8 MiB (7.6 %); ``--part no-layer`` 2.7 MiB. Tried beside it, not kept: a
+smallest level of 256 pixels (6.8, 7.0 MiB) and Blosc-LZ4 chunks (6.6-6.9 MiB),
+both within the spread.
 """
 
 from __future__ import annotations

@@ -77,3 +77,32 @@ def test_a_selection_is_read_one_chunk_at_a_time(stored, monkeypatch):
     for key in reads:
         ys, xs = key[1:]
         assert ys.start // 16 == (ys.stop - 1) // 16 and xs.start // 32 == (xs.stop - 1) // 32, key
+
+
+@pytest.mark.parametrize("key", [(1, slice(3, 50), slice(5, 89)), (0, 2, slice(0, 20)), (0, slice(None, None, 2))],
+                         ids=["chunks", "one chunk", "a step"])
+def test_reads_are_read_only(stored, key):
+    got = ReadHere(stored[0])[key]
+    with pytest.raises(ValueError, match="read-only"):
+        got[...] = 0
+
+
+def test_a_region_read_again_while_held_is_refilled_in_place(stored):
+    """napari's refresh reads the displayed region while its slice holds the last read: one buffer, the store's values."""
+    array, values = stored
+    view = ReadHere(array)
+    key = (1, slice(3, 50), slice(5, 89))
+    held = view[key]
+    array[1, 10:20, 40:60] = 3  # a block written meanwhile
+    values[1, 10:20, 40:60] = 3
+    again = view[key]
+    assert again is held and not again.flags.writeable
+    np.testing.assert_array_equal(held, values[key])  # the holder sees the store as it is now
+    other = view[1, 3:50, 5:88]  # another region: an array of its own
+    assert other is not held
+    np.testing.assert_array_equal(held, values[key])
+    del held, again
+    fresh = view[1, 3:50, 5:88]
+    assert fresh is other  # still held: refilled
+    del other, fresh
+    assert view[key].base is None and view[key].shape == values[key].shape  # nobody held it: a new array

@@ -31,6 +31,8 @@ import json
 import os
 import struct
 import sys
+import threading
+import weakref
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -1232,23 +1234,43 @@ class ReadHere(_ArrayView):
     bytes) before it decodes them into the result, so a read of n chunks
     held about n chunks' bytes and decoded buffers beside the result; here the
     result is filled chunk by chunk, a chunk's buffers freed before the next
-    is read. ``array`` is the zarr array itself."""
+    is read. ``array`` is the zarr array itself.
+
+    Every read is a read-only array. A region read again while the previous
+    read of it is still held is refilled in place: napari's refresh of a layer over a store being written
+    reads the displayed region anew while its slice still holds the last one,
+    and so held two of it (``benchmarks/bench_widget_ooc.py``: 8.4-8.5 MiB
+    peak growth for an 8192 x 8192 uint8 result before, 7.1 MiB after);
+    whoever holds an earlier read of the same region then sees the store as
+    it is now, what a view of a store being written should show."""
 
     def __init__(self, array):
         self.array = array
         self.shape = tuple(int(n) for n in array.shape)
         self.dtype = np.dtype(array.dtype)
         self.chunks = tuple(int(n) for n in array.chunks)
+        self._last: tuple[list, weakref.ref] | None = None  # the last multi-chunk read: its bounds, its array
+        self._refilling = threading.Lock()
 
     def __getitem__(self, key) -> np.ndarray:
         bounds = _basic_bounds(key, self.shape)
         if bounds is None:  # (a step, an index array: zarr's own selection, in one read)
-            return read_here(self.array, key)
+            return _read_only(read_here(self.array, key))
         pieces = [range(lo // c, -(-hi // c)) if sliced else range(lo // c, lo // c + 1)
                   for (lo, hi, sliced), c in zip(bounds, self.chunks)]
         if int(np.prod([len(r) for r in pieces], dtype=np.int64)) <= 1:
-            return read_here(self.array, tuple(slice(lo, hi) if sliced else lo for lo, hi, sliced in bounds))
-        out = np.empty(tuple(hi - lo for lo, hi, sliced in bounds if sliced), self.dtype)
+            return _read_only(read_here(self.array, tuple(slice(lo, hi) if sliced else lo for lo, hi, sliced in bounds)))
+        with self._refilling:
+            out = self._last[1]() if self._last is not None and self._last[0] == bounds else None
+            if out is None:
+                out = np.empty(tuple(hi - lo for lo, hi, sliced in bounds if sliced), self.dtype)
+                self._last = (bounds, weakref.ref(out))
+            out.flags.writeable = True
+            self._fill(out, bounds, pieces)
+            out.flags.writeable = False
+        return out
+
+    def _fill(self, out: np.ndarray, bounds: list[tuple[int, int, bool]], pieces: list[range]) -> None:
         for chunk in itertools.product(*pieces):
             source, target = [], []
             for k, (lo, hi, sliced), c in zip(chunk, bounds, self.chunks):
@@ -1259,7 +1281,11 @@ class ReadHere(_ArrayView):
                 source.append(slice(a, b))
                 target.append(slice(a - lo, b - lo))
             out[tuple(target)] = read_here(self.array, tuple(source))
-        return out
+
+
+def _read_only(data: np.ndarray) -> np.ndarray:
+    data.flags.writeable = False
+    return data
 
 
 def _basic_bounds(key, shape: tuple[int, ...]) -> list[tuple[int, int, bool]] | None:
