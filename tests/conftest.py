@@ -1,8 +1,17 @@
+import signal
+
 import numpy as np
 import pytest
 import torch
 
 from diinn_napari.model import DIINN
+
+
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT at its default, as under a terminal. A test run
+    started in the background by a shell without job control (``cmd &`` in a script) inherits SIGINT ignored,
+    and so would its children, which Python then leaves ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_model(channels: int = 1, variant: str = "f", skip: str = "bicubic", seed: int = 0) -> DIINN:

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import ctrl_c_reaches_it
 from diinn_napari import batch, io
 from diinn_napari.batch import stale
 
@@ -475,7 +476,8 @@ def _files(tmp_path, n):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_workers_batch_stops_within_seconds_without_orphans_and_resumes(tmp_path, gray_weights, how):
     folder, out = _files(tmp_path, 6), tmp_path / "out"
-    proc = child(args(folder, out, gray_weights, "--workers", "2"), delay=1.0, start_new_session=True)
+    proc = child(args(folder, out, gray_weights, "--workers", "2"), delay=1.0, start_new_session=True,
+                 preexec_fn=ctrl_c_reaches_it)
     wait_for(proc, "PLANE")
     sent = time.time()
     if how == "ctrl-c":

@@ -14,6 +14,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
+from conftest import ctrl_c_reaches_it
 from diinn_napari.io.omezarr import BlockStore
 
 from test_omezarr import make_ngff, rechunk_level0
@@ -51,7 +52,7 @@ def levels_of(path: Path):
 def interrupt_after(cmd, out: Path, blocks: int, sig) -> int:
     """Start the batch, send ``sig`` once ``blocks`` blocks are flushed; its exit code."""
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches_it)
     deadline = time.time() + 600
     while ledger_blocks(out) < blocks and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
