@@ -137,3 +137,19 @@ def test_ensemble_with_isotropic_is_refused_before_creating_anything(tmp_path, i
     assert done.returncode == 2
     assert "--ensemble" in done.stderr and "--isotropic" in done.stderr
     assert not out.exists()
+
+
+def test_a_stack_of_gray_samples_is_reported_failed_with_what_to_do_and_the_batch_goes_on(tmp_path, rng, gray_weights):
+    # a 3-page stack of 4 minisblack samples per pixel: bands, not RGBA; the batch refuses it and upscales the rest
+    bands, good, out = tmp_path / "in" / "bands.tif", tmp_path / "in" / "good.tif", tmp_path / "out"
+    bands.parent.mkdir()
+    data = (rng.random((3, 10, 12, 4)) * 4000).astype(np.uint16)
+    tifffile.imwrite(bands, data, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(good, (rng.random((2, 10, 12)) * 4000).astype(np.uint16), metadata={"axes": "ZYX"})
+    before = bands.read_bytes()
+    done = cli(str(bands.parent), "--scale", "2", "--out", str(out), "--model", str(gray_weights))
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "bands.tif" in said and "4 gray samples per pixel" in said and "save the bands as a channel axis" in said
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.tif"]
+    assert bands.read_bytes() == before
