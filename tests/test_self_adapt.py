@@ -81,3 +81,62 @@ def test_adapt_plane_takes_a_plane_as_the_engine_does_and_refuses_what_was_not_m
     assert result.start is not None and np.isfinite(result.result["mean_gain"])
     with pytest.raises(ValueError, match="measured to help up to x2"):
         adapt_plane(picture(), (2.0, 4.0), RunSettings(model=tiny_model(), device="cpu"), 2)
+
+
+def scene_with_nodata():
+    """A picture whose left 48 columns and a corner of the check strip are nodata (0), as a satellite scene's edge;
+    (image, valid)."""
+    image = (picture((96, 160)) // 2 + 20000).astype(np.uint16)  # data in 20000..45000
+    valid = np.ones(image.shape, bool)
+    valid[:, :48] = False
+    valid[:30, 140:] = False  # in the strip (the last 40 columns)
+    image[~valid] = 0
+    return image, valid
+
+
+def test_adaptation_trains_and_checks_on_data_only(monkeypatch):
+    from diinn_napari.intensity import fit_intensity
+    from diinn_napari.train import data as train_data
+
+    image, valid = scene_with_nodata()
+    fitted, crops, checked = [], [], []
+    monkeypatch.setattr("diinn_napari.intensity.fit_intensity",
+                        lambda a, mode="auto", *rest: fitted.append(np.asarray(a).copy()) or fit_intensity(a, mode, *rest))
+    sample_batch = train_data.PairSampler.sample_batch
+
+    def noted(self, gen, n):
+        lr, hrs = sample_batch(self, gen, n)
+        crops.extend(hrs)
+        return lr, hrs
+
+    monkeypatch.setattr(train_data.PairSampler, "sample_batch", noted)
+    validate = __import__("diinn_napari.train.validation", fromlist=["validate"]).validate
+    monkeypatch.setattr("diinn_napari.train.validation.validate",
+                        lambda model, planes, *a, **k: checked.extend(planes) or validate(model, planes, *a, **k))
+    result = adapt_to_image(image, 2, model=tiny_model(), steps=4, valid=valid, device="cpu")
+    assert result.steps == 4 and crops and checked
+    # normalised on data only: nodata (0) lies far below the data's 0..1, and no crop or check touches it
+    assert all(float(hr.min()) > -0.5 for hr in crops), min(float(hr.min()) for hr in crops)
+    assert all(float(plane.min()) > -0.5 for plane in checked)
+    assert fitted[0].size == valid.sum() and fitted[0].min() >= 20000  # the map fitted on the data's values only
+    with pytest.raises(ValueError, match="largest square on data is"):
+        tiny = np.zeros((96, 160), bool)
+        tiny[:8, :8] = True
+        adapt_to_image(image, 2, model=tiny_model(), steps=1, valid=tiny, device="cpu")
+    with pytest.raises(ValueError, match="valid has shape"):
+        adapt_to_image(image, 2, model=tiny_model(), steps=1, valid=valid[:, :10], device="cpu")
+
+
+def test_adapt_plane_leaves_the_engines_nodata_out():
+    from diinn_napari import RunSettings
+    from diinn_napari.train import self_adapt
+
+    image, valid = scene_with_nodata()
+    seen = {}
+    real = self_adapt.adapt_to_image
+    self_adapt.adapt_to_image = lambda *a, **k: seen.update(k) or real(*a, **k)
+    try:
+        self_adapt.adapt_plane(image, 2.0, RunSettings(model=tiny_model(), device="cpu", nodata=0), 2)
+    finally:
+        self_adapt.adapt_to_image = real
+    np.testing.assert_array_equal(seen["valid"], valid)

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .footprint import Footprint
+
 log = logging.getLogger(__name__)
 
 # benchmarks/self_adapt.py on 7 transmitted-light files of other labs (256-px crops, 20 steps):
@@ -81,7 +83,8 @@ def adapt_plane(plane, scale: float | tuple[float, float], settings, steps: int 
 
     What every shell calls (the batch's ``--self-adapt``, the napari widget): the plane's
     nodata pixels (and those ``mask``, a (Y, X) bool array True where there is data, marks
-    as without) are filled as the engine fills them, an RGBA plane's alpha is left out,
+    as without) are found as the engine finds them and left out of the training and the
+    check (``adapt_to_image``'s ``valid``), an RGBA plane's alpha is left out,
     and ``settings``' model, device, intensity and threads are used. ``scale`` is the
     plane's (sy, sx) factor: pairs are drawn up to the larger one. Refuses (ValueError)
     a scale :func:`refusal` refuses.
@@ -95,8 +98,9 @@ def adapt_plane(plane, scale: float | tuple[float, float], settings, steps: int 
     plane = np.asarray(plane)
     if rgb and plane.ndim == 3 and plane.shape[-1] == 4:
         plane = plane[..., :3]
-    plane, _ = fill_nodata(plane, settings.nodata, rgb, None if mask is None else np.asarray(mask, dtype=bool))
+    plane, missing = fill_nodata(plane, settings.nodata, rgb, None if mask is None else np.asarray(mask, dtype=bool))
     return adapt_to_image(plane, max(float(f) for f in factors), model=settings.model, rgb=rgb, steps=steps,
+                          valid=None if missing is None else ~missing,
                           min_scale=min(1.5, max(float(f) for f in factors)), seed=seed, device=settings.device,
                           intensity=settings.intensity, threads=settings.threads, progress=progress, cancel=cancel)
 
@@ -137,6 +141,7 @@ def adapt_to_image(
     device="auto",
     intensity: str = "auto",
     threads: int | None = None,
+    valid=None,
     progress: Callable[[int, int, float], Any] | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Adaptation:
@@ -154,6 +159,10 @@ def adapt_to_image(
     patch, batch, queries: LR patch edge (px), patches per step, HR pixels decoded per patch.
     holdout: fraction of the longer axis held aside as the check strip (0: no check, the
         adapted model is returned unchecked).
+    valid: (Y, X) bool, True where the image holds data (None: everywhere). The intensity
+        map is fitted on data only, as the engine fits it; training crops lie wholly on data
+        and the check is the largest square of the strip on data (the trainer's rule for
+        nodata, :mod:`~diinn_napari.train.footprint`).
     progress: ``progress(step, steps, loss)`` after each step; ``cancel`` stops between
         steps (raises :class:`~diinn_napari.engine.Cancelled`).
 
@@ -169,6 +178,12 @@ def adapt_to_image(
     array = np.asarray(image)
     if array.ndim != (3 if rgb else 2):
         raise ValueError(f"adapt_to_image takes one plane: (Y, X) or (Y, X, 3) with rgb=True; got shape {array.shape}")
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != array.shape[:2]:
+            raise ValueError(f"valid has shape {valid.shape}; the image's (Y, X) is {array.shape[:2]}")
+        if valid.all():
+            valid = None
     if scale > MEASURED_HELPFUL_UP_TO:
         log.warning("self-adaptation at x%g: measured to help at x2 but to lose at x4 on held-aside files "
                     "(docs/finetuning.md); compare the result with the start", scale)
@@ -177,11 +192,23 @@ def adapt_to_image(
     # torch's thread count is the process's: set for the adaptation only (a napari session keeps its own)
     with torch_threads(threads):
         return _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, ema, trainable, patch, batch,
-                      queries, holdout, min_scale, seed, device, intensity, progress, cancel)
+                      queries, holdout, min_scale, seed, device, intensity, valid, progress, cancel)
+
+
+def _on_data(strip: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The largest square of a (C, Y, X) ``strip`` wholly on data (``valid``: its (Y, X) mask; None: all of it)."""
+    if valid is None or valid.all():
+        return strip
+    footprint = Footprint(valid)
+    side = footprint.side
+    if side == 0:
+        return strip[..., :0, :0]
+    (y, x), = footprint.pick([0.5], side, side)  # (the middle one of the allowed squares, in raster order)
+    return strip[..., y:y + side, x:x + side]
 
 
 def _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, ema, trainable, patch, batch, queries,
-           holdout, min_scale, seed, device, intensity, progress, cancel) -> Adaptation:
+           holdout, min_scale, seed, device, intensity, valid, progress, cancel) -> Adaptation:
     import torch
 
     from ..engine import Cancelled, get_model
@@ -202,16 +229,24 @@ def _adapt(array, scale, model, rgb, steps, time_limit, learning_rate, warmup, e
         array = to_luminance(array)
     elif not rgb and channels == 3:
         array = np.repeat(array[..., None], 3, -1)
-    mapping = fit_intensity(array, intensity)
+    mapping = fit_intensity(array if valid is None else array[valid], intensity)  # on data only, as the engine
     plane = mapping.normalize(array)
     plane = plane.transpose(2, 0, 1) if plane.ndim == 3 else plane[None]
     train_part, strip = split_strip(plane, holdout)
-    side = min(train_part.shape[-2:])
+    train_valid, strip_valid = split_strip(valid, holdout) if valid is not None else (None, None)
+    footprint = None if train_valid is None or train_valid.all() else Footprint(train_valid)
+    side = min(train_part.shape[-2:]) if footprint is None else footprint.side  # the largest square on data
     patch = min(patch, max(8, math.floor(side / scale)))  # so that pairs at the target scale fit
     if side < 8 * min_scale:
+        if footprint is not None:
+            raise ValueError(f"too little of the image holds data to adapt to: its largest square on data is {side} "
+                             f"px (need {math.ceil(8 * min_scale)} px)")
         raise ValueError(f"an image of {array.shape[:2]} px is too small to adapt to (need {math.ceil(8 * min_scale / (1 - holdout))} px)")
     planes = [torch.from_numpy(np.ascontiguousarray(train_part))]
-    sampler = PairSampler(planes, patch, ("uniform", [min_scale, max(min_scale, float(scale))]))
+    sampler = PairSampler(planes, patch, ("uniform", [min_scale, max(min_scale, float(scale))]),
+                          footprints=None if footprint is None else [footprint])
+    if strip is not None:
+        strip = _on_data(strip, strip_valid)
     val_scales = sorted({s for s in (2.0, float(scale)) if s <= scale})
     check = [torch.from_numpy(np.ascontiguousarray(strip))] if strip is not None and min(strip.shape[-2:]) >= 2 * scale else []
     if strip is not None and not check:
