@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diinn_napari.evaluate import load_native, load_valid
+from diinn_napari.evaluate import load_valid
 from diinn_napari.intensity import fit_intensity
 from diinn_napari.train import loop
 from diinn_napari.train.data import PairSampler, PlaneSet, left_out_line, load_planes, parse_scales, validation_crops
@@ -72,7 +72,7 @@ def test_training_uses_evaluates_data_mask_and_normalises_on_data_only(scene_fil
     footprint = planes.footprint(0)
     assert footprint is not None
     assert np.array_equal(footprint.valid, valid)
-    assert np.array_equal(footprint.valid, load_valid(path, load_native(path, 1)))  # one rule with evaluate
+    assert np.array_equal(footprint.valid, load_valid(path))  # one rule with evaluate
     assert planes.left_out == {path: int((~valid).sum())}
     mapping = fit_intensity(data[valid])  # the robust range of the data alone
     assert mapping.lo > 900  # (the nodata pixels, 15 % of the plane, would put the 0.1 percentile at 0 or 7)
@@ -164,3 +164,27 @@ def test_footprint_agrees_with_a_brute_force_search():
             assert valid[y:y + h, x:x + w].all()
     side = max(s for s in range(1, 31) if footprint.starts(s, s).any())
     assert footprint.side == side and footprint.left_out == int((~valid).sum())
+
+
+def test_engine_training_and_evaluation_share_one_nodata_rule_for_colour(tmp_path):
+    """GDAL's dataset mask: an RGB pixel is without data only where every colour is at nodata (one dark band is data)."""
+    from diinn_napari.engine import fill_nodata
+
+    rgb = np.full((40, 48, 3), 120, np.uint8)
+    rgb[:10] = 0  # a collar: every colour at nodata
+    rgb[20:24, :, 2] = 0  # no blue here: data
+    rgb[30:32, :, :2] = 0  # only blue: data
+    path = tmp_path / "rgb.tif"
+    profile = dict(driver="GTiff", width=48, height=40, count=3, dtype="uint8", crs="EPSG:32614", nodata=0,
+                   photometric="RGB", transform=Affine(30.0, 0, 500000.0, 0, -30.0, 4200000.0))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    with rasterio.open(path) as src:
+        gdal = src.dataset_mask() > 0  # what a GIS counts as data
+    assert gdal[20:24].all() and gdal[30:32].all() and not gdal[:10].any()
+    _, missing = fill_nodata(rgb, 0, rgb=True)
+    np.testing.assert_array_equal(~missing, gdal)  # the engine's
+    np.testing.assert_array_equal(load_valid(path), gdal)  # evaluation's
+    for channels in (1, 3):  # training's, as luminance and as colour
+        footprint = load_planes([path], channels, 8).footprint(0)
+        np.testing.assert_array_equal(footprint.valid, gdal)

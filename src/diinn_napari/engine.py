@@ -648,15 +648,16 @@ def fill_nodata(plane: np.ndarray, nodata: float | None, rgb: bool = False,
     pulled towards the fill value. The mask returned is None when nothing is
     missing.
     """
-    missing = None
-    if nodata is not None:
-        colour = plane[..., :3] if rgb else plane
-        hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
-        missing = hit.all(-1) if rgb else hit
-    if mask is not None:
-        missing = ~mask if missing is None else missing | ~mask
-    if missing is None or not missing.any():
+    from .io.whole import data_pixels  # (the one rule of training and evaluation too)
+
+    if plane.ndim != (3 if rgb else 2):
+        raise ValueError(f"a {'colour' if rgb else 'gray'} plane is (Y, X{', C' if rgb else ''}); got shape {plane.shape}")
+    if mask is not None and np.shape(mask) != plane.shape[:2]:
+        raise ValueError(f"mask has shape {np.shape(mask)}; the plane's (Y, X) is {plane.shape[:2]}")
+    valid = data_pixels(plane, nodata, mask)
+    if valid is None:
         return plane, None
+    missing = ~valid
     if missing.all():  # nothing to fill from: a constant plane, all of it nodata again on output
         return np.zeros_like(plane), missing
     from scipy.ndimage import distance_transform_edt

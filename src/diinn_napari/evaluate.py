@@ -88,14 +88,16 @@ def load_native(path: Path, channels: int) -> np.ndarray | None:
     return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
 
 
-def load_valid(path: Path, native: np.ndarray) -> np.ndarray | None:
-    """The (Y, X) mask of ``native`` (the file's first plane, :func:`load_native`) that holds data, or None (all).
+def load_valid(path: Path) -> np.ndarray | None:
+    """The (Y, X) mask of the file's first plane that holds data, or None (all of it).
 
-    Pixels equal to the file's nodata value in any channel (NaN included) or
-    outside its internal data mask are not data (:func:`diinn_napari.io.data_pixels`,
-    the rule training's patches follow too).
+    Pixels at the file's nodata value (NaN included; a colour pixel in every colour)
+    or outside its internal data mask are not data: :func:`diinn_napari.io.data_pixels`
+    on the plane as stored, the rule of the engine and of training's patches.
     """
-    return data_pixels(native, *nodata_rule(path))
+    array, is_rgb = read_image(path)
+    first = array.reshape(-1, *array.shape[-3:])[0] if is_rgb else array.reshape(-1, *array.shape[-2:])[0]
+    return data_pixels(first, *nodata_rule(path))
 
 
 def scored_pixels(valid: np.ndarray, scale: float) -> np.ndarray:
@@ -210,7 +212,7 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
         if hr is not None and native is not None:
             limits = np.asarray(dtype_limits(native.dtype), np.float64)
             mapping = _normalisation(native)
-            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo), load_valid(f, native)))
+            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo), load_valid(f)))
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,

@@ -78,16 +78,18 @@ def nodata_rule(path: str | Path) -> tuple[float | None, np.ndarray | None]:
 
 
 def data_pixels(values: np.ndarray, nodata: float | None, mask: np.ndarray | None) -> np.ndarray | None:
-    """The (Y, X) bool mask of ``values`` ((Y, X) or (Y, X, C)) that holds data, or None when all of it does.
+    """The (Y, X) bool mask of ``values`` ((Y, X), or (Y, X, 3 or 4) colour) that holds data, or None when all of it does.
 
-    A pixel holds no data where it equals ``nodata`` in any channel (NaN: is NaN there)
-    or where ``mask`` (True: data; ignored unless it is (Y, X) of ``values``) is False.
+    The one rule the engine, training and evaluation follow (GDAL's dataset mask):
+    a pixel holds no data where it equals ``nodata`` (NaN: is NaN), in every colour
+    sample of a colour pixel (an RGBA pixel's alpha aside), or where ``mask`` (True:
+    data; ignored unless it is (Y, X) of ``values``) is False.
     """
     valid = None
     if nodata is not None:
-        flat = values if values.ndim == 2 else values.reshape(*values.shape[:2], -1)
-        hit = np.isnan(flat) if np.isnan(nodata) else flat == nodata
-        valid = ~(hit if hit.ndim == 2 else hit.any(-1))
+        colour = values if values.ndim == 2 else values[..., :3]
+        hit = np.isnan(colour) if np.isnan(nodata) else colour == nodata
+        valid = ~(hit if hit.ndim == 2 else hit.all(-1))
     if mask is not None and mask.shape == values.shape[:2]:
         valid = mask if valid is None else valid & mask
     return None if valid is None or valid.all() else valid
@@ -98,7 +100,7 @@ def data_planes(path: str | Path, channels: int, honour_nodata: bool = True) -> 
     for 1 channel (RGB files as luminance), (3, Y, X) for 3 (RGB files only).
 
     Intensities go through :mod:`diinn_napari.intensity`, the code the engine uses.
-    With ``honour_nodata`` the pixels without data (:func:`data_pixels` of the file's samples: for RGB any
+    With ``honour_nodata`` the pixels without data (:func:`data_pixels` of the file's samples: for RGB every
     colour at the nodata value) are left out of each plane's intensity fit, as the
     engine leaves them out, and set to 0 (a NaN nodata never reaches the network).
     """
