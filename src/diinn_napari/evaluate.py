@@ -71,33 +71,40 @@ def load_hr(path: Path, channels: int) -> np.ndarray | None:
     return np.asarray(planes[0], np.float32).reshape(channels, *planes[0].shape[-2:])
 
 
+def stored_plane(path: Path) -> tuple[np.ndarray, bool]:
+    """The first plane of a file as stored: (Y, X), or (Y, X, 3 or 4) colour, and whether it is colour."""
+    array, is_rgb = read_image(path)
+    return (array.reshape(-1, *array.shape[-3:])[0] if is_rgb else array.reshape(-1, *array.shape[-2:])[0]), is_rgb
+
+
+def native_plane(plane: np.ndarray, is_rgb: bool, channels: int) -> np.ndarray:
+    """A :func:`stored_plane` in its own units and dtype, as a ``channels`` model takes it (:func:`load_native`)."""
+    if is_rgb:
+        if channels == 3:
+            return plane
+        luma = to_luminance(plane)
+        return cast(luma, plane.dtype) if plane.dtype.kind in "ui" else luma
+    return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
+
+
 def load_native(path: Path, channels: int) -> np.ndarray | None:
     """First plane of a file in its own units and dtype, as a ``channels`` model takes it.
 
     (Y, X) for 1 channel (the luminance of RGB files, rounded to their integer
     dtype), (Y, X, 3) for 3 (grayscale repeated); None if there is no such plane.
     """
-    array, is_rgb = read_image(path)
-    if is_rgb:
-        plane = array.reshape(-1, *array.shape[-3:])[0]
-        if channels == 3:
-            return plane
-        luma = to_luminance(plane)
-        return cast(luma, plane.dtype) if plane.dtype.kind in "ui" else luma
-    plane = array.reshape(-1, *array.shape[-2:])[0]
-    return np.repeat(plane[..., None], 3, -1) if channels == 3 else plane
+    return native_plane(*stored_plane(path), channels)
 
 
-def load_valid(path: Path) -> np.ndarray | None:
+def load_valid(path: Path, stored: np.ndarray | None = None) -> np.ndarray | None:
     """The (Y, X) mask of the file's first plane that holds data, or None (all of it).
 
     Pixels at the file's nodata value (NaN included; a colour pixel in every colour)
     or outside its internal data mask are not data: :func:`diinn_napari.io.data_pixels`
-    on the plane as stored, the rule of the engine and of training's patches.
+    on the plane as stored (``stored``: that plane, :func:`stored_plane`, when the
+    caller has read it), the rule of the engine and of training's patches.
     """
-    array, is_rgb = read_image(path)
-    first = array.reshape(-1, *array.shape[-3:])[0] if is_rgb else array.reshape(-1, *array.shape[-2:])[0]
-    return data_pixels(first, *nodata_rule(path))
+    return data_pixels(stored_plane(path)[0] if stored is None else stored, *nodata_rule(path))
 
 
 def scored_pixels(valid: np.ndarray, scale: float) -> np.ndarray:
@@ -208,11 +215,12 @@ def evaluate(files: list[Path], scales: list[float], model="default", protocol: 
     channels = net.in_channels
     images = []
     for f in files:
-        hr, native = load_hr(f, channels), load_native(f, channels)
+        hr, (stored, is_rgb) = load_hr(f, channels), stored_plane(f)
+        native = native_plane(stored, is_rgb, channels)
         if hr is not None and native is not None:
             limits = np.asarray(dtype_limits(native.dtype), np.float64)
             mapping = _normalisation(native)
-            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo), load_valid(f)))
+            images.append((f, hr, (limits - mapping.lo) / (mapping.hi - mapping.lo), load_valid(f, stored)))
     if not images:
         raise ValueError(f"none of the {len(files)} files has a usable {channels}-channel image")
     results = {"protocol": protocol, "channels": channels, "consistency": consistency, "precision": precision,
