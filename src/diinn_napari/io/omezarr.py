@@ -1240,7 +1240,7 @@ class ReadHere(_ArrayView):
     read of it is still held is refilled in place: napari's refresh of a layer over a store being written
     reads the displayed region anew while its slice still holds the last one,
     and so held two of it (``benchmarks/bench_widget_ooc.py``: 8.4-8.5 MiB
-    peak growth for an 8192 x 8192 uint8 result before, 7.1 MiB after);
+    peak growth for an 8192 x 8192 uint8 result before, 6.6-7.5 MiB after);
     whoever holds an earlier read of the same region then sees the store as
     it is now, what a view of a store being written should show."""
 

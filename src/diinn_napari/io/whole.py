@@ -1,8 +1,8 @@
 """Whole files, for training and evaluation: find them, read one, make normalised float planes of it.
 
 Pixels without data (a GeoTIFF's nodata value or GDAL internal mask) are found by
-one rule, :func:`nodata_rule` + :func:`data_pixels`, which evaluation's scores and
-training's patches share.
+one rule, :func:`nodata_rule` + :func:`data_pixels`, which the engine's fill,
+evaluation's scores and training's patches share.
 """
 
 from __future__ import annotations
