@@ -99,3 +99,25 @@ def test_self_adapt_is_refused_for_ome_zarr_outputs_never_recorded_unmet(tmp_pat
                    "--out", str(tmp_path / "out2"))  # --format auto: OME-Zarr in, OME-Zarr out
     assert per_file.returncode == 1 and "--format tiff" in per_file.stdout + per_file.stderr
     assert not any((tmp_path / "out2").glob("*.zarr"))
+
+
+def test_self_adapt_on_a_geotiff_with_a_nodata_collar_keeps_the_map_and_the_collar(tmp_path, gray_weights):
+    # the command a remote-sensing user runs; read back with rasterio, what their GIS is built on
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    data = (picture((64, 80)) // 2 + 1000).astype(np.uint16)
+    data[:, :20] = 0  # the scene's collar
+    src, out = tmp_path / "scene.tif", tmp_path / "out"
+    with rasterio.open(src, "w", driver="GTiff", width=80, height=64, count=1, dtype="uint16", nodata=0,
+                       crs="EPSG:32614", transform=Affine(30.0, 0, 500000.0, 0, -30.0, 4200000.0)) as dst:
+        dst.write(data[None])
+    done = cli(str(src), "--scale", "2", "--self-adapt", "3", "--model", gray_weights, "--threads", "1",
+               "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with rasterio.open(out / "scene.tif") as result:
+        assert result.nodata == 0 and result.crs.to_epsg() == 32614 and result.transform.a == 15.0
+        upscaled, kept = result.read(1), result.dataset_mask() > 0
+    assert upscaled.shape == (128, 160)
+    assert not kept[:, :40].any() and kept[:, 40:].all()  # the collar stays nodata, the scene stays data
+    assert upscaled[:, 40:].min() > 0
