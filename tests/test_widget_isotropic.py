@@ -1,6 +1,7 @@
 """The widget's "isotropic voxels" mode in a real viewer (run under Xvfb: `xvfb-run -a pytest`)."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +148,48 @@ def test_cancel_during_adaptation_stops_it(iso, qtbot):
     cancel_at(qtbot, widget, when=lambda update: update.done >= 1)
     qtbot.waitUntil(lambda: not any(t.name == "diinn-adapt" for t in threading.enumerate()), timeout=TIMEOUT)
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run" and widget.state is RunState.CANCELLED
+
+
+def test_a_cancel_the_adaptation_sees_before_the_worker_is_a_cancel_not_a_failure(iso, qtbot, errors):
+    # The adaptation thread can see the Cancel and end before the worker's next update: the work then
+    # raises Cancelled instead of being stopped at a yield. Made certain here: the worker asks for its
+    # next update only once the press has been made and the adaptation thread has ended.
+    viewer, widget = iso
+    widget.layer.value = viewer.add_image(blobs((6, 20, 20)), name="s", scale=(2.0, 1.0, 1.0))
+    widget.adapt.value = True
+    widget.adapt_steps.value = 100000
+    resumed, pressed = threading.Event(), threading.Event()
+    default = widget.controller.worker_factory
+
+    def adaptation_ends_first(updates):
+        def held():
+            while True:
+                try:
+                    update = next(updates)
+                except StopIteration as end:
+                    return end.value
+                yield update
+                if update.done >= 1 and not pressed.is_set():
+                    resumed.set()  # the worker is past its quit check: the press lands while it runs
+                    assert pressed.wait(TIMEOUT / 1000)
+                    while any(t.name == "diinn-adapt" for t in threading.enumerate()):
+                        time.sleep(0.01)
+        return default(held())
+
+    def on_update(update):
+        if update.done >= 1 and not pressed.is_set() and resumed.wait(TIMEOUT / 1000):
+            press(widget.run_button)
+            pressed.set()
+
+    widget.controller.worker_factory = adaptation_ends_first
+    widget.controller.updated.connect(on_update)
+    try:
+        run(qtbot, widget)
+    finally:
+        widget.controller.worker_factory = default
+        widget.controller.updated.disconnect(on_update)
+    assert pressed.is_set() and widget.state is RunState.CANCELLED and errors() == []
+    assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
 
 @pytest.mark.parametrize("case", ["2d", "isotropic", "rgb", "target"])
