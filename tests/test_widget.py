@@ -94,12 +94,13 @@ def run(qtbot, widget, timeout=TIMEOUT):
 
 
 @contextlib.contextmanager
-def held_worker(widget, when, timeout=TIMEOUT):
+def held_worker(widget, when, timeout=TIMEOUT, holding=None, then=None):
     """Inside: the widget's run waits after each update for which ``when`` holds, until the yielded event is set.
 
     The worker runs on while the main thread handles its signals, so on a busy machine a
     Cancel can arrive after the run has ended; the controller's public worker factory lets a
-    test wrap the worker's updates and hold them until the press.
+    test wrap the worker's updates and hold them until the press. ``holding`` (an event) is
+    set while the worker waits, past its quit check; ``then()`` runs once it is released.
     """
     release = threading.Event()
     default = widget.controller.worker_factory
@@ -112,8 +113,13 @@ def held_worker(widget, when, timeout=TIMEOUT):
                 except StopIteration as end:
                     return end.value
                 yield update
-                if when(update) and not release.wait(timeout / 1000):
-                    raise TimeoutError("the test never released the worker")
+                if when(update):
+                    if holding is not None:
+                        holding.set()
+                    if not release.wait(timeout / 1000):
+                        raise TimeoutError("the test never released the worker")
+                    if then is not None:
+                        then()
         return default(hold())
 
     widget.controller.worker_factory = held
@@ -123,11 +129,17 @@ def held_worker(widget, when, timeout=TIMEOUT):
         widget.controller.worker_factory = default
 
 
-def cancel_at(qtbot, widget, when=lambda update: True, timeout=TIMEOUT):
-    """Press Run, then Cancel at the first update for which ``when`` holds (the worker held there until then)."""
-    with held_worker(widget, when, timeout) as pressed:
+def cancel_at(qtbot, widget, when=lambda update: True, timeout=TIMEOUT, then=None):
+    """Press Run, then Cancel at the first update for which ``when`` holds (the worker held there until then).
+
+    With ``then``, the press waits until the worker is held past its quit check, and the worker
+    runs ``then()`` once released, before it asks for its next update.
+    """
+    holding = None if then is None else threading.Event()
+    with held_worker(widget, when, timeout, holding, then) as pressed:
         def on_update(update):
-            if when(update) and not pressed.is_set() and widget.state is RunState.RUNNING:
+            if (when(update) and not pressed.is_set() and widget.state is RunState.RUNNING
+                    and (holding is None or holding.wait(timeout / 1000))):
                 assert widget.run_button.text == "Cancel"
                 press(widget.run_button)
                 pressed.set()

@@ -158,37 +158,13 @@ def test_a_cancel_the_adaptation_sees_before_the_worker_is_a_cancel_not_a_failur
     widget.layer.value = viewer.add_image(blobs((6, 20, 20)), name="s", scale=(2.0, 1.0, 1.0))
     widget.adapt.value = True
     widget.adapt_steps.value = 100000
-    resumed, pressed = threading.Event(), threading.Event()
-    default = widget.controller.worker_factory
 
-    def adaptation_ends_first(updates):
-        def held():
-            while True:
-                try:
-                    update = next(updates)
-                except StopIteration as end:
-                    return end.value
-                yield update
-                if update.done >= 1 and not pressed.is_set():
-                    resumed.set()  # the worker is past its quit check: the press lands while it runs
-                    assert pressed.wait(TIMEOUT / 1000)
-                    while any(t.name == "diinn-adapt" for t in threading.enumerate()):
-                        time.sleep(0.01)
-        return default(held())
+    def adaptation_ended():
+        while any(t.name == "diinn-adapt" for t in threading.enumerate()):
+            time.sleep(0.01)
 
-    def on_update(update):
-        if update.done >= 1 and not pressed.is_set() and resumed.wait(TIMEOUT / 1000):
-            press(widget.run_button)
-            pressed.set()
-
-    widget.controller.worker_factory = adaptation_ends_first
-    widget.controller.updated.connect(on_update)
-    try:
-        run(qtbot, widget)
-    finally:
-        widget.controller.worker_factory = default
-        widget.controller.updated.disconnect(on_update)
-    assert pressed.is_set() and widget.state is RunState.CANCELLED and errors() == []
+    cancel_at(qtbot, widget, when=lambda update: update.done >= 1, then=adaptation_ended)
+    assert widget.state is RunState.CANCELLED and errors() == []
     assert len(viewer.layers) == 1 and widget.run_button.text == "Run"
 
 
