@@ -159,8 +159,11 @@ def test_a_cancel_the_adaptation_sees_before_the_worker_is_a_cancel_not_a_failur
     widget.adapt.value = True
     widget.adapt_steps.value = 100000
 
-    def adaptation_ended():
+    def adaptation_ended():  # in the worker's thread, where qtbot cannot wait
+        deadline = time.monotonic() + TIMEOUT / 1000
         while any(t.name == "diinn-adapt" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the adaptation did not stop at the Cancel")
             time.sleep(0.01)
 
     cancel_at(qtbot, widget, when=lambda update: update.done >= 1, then=adaptation_ended)

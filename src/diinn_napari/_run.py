@@ -34,8 +34,8 @@ from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from ._layers import ResultLayers, level0
-from .core import Cancelled
 from ._planner import RunPlan
+from .core import Cancelled
 from .settings import RunSettings
 
 if TYPE_CHECKING:
@@ -519,8 +519,8 @@ class RunController:
 
     def _on_errored(self, run: _Run, err: Exception) -> None:
         if isinstance(err, Cancelled) and run.cancel.is_set():
-            # The Cancel reached the work (an adaptation thread at its step) before the worker's next
-            # yield, so the work raised: that is the cancel the user asked for, not a failure.
+            # The Cancel reached the work (an adaptation at its step, the engine between tiles) before
+            # the worker's next yield, so the work raised: that is the cancel asked for, not a failure.
             return
         run.error = err
         show_error(f"DIINN super-resolution failed: {err}")
